@@ -1,0 +1,30 @@
+# Shared set-up for the launch scripts: a Python 3.12 virtual environment in .venv with a1jax installed.
+# Sourced, not run. Respects A1JAX_VENV to use another location.
+set -euo pipefail
+A1JAX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+A1JAX_VENV="${A1JAX_VENV:-$A1JAX_ROOT/.venv}"
+
+a1jax_find_python312() {
+  if command -v python3.12 >/dev/null 2>&1 && python3.12 -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    echo python3.12; return
+  fi
+  if command -v pyenv >/dev/null 2>&1; then
+    for v in $(pyenv versions --bare | grep -E '^3\.12' | sort -rV); do
+      echo "$(pyenv root)/versions/$v/bin/python3.12"; return
+    done
+  fi
+  echo "a1jax: Python 3.12 is required (jax 0.12 needs it); install it or put python3.12 on PATH" >&2
+  return 1
+}
+
+a1jax_setup_venv() {  # $1 = extras, e.g. "test"
+  local extras="${1:-}" py
+  if [ ! -x "$A1JAX_VENV/bin/python" ]; then
+    py="$(a1jax_find_python312)"
+    "$py" -m venv "$A1JAX_VENV"
+    "$A1JAX_VENV/bin/pip" install -q --upgrade pip
+  fi
+  local spec="$A1JAX_ROOT"
+  [ -n "$extras" ] && spec="$A1JAX_ROOT[$extras]"
+  "$A1JAX_VENV/bin/pip" install -q -e "$spec"
+}

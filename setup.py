@@ -1,0 +1,29 @@
+"""a1jax: a JAX codebase for training Agents-A1-style agentic Mixture-of-Experts models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="a1jax",
+    version="0.1.0",
+    description="JAX training code for Agents-A1-style agentic Qwen3.5-MoE models",
+    python_requires=">=3.11",
+    packages=find_packages(include=["a1jax", "a1jax.*", "kernels", "kernels.*"]),
+    package_data={"a1jax": ["assets/**/*", "assets/*/*", "assets/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.21",
+        "ml_collections>=1.0",
+        "tensorboardX>=2.6",
+        "numpy",
+    ],
+    extras_require={
+        # The HF oracle (torch + transformers) lives in a separate Python 3.11 environment; see .ci/run.
+        "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8"],
+    },
+    entry_points={"console_scripts": ["a1jax=a1jax.cli:main"]},
+)
