@@ -1,0 +1,67 @@
+"""Tokenizers: `load("qwen3_5" | "qwen3" | "mistral_v3" | PATH) -> Tokenizer`.
+
+The named tokenizers are built from files shipped inside the package (`a1jax/assets/tokenizers/<name>/`, each with
+its PROVENANCE.md), so nothing outside the installed package is read at run time. A PATH is a folder (or file) in
+one of the shipped layouts:
+
+  one *.tiktoken + special_tokens.json       Qwen3.5-style tiktoken ranks (built as HF BPE, ignore_merges=True)
+  vocab.json + merges.txt + tokenizer_config.json   Qwen2/Qwen3-style byte-level BPE
+  tokenizer.json                             any byte-level BPE HF tokenizer
+  *.model / *.model.v*                       SentencePiece (Mistral)
+
+Building Qwen3.5 takes ~3 s (its 500k merges are derived from the ranks), so tokenizers are cached per process.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from pathlib import Path
+
+from a1jax.data.tokenizers.base import Tokenizer
+from a1jax.data.tokenizers.bpe import build_from_tokenizer_json, build_qwen2_style, build_tiktoken_ranks
+from a1jax.data.tokenizers.spm import build_sentencepiece
+
+NAMES = ("qwen3_5", "qwen3", "mistral_v3")
+
+__all__ = ["NAMES", "Tokenizer", "asset_dir", "load"]
+
+
+def asset_dir(name: str) -> Path:
+    """Folder of a shipped tokenizer inside the installed package."""
+    if name not in NAMES:
+        raise ValueError(f"unknown tokenizer {name!r} (expected one of {', '.join(NAMES)} or a path)")
+    return Path(str(importlib.resources.files("a1jax") / "assets" / "tokenizers" / name))
+
+
+def load(name_or_path: str | Path) -> Tokenizer:
+    """A shipped tokenizer by name, or one built from the files at a path (see the module docstring)."""
+    if isinstance(name_or_path, str) and name_or_path in NAMES:
+        return _load_path(asset_dir(name_or_path).resolve())
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer {name_or_path!r} is neither one of {', '.join(NAMES)} nor an existing path")
+    return _load_path(path.resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_path(path: Path) -> Tokenizer:
+    if path.is_file():
+        if path.name == "tokenizer.json":
+            return build_from_tokenizer_json(path)
+        if ".model" in path.name:
+            return build_sentencepiece(path)
+        raise ValueError(f"{path}: not a tokenizer file (expected tokenizer.json or a SentencePiece *.model)")
+    files = {p.name for p in path.iterdir()}
+    ranks = sorted(path.glob("*.tiktoken"))
+    if len(ranks) == 1 and "special_tokens.json" in files:
+        return build_tiktoken_ranks(ranks[0], path / "special_tokens.json")
+    if {"vocab.json", "merges.txt", "tokenizer_config.json"} <= files:
+        return build_qwen2_style(path)
+    if "tokenizer.json" in files:
+        return build_from_tokenizer_json(path / "tokenizer.json")
+    models = sorted(p for p in path.iterdir() if ".model" in p.name)
+    if len(models) == 1:
+        return build_sentencepiece(models[0])
+    raise ValueError(
+        f"{path}: no tokenizer found (expected qwen3_6.tiktoken + special_tokens.json, vocab.json + merges.txt + "
+        f"tokenizer_config.json, tokenizer.json, or exactly one SentencePiece *.model file)")
