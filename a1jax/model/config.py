@@ -11,7 +11,10 @@ from typing import Any
 LINEAR = "linear_attention"
 FULL = "full_attention"
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out")
-IMPLS = ("reference", "pallas")
+# Implementation switches. Kernel issues add their Pallas paths here and in the dispatch of the matching layer.
+ATTENTION_IMPLS = ("reference",)  # plain softmax attention (a1jax/model/attention.py)
+DELTANET_IMPLS = ("chunked", "scan")  # a1jax/model/gated_delta_rule.py
+MOE_IMPLS = ("ragged_dot",)  # sort + jax.lax.ragged_dot (a1jax/model/moe.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +61,8 @@ class ModelConfig:
     deltanet_chunk_size: int = 64
     loss_chunk_size: int = 1024  # tokens per chunk of the vocabulary projection in the training loss
     attention_impl: str = "reference"
-    deltanet_impl: str = "reference"
-    moe_impl: str = "reference"
+    deltanet_impl: str = "chunked"
+    moe_impl: str = "ragged_dot"
 
     def __post_init__(self):
         if not self.layer_types:
@@ -165,7 +168,8 @@ def validate(c: ModelConfig) -> None:
         _req(getattr(c, name) in ("float32", "bfloat16", "float16"),
              f"{name} must be one of float32, bfloat16, float16; got {getattr(c, name)!r}")
     _req(c.remat_policy in REMAT_POLICIES, f"remat_policy must be one of {REMAT_POLICIES}, got {c.remat_policy!r}")
-    for name in ("attention_impl", "deltanet_impl", "moe_impl"):
-        _req(getattr(c, name) in IMPLS, f"{name} must be one of {IMPLS}, got {getattr(c, name)!r}")
+    for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("deltanet_impl", DELTANET_IMPLS),
+                          ("moe_impl", MOE_IMPLS)):
+        _req(getattr(c, name) in allowed, f"{name} must be one of {allowed}, got {getattr(c, name)!r}")
     for name in ("router_aux_loss_coef", "router_z_loss_coef", "mtp_loss_coef"):
         _req(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")

@@ -1,0 +1,58 @@
+"""Gated full attention (model.md §2.2): interleaved output gate, per-head q/k RMSNorm1p, partial RoPE, GQA.
+
+Masking is by index (causal) and by segment id (block-diagonal for packed rows). With a decode cache, keys live in
+cache slots 0..S-1 and a query at absolute slot `index + t` sees slots <= it whose segment id equals its own.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from a1jax.model.config import ModelConfig
+from a1jax.model.layers import apply_partial_rope, rms_norm_1p, rope_cos_sin
+
+F32 = jnp.float32
+
+
+def dot_product_attention(q, k, v, mask):
+    """Reference softmax attention. q [B,T,nh,D]; k, v [B,S,nkv,D]; mask [B,T,S] bool. fp32 scores and softmax."""
+    B, T, nh, D = q.shape
+    nkv = k.shape[2]
+    qg = q.reshape(B, T, nkv, nh // nkv, D)  # q head j uses kv head j // (nh / nkv)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=F32) * (D ** -0.5)
+    s = jnp.where(mask[:, None, None], s, jnp.finfo(F32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=F32).astype(q.dtype)
+    return o.reshape(B, T, nh, D)
+
+
+def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, cache_ctx=None):
+    """x [B,T,H] (normed) -> (out [B,T,H], new_cache). `cache` = {"k","v": [B,S,nkv,D]}; `cache_ctx` gives the
+    write index and the [B,S] segment ids of all cache slots (already including this call's tokens)."""
+    dtype = x.dtype
+    B, T, _ = x.shape
+    D = cfg.head_dim
+    qg = jnp.einsum("bth,hnd->btnd", x, p["q_proj"].astype(dtype))  # [B,T,nh,2D]: per head query then gate
+    q, gate = qg[..., :D], qg[..., D:]
+    k = jnp.einsum("bth,hnd->btnd", x, p["k_proj"].astype(dtype))
+    v = jnp.einsum("bth,hnd->btnd", x, p["v_proj"].astype(dtype))
+    q = rms_norm_1p(q, p["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm_1p(k, p["k_norm"], cfg.rms_norm_eps)
+    cos, sin = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, dtype)
+    q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+
+    q_slot = jnp.arange(T)
+    if cache is None:
+        new_cache, kv_slot, kv_seg = None, q_slot, segment_ids
+    else:
+        index = cache_ctx["index"]
+        k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+        new_cache = {"k": k, "v": v}
+        k, v = k.astype(dtype), v.astype(dtype)
+        q_slot = q_slot + index
+        kv_slot, kv_seg = jnp.arange(k.shape[1]), cache_ctx["segment_ids"]
+    mask = (kv_slot[None, None, :] <= q_slot[None, :, None]) & (kv_seg[:, None, :] == segment_ids[:, :, None])
+    o = dot_product_attention(q, k, v, mask)
+    o = o * jax.nn.sigmoid(gate)
+    return jnp.einsum("btnd,ndh->bth", o, p["o_proj"].astype(dtype)), new_cache

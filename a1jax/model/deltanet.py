@@ -1,0 +1,74 @@
+"""Gated DeltaNet layer (model.md §2.3): projections, causal depthwise conv + SiLU, gates, the delta rule, gated norm.
+
+Packed rows stay exact: the conv window never reaches across a segment start and the recurrent state resets there.
+HF zeroes padded inputs instead; for left padding the two are identical (a zero input leaves a zero state).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from a1jax.model import gated_delta_rule as gdr
+from a1jax.model.config import ModelConfig
+from a1jax.model.layers import gated_rms_norm, l2_normalize
+
+F32 = jnp.float32
+NO_SEGMENT = -1  # segment id of empty conv-history slots: never equal to a real one
+
+
+def causal_conv(x, w, segment_ids, history=None, history_seg=None):
+    """Depthwise causal conv over time; `w[K-1]` multiplies the current token. x [B,T,N,d]; w [K,N,d].
+
+    history [B,K-1,N,d] / history_seg [B,K-1] are the previous inputs (decode cache). Returns (y fp32, new history,
+    new history segments).
+    """
+    B, T = x.shape[:2]
+    K = w.shape[0]
+    if history is None:
+        history = jnp.zeros((B, K - 1, *x.shape[2:]), x.dtype)
+        history_seg = jnp.full((B, K - 1), NO_SEGMENT, segment_ids.dtype)
+    xx = jnp.concatenate([history.astype(x.dtype), x], axis=1).astype(F32)
+    ss = jnp.concatenate([history_seg, segment_ids], axis=1)
+    y = jnp.zeros(x.shape, F32)
+    for j in range(K):  # tap j sees input t - (K-1) + j
+        same = (ss[:, j:j + T] == segment_ids)[..., None, None]
+        y = y + jnp.where(same, xx[:, j:j + T], 0.0) * w[j].astype(F32)
+    return y, xx[:, T:].astype(x.dtype), ss[:, T:]
+
+
+def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=None):
+    """x [B,T,H] (normed) -> (out [B,T,H], new_cache). cache = {conv_q, conv_k, conv_v, seg, state}."""
+    dtype = x.dtype
+    B, T, _ = x.shape
+    Hk, Hv, dk = cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim
+    proj = lambda name: jnp.einsum("bth,h...->bt...", x, p[name].astype(dtype))
+    new_cache = {} if cache is not None else None
+    conv_out = {}
+    for name in ("q", "k", "v"):
+        hist = None if cache is None else cache[f"conv_{name}"]
+        hist_seg = None if cache is None else cache["conv_segment_ids"]
+        y, h, hs = causal_conv(proj(f"in_proj_{name}"), p[f"conv_{name}"], segment_ids, hist, hist_seg)
+        conv_out[name] = jax.nn.silu(y).astype(dtype)
+        if cache is not None:
+            new_cache[f"conv_{name}"], new_cache["conv_segment_ids"] = h, hs
+    q, k, v = conv_out["q"], conv_out["k"], conv_out["v"]  # [B,T,Hk,dk], [B,T,Hk,dk], [B,T,Hv,dv]
+    z = proj("in_proj_z")  # [B,T,Hv,dv]
+    beta = jax.nn.sigmoid(proj("in_proj_b"))  # [B,T,Hv], in the activation dtype as HF
+    g = -jnp.exp(p["A_log"].astype(F32)) * jax.nn.softplus(proj("in_proj_a").astype(F32) + p["dt_bias"].astype(F32))
+    rep = Hv // Hk  # v-head h uses qk-head h // rep (repeat_interleave)
+    q = jnp.repeat(l2_normalize(q.astype(F32)), rep, axis=2) * (dk ** -0.5)
+    k = jnp.repeat(l2_normalize(k.astype(F32)), rep, axis=2)
+
+    state = None
+    if cache is not None:  # a new segment at the first token starts from a zero state
+        keep = (segment_ids[:, 0] == cache_ctx["last_segment_ids"]).astype(F32)
+        state = cache["state"] * keep[:, None, None, None]
+    if cfg.deltanet_impl == "scan" or (cache is not None and T == 1):
+        o, state = gdr.gated_delta_rule_scan(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state)
+    else:
+        o, state = gdr.gated_delta_rule_chunked(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state,
+                                                chunk_size=cfg.deltanet_chunk_size)
+    if cache is not None:
+        new_cache["state"] = state
+    o = gated_rms_norm(o.astype(dtype), z, p["norm"], cfg.rms_norm_eps)
+    return jnp.einsum("btnd,ndh->bth", o, p["out_proj"].astype(dtype)), new_cache

@@ -1,0 +1,81 @@
+"""Sparse MoE block (model.md §2.4): fp32 router softmax, renormalised top-k, dropless SwiGLU experts, shared expert.
+
+Dispatch is dropless by construction: the N*k (token, slot) rows are sorted by expert and multiplied with
+`jax.lax.ragged_dot`, so each expert sees exactly its tokens and no capacity exists to overflow. A dense
+all-experts einsum would cost E/k times the FLOPs and is never used.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from a1jax.model.config import ModelConfig
+from a1jax.model.layers import swiglu
+
+F32 = jnp.float32
+
+
+def route(router_logits, top_k: int):
+    """fp32 softmax over all experts, top-k, renormalise. Returns (weights [N,k] fp32, ids [N,k] int32, probs)."""
+    probs = jax.nn.softmax(router_logits.astype(F32), axis=-1)
+    weights, ids = jax.lax.top_k(probs, top_k)
+    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return weights, ids.astype(jnp.int32), probs
+
+
+def routed_experts(x, weights, ids, w_gate_up, w_down):
+    """Dropless routed experts by sort + `ragged_dot`. x [N,H]; weights/ids [N,k]; w_gate_up [E,H,2I]; w_down [E,I,H]."""
+    N, k = ids.shape
+    E = w_gate_up.shape[0]
+    inter = w_down.shape[1]
+    flat = ids.reshape(-1)
+    order = jnp.argsort(flat, stable=True)  # rows grouped by expert
+    group_sizes = jnp.bincount(flat, length=E).astype(jnp.int32)
+    x_sorted = jnp.take(x, order // k, axis=0)  # [N*k, H]
+    h = jax.lax.ragged_dot(x_sorted, w_gate_up, group_sizes, preferred_element_type=F32)
+    act = (jax.nn.silu(h[:, :inter]) * h[:, inter:]).astype(x.dtype)
+    y_sorted = jax.lax.ragged_dot(act, w_down, group_sizes, preferred_element_type=F32).astype(x.dtype)
+    y = jnp.take(y_sorted, jnp.argsort(order), axis=0).reshape(N, k, -1)  # back to (token, slot) order
+    return jnp.einsum("nkh,nk->nh", y, weights.astype(x.dtype))
+
+
+def moe_block(p, x, cfg: ModelConfig, valid):
+    """x [B,T,H] -> (out [B,T,H], stats). `valid` [B,T] marks non-padding tokens for the router statistics."""
+    B, T, H = x.shape
+    dtype = x.dtype
+    x2 = x.reshape(B * T, H)
+    router_logits = x2 @ p["router"].astype(dtype)  # [N, E] in the activation dtype, as HF
+    weights, ids, probs = route(router_logits, cfg.num_experts_per_tok)
+    weights = weights.astype(dtype).astype(F32)  # HF >= 5.6 casts the top-k weights to the logits dtype
+    out = routed_experts(x2, weights, ids, p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype))
+    if "shared_gate_proj" in p:
+        shared = swiglu(x2, p["shared_gate_proj"].astype(dtype), p["shared_up_proj"].astype(dtype),
+                        p["shared_down_proj"].astype(dtype))
+        out = out + jax.nn.sigmoid(x2 @ p["shared_expert_gate"].astype(dtype)) * shared
+    m = valid.reshape(B * T).astype(F32)
+    counts = jnp.bincount(ids.reshape(-1), weights=jnp.repeat(m, ids.shape[1]), length=cfg.num_experts)
+    lse = jax.nn.logsumexp(router_logits.astype(F32), axis=-1)
+    stats = {
+        "expert_counts": counts,  # [E] routed (token, slot) pairs per expert, padding excluded
+        "router_prob_sum": jnp.sum(probs * m[:, None], axis=0),  # [E]
+        "router_z_sum": jnp.sum(jnp.square(lse) * m),  # scalar, for the optional z-loss
+        "num_tokens": jnp.sum(m),
+    }
+    return out.reshape(B, T, H), stats
+
+
+def dense_mlp(p, x):
+    dtype = x.dtype
+    return swiglu(x, p["gate_proj"].astype(dtype), p["up_proj"].astype(dtype), p["down_proj"].astype(dtype))
+
+
+def load_balancing_loss(expert_counts, router_prob_sum, num_tokens, num_experts: int):
+    """Switch-style aux loss pooled over layers, transformers >= 5.6 semantics (model.md §4).
+
+    expert_counts, router_prob_sum: [L, E] summed over tokens; num_tokens: [L] valid tokens per layer.
+    aux = E * sum_e f_e * P_e with f_e = counts_e / (L N) (sums to k) and P_e = prob_e / (L N); k at perfect balance.
+    """
+    denom = jnp.maximum(jnp.sum(num_tokens), 1.0)
+    f = jnp.sum(expert_counts, axis=0) / denom
+    p = jnp.sum(router_prob_sum, axis=0) / denom
+    return num_experts * jnp.sum(f * p)
