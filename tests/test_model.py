@@ -116,10 +116,13 @@ def test_packed_row_gradients_equal_sum_of_segment_gradients():
                                  cot[:, off:off + n])
         g_sum = g if g_sum is None else jax.tree.map(jnp.add, g_sum, g)
         off += n
-    for (path, a), b in zip(jax.tree.leaves_with_path(model.unbox(g_packed)), jax.tree.leaves(model.unbox(g_sum))):
-        # fp32 sums over differently chunked sequences (exact to 5e-15 in float64): compare to the leaf scale
-        scale = float(jnp.max(jnp.abs(b))) + 1e-6
-        assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale, jax.tree_util.keystr(path)
+    # fp32 sums over differently chunked sequences (exact to 5e-15 in float64), so the noise floor follows the
+    # overall gradient scale, not each leaf's own
+    ref_leaves = jax.tree.leaves(model.unbox(g_sum))
+    scale = max(float(jnp.max(jnp.abs(b))) for b in ref_leaves)
+    for (path, a), b in zip(jax.tree.leaves_with_path(model.unbox(g_packed)), ref_leaves):
+        err = float(jnp.max(jnp.abs(a - b)))
+        assert err <= 1e-6 * scale + 1e-4 * float(jnp.max(jnp.abs(b))), (jax.tree_util.keystr(path), err, scale)
 
 
 def test_cached_decoding_matches_full_forward_with_left_padding():
