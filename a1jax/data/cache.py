@@ -1,0 +1,134 @@
+"""Token cache: each trajectory JSONL file tokenized once into flat .npy arrays, reused by every epoch and run.
+
+A cache entry lives in `<cache_dir>/<file stem>-<key[:16]>/`, where the key is a sha256 of the file's bytes, the
+tokenizer fingerprint (its source files and builder version), the supervision mode and CACHE_VERSION; change any of
+them and a new entry is built. An entry holds
+
+  tokens.npy     int32[total]   all records' tokens, concatenated
+  loss_mask.npy  uint8[total]   unshifted per-token mask (`chat.tokenize_trajectory`)
+  turn_ids.npy   int32[total]   ChatML turn index of each token (split points for overlong records)
+  offsets.npy    int64[R + 1]   record r is [offsets[r], offsets[r + 1])
+  records.json   ids, domains, source path, tokenizer name, the skip report of records that failed validation
+
+Arrays are memory-mapped, so a run touches only the records it reads. Entries are written to a temporary folder
+and renamed into place, so concurrent processes (several hosts sharing a file system) never see half an entry.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from a1jax.data.chat import tokenize_trajectory
+from a1jax.data.records import SkipReport, read_records
+from a1jax.data.tokenizers import Tokenizer
+
+CACHE_VERSION = "a1jax-token-cache-1"
+DEFAULT_CACHE_DIR = os.environ.get("A1JAX_DATA_CACHE", "~/.cache/a1jax/data")
+_ARRAYS = ("tokens", "loss_mask", "turn_ids", "offsets")
+
+log = logging.getLogger("a1jax.data")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(path: Path, tokenizer: Tokenizer, supervise: str) -> str:
+    parts = [CACHE_VERSION, file_sha256(path), tokenizer.fingerprint, supervise]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class TokenCache:
+    """One tokenized file: `len(cache)` records, `cache[r]` -> {tokens, loss_mask, turn_ids, domain, id}."""
+
+    path: Path  # the cache folder
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    turn_ids: np.ndarray
+    offsets: np.ndarray
+    ids: list[str]
+    domains: list[str]
+    skips: SkipReport
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, r: int) -> dict:
+        start, end = int(self.offsets[r]), int(self.offsets[r + 1])
+        return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": np.asarray(self.loss_mask[start:end]),
+                "turn_ids": np.asarray(self.turn_ids[start:end]), "domain": self.domains[r], "id": self.ids[r]}
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _read_entry(folder: Path) -> TokenCache:
+    meta = json.loads((folder / "records.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    skips = SkipReport(counts=collections.Counter(meta["skips"]["counts"]), examples=meta["skips"]["examples"])
+    return TokenCache(path=folder, ids=meta["ids"], domains=meta["domains"], skips=skips, **arrays)
+
+
+def _write_entry(folder: Path, source: Path, tokenizer: Tokenizer, supervise: str, strict: bool) -> None:
+    skips = SkipReport()
+    chunks = collections.defaultdict(list)
+    ids, domains, lengths = [], [], []
+    for _, record in read_records(source, strict=strict, skips=skips):
+        example = tokenize_trajectory(record, tokenizer, supervise=supervise)
+        for name in ("tokens", "loss_mask", "turn_ids"):
+            chunks[name].append(example[name])
+        ids.append(example["id"])
+        domains.append(example["domain"])
+        lengths.append(len(example["tokens"]))
+    dtypes = {"tokens": np.int32, "loss_mask": np.uint8, "turn_ids": np.int32}
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        for name, dtype in dtypes.items():
+            np.save(tmp / f"{name}.npy", np.concatenate(chunks[name]).astype(dtype) if chunks[name]
+                    else np.zeros(0, dtype))
+        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        meta = {"source": str(source), "tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint,
+                "supervise": supervise, "ids": ids, "domains": domains,
+                "skips": {"counts": dict(skips.counts), "examples": skips.examples}}
+        (tmp / "records.json").write_text(json.dumps(meta, ensure_ascii=False))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished the same entry first; keep theirs
+            if not (folder / "records.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    skips.log(str(source))
+
+
+def load_or_build(source: str | Path, tokenizer: Tokenizer, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                  supervise: str = "all", strict: bool = False) -> TokenCache:
+    """The cache entry of a JSONL file, tokenizing it first if no entry matches its content and tokenizer."""
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such trajectory file")
+    root = Path(cache_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"{source.stem}-{cache_key(source, tokenizer, supervise)[:16]}"
+    if not (folder / "records.json").exists():
+        log.info("tokenizing %s with %s into %s", source, tokenizer.name, folder)
+        _write_entry(folder, source, tokenizer, supervise, strict)
+    entry = _read_entry(folder)
+    if strict and entry.skips.total:  # the entry was built by a lenient run; strict mode must still stop
+        first = next(iter(entry.skips.examples.values()))[0]
+        raise ValueError(first)
+    return entry
