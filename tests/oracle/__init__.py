@@ -57,3 +57,20 @@ def run_oracle(case: str, cache_dir: str) -> dict[str, np.ndarray]:
     out["config"] = json.loads(str(out.pop("config_json")))
     out["state_dict"] = {k[3:]: out.pop(k) for k in list(out) if k.startswith("sd/")}
     return out
+
+
+def load_in_transformers(dirs: list[str]) -> list[dict[str, np.ndarray]]:
+    """Loads each converted HF directory (holding inputs.npz) with transformers' from_pretrained in one subprocess;
+    returns its hf_outputs.npz contents."""
+    python = oracle_python()
+    if not os.path.exists(python):
+        raise OracleUnavailable(f"HF oracle interpreter {python} not found; {_HOW}")
+    cmd = [python, SCRIPT] + [arg for d in dirs for arg in ("--load", d)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"transformers could not load {dirs} (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    out = []
+    for d in dirs:
+        with np.load(os.path.join(d, "hf_outputs.npz")) as z:
+            out.append({k: z[k] for k in z.files})
+    return out

@@ -7,7 +7,7 @@ batch of two rows of T=150 tokens (> 2 DeltaNet chunks of 64): one full row and 
 
     sd/<name>          every state-dict tensor, float32
     config_json        the HF config (cfg.to_dict(), JSON), class_name the HF model class
-    input_ids [B,T], attention_mask [B,T], labels [B,T] (-100 on pads)
+    input_ids [B,T], attention_mask [B,T], labels [B,T] (-100 on pads and on the first real token after them)
     logits [B,T,V]     HF forward with output_router_logits=True and labels
     loss               HF total loss: CE(shifted) + router_aux_loss_coef * aux_loss (MoE)
     aux_loss           HF's load-balancing loss (MoE cases only)
@@ -15,6 +15,10 @@ batch of two rows of T=150 tokens (> 2 DeltaNet chunks of 64): one full row and 
 
     .venv-oracle/bin/python tests/oracle/hf_oracle.py --case moe_spec --out /tmp/moe_spec.npz
     .venv-oracle/bin/python tests/oracle/hf_oracle.py --all --outdir /tmp/oracle
+
+`--load DIR` (repeatable) checks a directory written by `a1jax convert --to-hf`: it loads it with
+`AutoModelForCausalLM.from_pretrained`, runs DIR/inputs.npz (input_ids, attention_mask) and writes DIR/hf_outputs.npz
+(logits, class_name, missing_keys, unexpected_keys).
 """
 from __future__ import annotations
 
@@ -76,6 +80,7 @@ def run_case(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     mask[1, :PAD] = 0
     ids[1, :PAD] = 0
     labels = ids.masked_fill(mask == 0, -100)
+    labels[1, PAD] = -100  # predicted from a pad position, whose logits are arbitrary (and differ between ports)
     is_moe = model_cls is Qwen3_5MoeForCausalLM
     with torch.no_grad():
         kwargs = {"output_router_logits": True} if is_moe else {}
@@ -91,15 +96,37 @@ def run_case(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     return res
 
 
+def load_dir(path: str) -> None:
+    """Loads a converted directory the way a user would; reports what transformers made of it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(path)
+    extra = {"experts_implementation": "eager"} if getattr(config, "num_experts", 0) else {}
+    model, info = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32,
+                                                       output_loading_info=True, **extra)
+    inputs = np.load(os.path.join(path, "inputs.npz"))
+    with torch.no_grad():
+        out = model.eval()(input_ids=torch.from_numpy(inputs["input_ids"]),
+                           attention_mask=torch.from_numpy(inputs["attention_mask"]))
+    np.savez(os.path.join(path, "hf_outputs.npz"), logits=out.logits.float().numpy(),
+             class_name=np.array(type(model).__name__),
+             missing_keys=np.array(sorted(info["missing_keys"]), dtype=str),
+             unexpected_keys=np.array(sorted(info["unexpected_keys"]), dtype=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=sorted(CASES))
     ap.add_argument("--out", help="output .npz (with --case)")
     ap.add_argument("--all", action="store_true", help="run every case into --outdir/<case>.npz")
     ap.add_argument("--outdir")
+    ap.add_argument("--load", action="append", metavar="DIR", help="check a converted HF directory (repeatable)")
     args = ap.parse_args()
+    if args.load:
+        for path in args.load:
+            load_dir(path)
+        return
     if args.all == bool(args.case) or (args.case and not args.out) or (args.all and not args.outdir):
-        ap.error("use either --case NAME --out PATH or --all --outdir DIR")
+        ap.error("use --case NAME --out PATH, --all --outdir DIR, or --load DIR")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     jobs = [(c, os.path.join(args.outdir, f"{c}.npz")) for c in CASES] if args.all else [(args.case, args.out)]
     for case, path in jobs:
