@@ -2,7 +2,7 @@
 
   a1jax data import --format {tau_bench,toolbench,swe_agent} IN... --out FILE.jsonl --domain D [--strict]
   a1jax data stats FILE... [--tokenizer qwen3_5] [--seq-len T]
-  a1jax data split FILE --heldout N --train-out A.jsonl --heldout-out B.jsonl [--seed S]
+  a1jax data split FILE --heldout N --train-out A.jsonl --heldout-out B.jsonl [--group-by FIELD] [--seed S]
 
 Bad records are reported as `file:line: reason`: `--strict` stops at the first one, otherwise they are skipped and
 the counts per reason are printed (and logged to the `a1jax.data` logger).
@@ -46,7 +46,10 @@ def add_parser(sub) -> None:
 
     p = commands.add_parser("split", help="split a trajectory file into train and held-out files, deterministically")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--heldout", type=int, required=True, help="number of records to hold out")
+    p.add_argument("--heldout", type=int, required=True,
+                   help="hold out at least this many records (whole groups, see --group-by)")
+    p.add_argument("--group-by", default="id", help="dotted record field whose records stay on one side, e.g. "
+                                                    "metadata.task_id so no task has trajectories on both sides")
     p.add_argument("--train-out", required=True)
     p.add_argument("--heldout-out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -77,12 +80,31 @@ def run_stats(args) -> int:
     return 0
 
 
-def heldout_ids(ids: list[str], n: int, seed: int) -> set[str]:
-    """The n ids with the smallest sha256(seed:id): stable under reordering and appending records."""
-    if not 0 <= n <= len(ids):
-        raise ValueError(f"--heldout {n}: the file has {len(ids)} valid records")
-    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-    return set(ranked[:n])
+def _field(record: dict, dotted: str):
+    value = record
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(f"record {record.get('id')!r} has no field {dotted!r} to group by")
+        value = value[key]
+    return json.dumps(value, sort_keys=True)
+
+
+def heldout_groups(groups: list[str], n: int, seed: int) -> set[str]:
+    """Whole groups, smallest sha256(seed:group) first, until at least n records are held out.
+
+    Hashing makes the choice independent of file order and stable when records are appended."""
+    sizes: dict[str, int] = {}
+    for g in groups:
+        sizes[g] = sizes.get(g, 0) + 1
+    if not 0 <= n <= len(groups):
+        raise ValueError(f"--heldout {n}: the file has {len(groups)} valid records")
+    held, count = set(), 0
+    for g in sorted(sizes, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()):
+        if count >= n:
+            break
+        held.add(g)
+        count += sizes[g]
+    return held
 
 
 def run_split(args) -> int:
@@ -90,10 +112,11 @@ def run_split(args) -> int:
     records = [r for _, r in read_records(args.file, skips=skips)]
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{args.file}: record ids are not unique, so a split by id is ambiguous")
-    held = heldout_ids(ids, args.heldout, args.seed)
-    n_train = write_records(args.train_out, (r for r in records if r["id"] not in held))
-    n_held = write_records(args.heldout_out, (r for r in records if r["id"] in held))
+        raise ValueError(f"{args.file}: record ids are not unique, so the split is ambiguous")
+    groups = [_field(r, args.group_by) for r in records]
+    held = heldout_groups(groups, args.heldout, args.seed)
+    n_train = write_records(args.train_out, (r for r, g in zip(records, groups) if g not in held))
+    n_held = write_records(args.heldout_out, (r for r, g in zip(records, groups) if g in held))
     print(f"wrote {n_train} records to {args.train_out} and {n_held} to {args.heldout_out}")
     print("\n".join(skips.lines()))
     return 0
