@@ -2,17 +2,15 @@
 bad tensor. HF state dicts come from the oracle (real transformers models) and from `params.init` + `to_hf`."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
-from a1jax.convert import cli as convert_cli_module
+from a1jax import cli
 from a1jax.convert import from_hf, load_params, read_hf_dir, safetensors, save_params, to_hf, write_hf_dir
 from a1jax.convert.hf_config import config_from_hf, config_to_hf
 from a1jax.convert.layout import hf_layout, per_expert_layout
@@ -73,19 +71,6 @@ def split_experts(sd: dict, layers=None) -> dict:
         else:
             out[k] = v
     return out
-
-
-def convert_cli(argv: list[str]) -> int:
-    """`a1jax convert ...` as a1jax.cli.main runs it (user errors -> exit 2 and one line on stderr), without importing
-    the other subcommands."""
-    parser = argparse.ArgumentParser(prog="a1jax")
-    convert_cli_module.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"a1jax convert: error: {e}", file=sys.stderr)
-        return 2
 
 
 # ---- round trips ---------------------------------------------------------------------------------------------------
@@ -259,11 +244,11 @@ def test_cli_converts_hf_dir_to_orbax_and_back_bit_exact(tmp_path):
     cfg_ref, params_ref = from_hf(sd, hf_config)
     names = write_hf_dir(str(hf_dir), cfg_ref, params_ref, max_shard_bytes=100_000)
     assert len(names) > 1 and (hf_dir / "model.safetensors.index.json").exists()
-    assert convert_cli(["convert", "--from-hf", str(hf_dir), "--out", str(ckpt)]) == 0
+    assert cli.main(["convert", "--from-hf", str(hf_dir), "--out", str(ckpt)]) == 0
     cfg2, params2 = load_params(str(ckpt))
     assert cfg2 == cfg_ref
     assert_params_identical(params2, params_ref)
-    assert convert_cli(["convert", "--to-hf", "--from", str(ckpt), "--out", str(back), "--max-shard-gb", "1"]) == 0
+    assert cli.main(["convert", "--to-hf", "--from", str(ckpt), "--out", str(back), "--max-shard-gb", "1"]) == 0
     assert sorted(os.listdir(back)) == ["config.json", "model.safetensors"]
     assert_state_dicts_identical(safetensors.load_file(back / "model.safetensors"), sd)
     assert json.loads((back / "config.json").read_text())["architectures"] == ["Qwen3_5MoeForCausalLM"]
@@ -303,8 +288,8 @@ def test_cli_reports_missing_config_json_with_its_path(tmp_path, capsys):
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     safetensors.save_file(hf_dir / "model.safetensors", {"x": np.zeros(2, np.float32)})
-    assert convert_cli(["convert", "--from-hf", str(hf_dir), "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["convert", "--from-hf", str(hf_dir), "--out", str(tmp_path / "out")]) == 2
     assert f"{hf_dir}/config.json not found" in capsys.readouterr().err
-    assert convert_cli(["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -128,26 +128,26 @@ class Assembler:
         for p, leaf in zip(t.pieces, leaves):
             leaf[p.index] = layout.piece_to_jax(p.kind, x[p.rows], _slab_shape(leaf.shape, p.index))
 
-    def _missing(self) -> list[str]:
+    def _coverage_problems(self) -> list[str]:
         groups = collections.defaultdict(list)
         for t in self.alternatives.values():
             groups[t.fused].append(t.name)
-        missing = []
+        problems = []
         for name in self.canonical:
             alts = groups.get(name, [])
             used = [a for a in alts if a in self.given]
             if name in self.given:
-                missing += [f"tensor {self.given[a]!r} duplicates the fused {self.given[name]!r}" for a in used]
+                problems += [f"tensor {self.given[a]!r} duplicates the fused {self.given[name]!r}" for a in used]
             elif used:
-                missing += [f"missing tensor {a!r} (other experts of this layer are given per expert)"
-                            for a in alts if a not in self.given]
+                problems += [f"missing tensor {a!r} (other experts of this layer are given per expert)"
+                             for a in alts if a not in self.given]
             else:
-                missing.append(f"missing tensor {name!r} with shape {_shape(self.canonical[name].shape)}")
-        return missing
+                problems.append(f"missing tensor {name!r} with shape {_shape(self.canonical[name].shape)}")
+        return problems
 
     def finish(self):
         """The boxed params tree; raises one ValueError naming every problem seen."""
-        errors = self.errors + self._missing()
+        errors = self.errors + self._coverage_problems()
         if errors:
             raise ValueError(f"{len(errors)} problem(s) converting the HF state dict:\n  " + "\n  ".join(errors))
         if self.narrowed:
