@@ -1,5 +1,5 @@
 """The HF <-> a1jax converter: exact round trips, every accepted spelling of a checkpoint, and errors that name each
-bad tensor. HF state dicts come from the oracle (real transformers models) and from `params.init` + `to_hf`."""
+bad tensor. HF state dicts come from the oracle (real transformers models) and from random params + `to_hf`."""
 from __future__ import annotations
 
 import json
@@ -61,11 +61,11 @@ def split_experts(sd: dict, layers=None) -> dict:
     out = {}
     for k, v in sd.items():
         pre = k[:-len("gate_up_proj")]
-        if k.endswith("experts.gate_up_proj") and (layers is None or any(f".{i}." in k for i in layers)):
+        if k.endswith("experts.gate_up_proj") and (layers is None or any(f"layers.{i}." in k for i in layers)):
             I = v.shape[1] // 2
             for e in range(v.shape[0]):
                 out[f"{pre}{e}.gate_proj.weight"], out[f"{pre}{e}.up_proj.weight"] = v[e, :I], v[e, I:]
-        elif k.endswith("experts.down_proj") and (layers is None or any(f".{i}." in k for i in layers)):
+        elif k.endswith("experts.down_proj") and (layers is None or any(f"layers.{i}." in k for i in layers)):
             for e in range(v.shape[0]):
                 out[f"{k[:-len('down_proj')]}{e}.down_proj.weight"] = v[e]
         else:
