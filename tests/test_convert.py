@@ -252,6 +252,8 @@ def test_cli_converts_hf_dir_to_orbax_and_back_bit_exact(tmp_path):
     assert sorted(os.listdir(back)) == ["config.json", "model.safetensors"]
     assert_state_dicts_identical(safetensors.load_file(back / "model.safetensors"), sd)
     assert json.loads((back / "config.json").read_text())["architectures"] == ["Qwen3_5MoeForCausalLM"]
+    assert cli.main(["convert", "--to-hf", "--from", str(ckpt), "--out", str(back)]) == 2  # never mixes checkpoints
+    assert cli.main(["convert", "--from-hf", str(hf_dir), "--out", str(ckpt)]) == 2
 
 
 def test_hub_style_directory_with_unfused_mtp_experts(tmp_path):

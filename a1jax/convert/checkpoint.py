@@ -130,6 +130,10 @@ def _shards(tensors: list, max_bytes: int) -> list[list]:
 def write_hf_dir(out_dir: str, cfg: ModelConfig, params, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
     """Writes config.json and model.safetensors (or model-0000i-of-0000n.safetensors plus the index when larger than
     `max_shard_bytes`); builds one shard at a time. Returns the safetensors file names."""
+    stale = sorted(glob.glob(os.path.join(out_dir, "*.safetensors")) + glob.glob(os.path.join(out_dir, HF_INDEX)))
+    if stale:  # a leftover shard or index would be loaded alongside the new files
+        raise ValueError(f"{out_dir} already holds a checkpoint ({os.path.basename(stale[0])}, ...); choose an empty "
+                         "output directory")
     tensors = hf_tensors(cfg, params)
     os.makedirs(out_dir, exist_ok=True)
     shards = _shards(tensors, max_shard_bytes)
