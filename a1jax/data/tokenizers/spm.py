@@ -46,6 +46,8 @@ class SentencePieceTokenizer(Tokenizer):
         offsets = np.zeros((len(pieces), 2), np.int32)
         for i, p in enumerate(pieces):
             begin, end = p.begin, p.end
+            if end == begin and self._sp.is_byte(p.id) and begin < len(char_of_byte) - 1:
+                end = begin + 1  # leading byte-fallback pieces of a character get an empty surface
             offsets[i, 0] = char_of_byte[begin]
             offsets[i, 1] = char_of_byte[end - 1] + 1 if end > begin else char_of_byte[begin]
         return ids, offsets
