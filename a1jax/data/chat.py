@@ -216,7 +216,8 @@ def tokenize_trajectory(record: dict, tokenizer: Tokenizer, *, supervise: str = 
 
     supervise: "all" trains every assistant turn; "after_last_query" only the turns after the last real user query,
     the ones rendered with their `<think>` block exactly as at generation time (earlier turns lose their reasoning
-    in the template, recipe.md §5).
+    in the template, recipe.md §5). A conversation that ends with a user message (tau-bench's "###STOP###") has
+    nothing to train in that mode.
 
     A token is supervised if any of its characters lies in a supervised span. With the Qwen tokenizers every span
     boundary falls on a token boundary (special tokens and newlines separate them); for other tokenizers a token
