@@ -1,0 +1,406 @@
+"""Flash attention block kernels (Pallas, TPU and Triton variants) and the single-device `flash_attention`.
+
+The forward returns (o, lse); the backward takes the *global* (o, lse) through lse and delta = sum(o * do), so the
+same block backward serves one device and every hop of the ring (kernels.md §4: the cuDNN VJP drops the lse
+cotangent, which is why the ring cannot be built from cuDNN blocks).
+
+Kernel layout (built by `to_kernel_layout`): q [B, nh, T, D], k/v [B, nkv, S, D] (kv heads are picked by the index map
+h // (nh / nkv), never repeated in memory); segment ids and positions as [B, T, 1] columns for queries and [B, 1, S]
+rows for keys, which keeps the last two block dims legal on TPU ((8, 128)-divisible or full). Masks are built from
+segment ids and *global* positions, so causal masking works for any token order (zig-zag rings included), and a kv
+block whose segment or position ranges cannot meet the q block is skipped.
+
+Masked scores use the finite NEG, and probabilities are re-masked after the exp, so a fully masked row ends with
+l = 0, which gives o = 0 and lse = NEG, never NaN.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from kernels.attention import _pallas
+from kernels.reference import attention as ref
+
+F32 = jnp.float32
+NEG = ref.NEG
+Q_PAD = np.iinfo(np.int32).min  # segment id of padded queries: matches no key
+KV_PAD = Q_PAD + 1  # segment id of padded keys: matches no query
+
+
+@dataclasses.dataclass(frozen=True)
+class FlashConfig:
+    """Static kernel choices. variant: "tpu" (kv loop on the grid, VMEM scratch) or "triton" (in-kernel kv loop)."""
+    causal: bool = True
+    variant: str = "tpu"
+    block_q: int = 128
+    block_k: int = 128
+    interpret: bool = False
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def make_config(impl: str, causal: bool, block_q=None, block_k=None, interpret=None) -> FlashConfig:
+    variant = _pallas.variant_of(impl)
+    default = 128 if variant == "tpu" else 64  # Triton at head_dim 256 is register-bound (kernels.md §5)
+    return FlashConfig(causal=causal, variant=variant, block_q=block_q or default, block_k=block_k or default,
+                       interpret=_pallas.default_interpret() if interpret is None else interpret)
+
+
+# ---- block math shared by both variants ---------------------------------------------------------------------------
+def _dot_nt(a, b):  # a [m, d] . b [n, d]^T -> [m, n] f32
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=F32)
+
+
+def _dot_tn(a, b):  # a [m, n]^T . b [m, d] -> [n, d] f32
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=F32)
+
+
+def _mask(qseg, kseg, qpos, kpos, causal):  # [bq, 1] x [1, bk] -> [bq, bk]
+    m = qseg == kseg
+    return m & (qpos >= kpos) if causal else m
+
+
+def _needed(qseg, kseg, qpos, kpos, causal):
+    """False only if no (query, key) pair of the blocks can be unmasked: the block is skipped."""
+    ok = (jnp.max(qseg) >= jnp.min(kseg)) & (jnp.min(qseg) <= jnp.max(kseg))
+    return ok & (jnp.max(qpos) >= jnp.min(kpos)) if causal else ok
+
+
+def _fwd_step(carry, q, k, v, mask, scale):
+    m, l, acc = carry
+    s = jnp.where(mask, _dot_nt(q, k) * scale, NEG)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+    p = jnp.where(mask, jnp.exp(s - m_new), 0.0)  # re-mask: in a fully masked row s - m_new = 0
+    alpha = jnp.exp(m - m_new)
+    l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
+    acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=F32)
+    return m_new, l, acc
+
+
+def _finalize(m, l, acc):
+    empty = l == 0.0
+    l_safe = jnp.where(empty, 1.0, l)
+    return acc / l_safe, jnp.where(empty, NEG, m + jnp.log(l_safe))
+
+
+def _probs(q, k, lse, mask, scale):
+    return jnp.where(mask, jnp.exp(_dot_nt(q, k) * scale - lse), 0.0)
+
+
+def _dq_step(dq, q, k, v, do, lse, delta, mask, scale):
+    p = _probs(q, k, lse, mask, scale)
+    ds = p * (_dot_nt(do, v) - delta)
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=F32) * scale
+
+
+def _dkv_step(carry, q, k, v, do, lse, delta, mask, scale):
+    dk, dv = carry
+    p = _probs(q, k, lse, mask, scale)
+    dv = dv + _dot_tn(p.astype(do.dtype), do)
+    ds = p * (_dot_nt(do, v) - delta)
+    return dk + _dot_tn(ds.astype(q.dtype), q) * scale, dv
+
+
+# ---- forward ------------------------------------------------------------------------------------------------------
+def _fwd_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc,
+                    *, causal, scale):
+    j = pl.program_id(3)
+
+    @pl.when(j == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, NEG, F32)
+        l_sc[...] = jnp.zeros(l_sc.shape, F32)
+        acc_sc[...] = jnp.zeros(acc_sc.shape, F32)
+
+    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+
+    @pl.when(_needed(qs, ks, qp, kp, causal))
+    def _step():
+        m, l, acc = _fwd_step((m_sc[...], l_sc[...], acc_sc[...]), q_ref[...], k_ref[...], v_ref[...],
+                              _mask(qs, ks, qp, kp, causal), scale)
+        m_sc[...], l_sc[...], acc_sc[...] = m, l, acc
+
+    @pl.when(j == pl.num_programs(3) - 1)
+    def _finish():
+        o, lse = _finalize(m_sc[...], l_sc[...], acc_sc[...])
+        o_ref[...] = o.astype(o_ref.dtype)
+        lse_ref[...] = lse
+
+
+def _fwd_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
+                       *, causal, scale, bk, nk):
+    q, qs, qp = q_ref[...], qseg_ref[...], qpos_ref[...]
+    bq, D = q.shape
+
+    def body(j, carry):
+        sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        ks, kp = kseg_ref[:, sl], kpos_ref[:, sl]
+        step = lambda c: _fwd_step(c, q, k_ref[sl, :], v_ref[sl, :], _mask(qs, ks, qp, kp, causal), scale)
+        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda c: c, carry)
+
+    init = (jnp.full((bq, 1), NEG, F32), jnp.zeros((bq, 1), F32), jnp.zeros((bq, D), F32))
+    o, lse = _finalize(*jax.lax.fori_loop(0, nk, body, init))
+    o_ref[...] = o.astype(o_ref.dtype)
+    lse_ref[...] = lse
+
+
+def _blocks(cfg: FlashConfig, T, S):
+    bq, bk = min(cfg.block_q, T), min(cfg.block_k, S)
+    if T % bq or S % bk:
+        raise ValueError(f"sequence lengths (T={T}, S={S}) must be multiples of the blocks ({bq}, {bk}); "
+                         "to_kernel_layout pads them")
+    return bq, bk
+
+
+def flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg: FlashConfig, out_dtype=None):
+    """Kernel layout in, (o [B,nh,T,D] in out_dtype, lse [B,nh,T,1] f32) out."""
+    B, nh, T, D = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    G = nh // nkv
+    bq, bk = _blocks(cfg, T, S)
+    scale = D ** -0.5
+    out_shape = (_pallas.out_struct((B, nh, T, D), out_dtype or q.dtype, q),
+                 _pallas.out_struct((B, nh, T, 1), F32, q))
+    if cfg.variant == "tpu":
+        grid = (B, nh, T // bq, S // bk)
+        kernel = functools.partial(_fwd_kernel_tpu, causal=cfg.causal, scale=scale)
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i, j: (b, h, i, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, i, j: (b, h // G, j, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, i, j: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, j))
+        lse_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, i, j: (b, h, i, 0))
+        semantics = ("parallel", "parallel", "parallel", "arbitrary")
+    else:
+        grid = (B, nh, T // bq)
+        kernel = functools.partial(_fwd_kernel_triton, causal=cfg.causal, scale=scale, bk=bk, nk=S // bk)
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i: (b, h, i, 0))
+        kv_spec = pl.BlockSpec((None, None, S, D), lambda b, h, i: (b, h // G, 0, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, i: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, S), lambda b, h, i: (b, 0, 0))
+        lse_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
+        semantics = ("parallel",) * 3
+    return _pallas.call(
+        kernel, variant=cfg.variant, grid=grid, out_shape=out_shape, semantics=semantics, interpret=cfg.interpret,
+        in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec],
+        out_specs=[q_spec, lse_spec],
+        scratch=[_pallas.vmem((bq, 1), F32), _pallas.vmem((bq, 1), F32), _pallas.vmem((bq, D), F32)],
+        name="flash_fwd", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )(qseg, kseg, qpos, kpos, q, k, v)
+
+
+# ---- backward -----------------------------------------------------------------------------------------------------
+def _dq_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
+                   dq_sc, *, causal, scale):
+    j = pl.program_id(3)
+
+    @pl.when(j == 0)
+    def _init():
+        dq_sc[...] = jnp.zeros(dq_sc.shape, F32)
+
+    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+
+    @pl.when(_needed(qs, ks, qp, kp, causal))
+    def _step():
+        dq_sc[...] = _dq_step(dq_sc[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
+                              delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
+
+    @pl.when(j == pl.num_programs(3) - 1)
+    def _finish():
+        dq_ref[...] = dq_sc[...]
+
+
+def _dq_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                      dq_ref, *, causal, scale, bk, nk):
+    q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+    qs, qp = qseg_ref[...], qpos_ref[...]
+
+    def body(j, dq):
+        sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        ks, kp = kseg_ref[:, sl], kpos_ref[:, sl]
+        step = lambda a: _dq_step(a, q, k_ref[sl, :], v_ref[sl, :], do, lse, delta,
+                                  _mask(qs, ks, qp, kp, causal), scale)
+        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda a: a, dq)
+
+    dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, F32))
+
+
+def _dkv_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                    dk_ref, dv_ref, dk_sc, dv_sc, *, causal, scale):
+    g, i = pl.program_id(3), pl.program_id(4)
+
+    @pl.when((g == 0) & (i == 0))
+    def _init():
+        dk_sc[...] = jnp.zeros(dk_sc.shape, F32)
+        dv_sc[...] = jnp.zeros(dv_sc.shape, F32)
+
+    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+
+    @pl.when(_needed(qs, ks, qp, kp, causal))
+    def _step():
+        dk, dv = _dkv_step((dk_sc[...], dv_sc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
+                           delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
+        dk_sc[...], dv_sc[...] = dk, dv
+
+    @pl.when((g == pl.num_programs(3) - 1) & (i == pl.num_programs(4) - 1))
+    def _finish():
+        dk_ref[...] = dk_sc[...]
+        dv_ref[...] = dv_sc[...]
+
+
+def _dkv_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                       dk_ref, dv_ref, *, causal, scale, bq, nq, G):
+    k, v, ks, kp = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+
+    def body(gi, carry):  # gi walks the q blocks of all G query heads that share this kv head
+        rows = pl.ds(pl.multiple_of(gi * bq, bq), bq)
+        ids = pl.ds(pl.multiple_of((gi % nq) * bq, bq), bq)
+        qs, qp = qseg_ref[ids, :], qpos_ref[ids, :]
+        step = lambda c: _dkv_step(c, q_ref[rows, :], k, v, do_ref[rows, :], lse_ref[rows, :], delta_ref[rows, :],
+                                   _mask(qs, ks, qp, kp, causal), scale)
+        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda c: c, carry)
+
+    zeros = jnp.zeros(k.shape, F32)
+    dk, dv = jax.lax.fori_loop(0, G * nq, body, (zeros, zeros))
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+
+
+def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig):
+    """Block backward from the global lse and delta = sum(o * do) [B,nh,T,1]. Returns f32 (dq, dk, dv); dk and dv
+    are summed over the query heads of each kv head inside the kernel."""
+    B, nh, T, D = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    G = nh // nkv
+    bq, bk = _blocks(cfg, T, S)
+    nq, nk = T // bq, S // bk
+    scale = D ** -0.5
+    common = dict(variant=cfg.variant, interpret=cfg.interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (qseg, kseg, qpos, kpos)
+    if cfg.variant == "tpu":
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i, j: (b, h, i, 0))
+        r_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, i, j: (b, h, i, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, i, j: (b, h // G, j, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, i, j: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, j))
+        dq = _pallas.call(
+            functools.partial(_dq_kernel_tpu, causal=cfg.causal, scale=scale), grid=(B, nh, nq, nk),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
+            out_specs=q_spec, out_shape=_pallas.out_struct(q.shape, F32, q),
+            semantics=("parallel", "parallel", "parallel", "arbitrary"), scratch=[_pallas.vmem((bq, D), F32)],
+            name="flash_dq", **common)(*args, q, k, v, do, lse, delta)
+    else:
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i: (b, h, i, 0))
+        r_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
+        kv_spec = pl.BlockSpec((None, None, S, D), lambda b, h, i: (b, h // G, 0, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, i: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, S), lambda b, h, i: (b, 0, 0))
+        dq = _pallas.call(
+            functools.partial(_dq_kernel_triton, causal=cfg.causal, scale=scale, bk=bk, nk=nk), grid=(B, nh, nq),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
+            out_specs=q_spec, out_shape=_pallas.out_struct(q.shape, F32, q), semantics=("parallel",) * 3,
+            name="flash_dq", **common)(*args, q, k, v, do, lse, delta)
+
+    # dk/dv: the G query heads of kv head h are rows [g*T, (g+1)*T) of q reshaped to [B, nkv, G*T, D] (free reshape).
+    group = lambda x: x.reshape(B, nkv, G * T, x.shape[-1])
+    qg, dog, lseg, deltag = group(q), group(do), group(lse), group(delta)
+    kv_out = [_pallas.out_struct(k.shape, F32, k)] * 2
+    if cfg.variant == "tpu":
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, j, g, i: (b, h, g * nq + i, 0))
+        r_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, j, g, i: (b, h, g * nq + i, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, j, g, i: (b, h, j, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, j, g, i: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, j, g, i: (b, 0, j))
+        dk, dv = _pallas.call(
+            functools.partial(_dkv_kernel_tpu, causal=cfg.causal, scale=scale), grid=(B, nkv, nk, G, nq),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
+            out_specs=[kv_spec, kv_spec], out_shape=kv_out,
+            semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
+            scratch=[_pallas.vmem((bk, D), F32), _pallas.vmem((bk, D), F32)],
+            name="flash_dkv", **common)(*args, qg, k, v, dog, lseg, deltag)
+    else:
+        q_spec = pl.BlockSpec((None, None, G * T, D), lambda b, h, j: (b, h, 0, 0))
+        r_spec = pl.BlockSpec((None, None, G * T, 1), lambda b, h, j: (b, h, 0, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, j: (b, h, j, 0))
+        qid_spec = pl.BlockSpec((None, T, 1), lambda b, h, j: (b, 0, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, j: (b, 0, j))
+        dk, dv = _pallas.call(
+            functools.partial(_dkv_kernel_triton, causal=cfg.causal, scale=scale, bq=bq, nq=nq, G=G),
+            grid=(B, nkv, nk),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
+            out_specs=[kv_spec, kv_spec], out_shape=kv_out, semantics=("parallel",) * 3,
+            name="flash_dkv", **common)(*args, qg, k, v, dog, lseg, deltag)
+    return dq, dk, dv
+
+
+# ---- layout -------------------------------------------------------------------------------------------------------
+def _round_up(x, m):
+    return -(-x // m) * m
+
+
+def padded_length(T, cfg: FlashConfig):
+    """T rounded up so that both blocks (clamped to T) divide it."""
+    return _round_up(T, max(min(cfg.block_q, T), min(cfg.block_k, T)))
+
+
+def to_kernel_layout(q, k, v, segment_ids, positions, cfg: FlashConfig):
+    """Model layout ([B,T,nh,D], [B,T,nkv,D], ids [B,T]) -> padded kernel layout (see the module docstring)."""
+    T = q.shape[1]
+    Tp = padded_length(T, cfg)
+    pad = Tp - T
+    heads = lambda x: jnp.swapaxes(jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))), 1, 2)
+    ids = lambda x, fill: jnp.pad(x.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=fill)
+    qseg, kseg = ids(segment_ids, Q_PAD)[:, :, None], ids(segment_ids, KV_PAD)[:, None, :]
+    pos = ids(positions, 0)
+    return heads(q), heads(k), heads(v), qseg, kseg, pos[:, :, None], pos[:, None, :]
+
+
+def from_kernel_layout(x, T):
+    return jnp.swapaxes(x, 1, 2)[:, :T]
+
+
+def float0_like(x):
+    return np.zeros(x.shape, jax.dtypes.float0)
+
+
+# ---- single-device op ---------------------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _flash(q, k, v, qseg, kseg, qpos, kpos, cfg):
+    return flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg)[0]
+
+
+def _flash_vjp_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg):
+    o, lse = flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg)
+    return o, (q, k, v, qseg, kseg, qpos, kpos, o, lse)
+
+
+def _flash_vjp_bwd(cfg, res, do):
+    q, k, v, qseg, kseg, qpos, kpos, o, lse = res
+    delta = jnp.sum(o.astype(F32) * do.astype(F32), axis=-1, keepdims=True)
+    dq, dk, dv = flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do.astype(q.dtype), lse, delta, cfg)
+    ints = tuple(float0_like(x) for x in (qseg, kseg, qpos, kpos))
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)) + ints
+
+
+_flash.defvjp(_flash_vjp_fwd, _flash_vjp_bwd)
+
+
+def flash_attention(q, k, v, *, segment_ids=None, positions=None, causal=True, impl=None, block_q=None,
+                    block_k=None, interpret=None):
+    """Softmax attention, GQA without repeating kv. q [B,T,nh,D], k/v [B,T,nkv,D], ids [B,T] -> o [B,T,nh,D].
+
+    Query t sees key s iff segment_ids match and (causal) positions[t] >= positions[s]; positions default to the
+    index. impl: "xla" (kernels/reference), "pallas_tpu", "pallas_gpu", or None for the platform default."""
+    impl = _pallas.select_impl(impl)
+    if impl == "xla":
+        return ref.flash_attention(q, k, v, segment_ids=segment_ids, positions=positions, causal=causal)
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv heads ({k.shape[2]})")
+    cfg = make_config(impl, causal, block_q, block_k, interpret)
+    seg, pos = ref.default_ids(q, segment_ids, positions)
+    o = _flash(*to_kernel_layout(q, k, v, seg, pos, cfg), cfg)
+    return from_kernel_layout(o, q.shape[1])
