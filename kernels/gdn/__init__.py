@@ -1,0 +1,4 @@
+"""Gated DeltaNet kernels: the chunked rule (Pallas WY / fwd_h / output / bwd_dhu) and its context-parallel form."""
+from kernels.gdn.chunk import chunk_gated_delta_rule
+
+__all__ = ["chunk_gated_delta_rule"]
