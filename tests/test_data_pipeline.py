@@ -174,8 +174,8 @@ def test_strict_pipeline_stops_at_the_first_bad_record_and_lenient_one_counts_sk
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(seq_len=300_000), r"PipelineConfig.seq_len=300000: expected an integer in \[2, 262144\]"),
-    (dict(packing="next_fit"), "PipelineConfig.packing='next_fit': expected first_fit or best_fit"),
-    (dict(overlong="truncate"), "PipelineConfig.overlong='truncate': expected drop or split"),
+    (dict(packing="next_fit"), "PipelineConfig.packing='next_fit': expected one of first_fit, best_fit, single"),
+    (dict(overlong="truncate"), "PipelineConfig.overlong='truncate': expected one of drop, split"),
     (dict(num_epochs=0), "PipelineConfig.num_epochs=0: expected a positive integer or None"),
     (dict(sources=(Source(("a.jsonl",), weight=0),)), r"PipelineConfig.sources\[0\].weight=0: expected a positive"),
     (dict(domains=("engineering",)), "lacks domains found in the data: \\['customer_service', 'general_agentic'\\]"),

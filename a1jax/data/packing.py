@@ -13,6 +13,7 @@ The outcome of every example is counted (`OUTCOMES`).
 
 Packing is first-fit or best-fit over the rows of one batch: a piece goes into the first row (first_fit) or the
 fullest row (best_fit) with room for it; when none has room the batch is complete and the piece opens the next one.
+"single" puts one piece per row (long-horizon runs: one 45K-262K trajectory per row, the rest padding).
 See `a1jax.data.pipeline` for the batch layout (targets, shifted mask, segments, positions).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 OVERLONG_POLICIES = ("drop", "split")
-PACKING_ALGORITHMS = ("first_fit", "best_fit")
+PACKING_ALGORITHMS = ("first_fit", "best_fit", "single")
 # Outcome of one example against seq_len; the pipeline counts these.
 FITS, SPLIT, DROPPED_OVERLONG, DROPPED_OVERLONG_TURN = "fits", "split", "dropped_overlong", "dropped_overlong_turn"
 OUTCOMES = (FITS, SPLIT, DROPPED_OVERLONG, DROPPED_OVERLONG_TURN)
@@ -84,7 +85,8 @@ class RowPacker:
         n = len(piece["tokens"])
         if n > self.seq_len:
             raise ValueError(f"a piece of {n} tokens can never fit rows of seq_len={self.seq_len}")
-        candidates = np.flatnonzero(self.free >= n)
+        room = self.free == self.seq_len if self.algorithm == "single" else self.free >= n
+        candidates = np.flatnonzero(room)
         if candidates.size == 0:
             return False
         row = candidates[0] if self.algorithm == "first_fit" else candidates[np.argmin(self.free[candidates])]

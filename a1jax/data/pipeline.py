@@ -80,7 +80,7 @@ class PipelineConfig:
     tokenizer: str = "qwen3_5"  # a tokenizers.load name or path
     seq_len: int = 8192  # T; up to 262,144
     batch_size: int = 8  # rows per step over all processes together
-    packing: str = "first_fit"  # "first_fit" | "best_fit"
+    packing: str = "first_fit"  # "first_fit" | "best_fit" | "single" (one trajectory per row)
     overlong: str = "split"  # "split" (at turn boundaries) | "drop"
     supervise: str = "all"  # "all" | "after_last_query" (chat.tokenize_trajectory)
     seed: int = 0
@@ -105,11 +105,11 @@ class PipelineConfig:
         if self.batch_size < 1:
             bad("batch_size", self.batch_size, "a positive integer")
         if self.packing not in packing.PACKING_ALGORITHMS:
-            bad("packing", self.packing, " or ".join(packing.PACKING_ALGORITHMS))
+            bad("packing", self.packing, "one of " + ", ".join(packing.PACKING_ALGORITHMS))
         if self.overlong not in packing.OVERLONG_POLICIES:
-            bad("overlong", self.overlong, " or ".join(packing.OVERLONG_POLICIES))
+            bad("overlong", self.overlong, "one of " + ", ".join(packing.OVERLONG_POLICIES))
         if self.supervise not in SUPERVISE_MODES:
-            bad("supervise", self.supervise, " or ".join(SUPERVISE_MODES))
+            bad("supervise", self.supervise, "one of " + ", ".join(SUPERVISE_MODES))
         if self.num_epochs is not None and self.num_epochs < 1:
             bad("num_epochs", self.num_epochs, "a positive integer or None (forever)")
         if not 0 <= self.seed < 2**32:
@@ -199,7 +199,7 @@ def make_iterator(config: PipelineConfig, *, process_index: int = 0, process_cou
 
 
 class PackedBatchIterDataset(grain.IterDataset):
-    """Packs a stream of examples into [B, T] batches (first-fit or best-fit over the B rows of each batch)."""
+    """Packs a stream of examples into [B, T] batches (first-fit, best-fit or one per row over the B rows)."""
 
     def __init__(self, parent: grain.IterDataset, *, seq_len: int, batch_size: int, packing: str = "first_fit",
                  overlong: str = "split", pad_id: int = 0, domains: dict[str, int] | None = None):
