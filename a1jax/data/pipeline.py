@@ -173,8 +173,10 @@ def make_dataset(config: PipelineConfig, *, process_index: int = 0, process_coun
     caches, domains = load_sources(config)
     per_source = []
     for i, (source, source_caches) in enumerate(zip(config.sources, caches)):
-        names = [source.domain] * sum(map(len, source_caches)) if source.domain else \
-            [d for c in source_caches for d in c.domains]
+        if source.domain:
+            names = [source.domain] * sum(map(len, source_caches))
+        else:
+            names = [name for cache in source_caches for name in cache.domains]
         records = _Records(source_caches, np.asarray([domains[n] for n in names], np.int32))
         if len(records) == 0:
             raise ValueError(f"PipelineConfig.sources[{i}] {source.paths} has no valid records")
@@ -183,7 +185,8 @@ def make_dataset(config: PipelineConfig, *, process_index: int = 0, process_coun
     mixed = per_source[0] if len(per_source) == 1 else grain.MapDataset.mix(
         per_source, [s.weight for s in config.sources])
     if config.num_epochs is not None:
-        mixed = mixed[: config.num_epochs * sum(len(r) for c in caches for r in c)]
+        records_per_epoch = sum(len(cache) for source_caches in caches for cache in source_caches)
+        mixed = mixed[: config.num_epochs * records_per_epoch]
     mixed = mixed[process_index::process_count]
     records = mixed.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     tokenizer = tokenizers.load(config.tokenizer)
