@@ -105,6 +105,7 @@ def _write_entry(folder: Path, source: Path, tokenizer: Tokenizer, supervise: st
                 "supervise": supervise, "ids": ids, "domains": domains,
                 "skips": {"counts": dict(skips.counts), "examples": skips.examples}}
         (tmp / "records.json").write_text(json.dumps(meta, ensure_ascii=False))
+        tmp.chmod(0o755)  # mkdtemp makes it private; other users of a shared cache must read it
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished the same entry first; keep theirs
