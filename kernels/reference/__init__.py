@@ -1,0 +1,2 @@
+"""Pure-jnp references for the kernels: same signatures, plain autodiff, no Pallas (kernels.md §6.1)."""
+from kernels.reference import moe  # noqa: F401
