@@ -65,10 +65,20 @@ def _mask(qseg, kseg, qpos, kpos, causal):  # [bq, 1] x [1, bk] -> [bq, bk]
     return m & (qpos >= kpos) if causal else m
 
 
-def _needed(qseg, kseg, qpos, kpos, causal):
+def _range(seg, pos):
+    """(min, max) of a block's segment ids and positions: enough to know whether two blocks can meet. One axis at a
+    time: the Triton lowering of a multi-axis reduce loses the aval's sharding under an abstract mesh."""
+    lo = lambda x: jnp.min(jnp.min(x, axis=1), axis=0)
+    hi = lambda x: jnp.max(jnp.max(x, axis=1), axis=0)
+    return lo(seg), hi(seg), lo(pos), hi(pos)
+
+
+def _needed(q_range, k_range, causal):
     """False only if no (query, key) pair of the blocks can be unmasked: the block is skipped."""
-    ok = (jnp.max(qseg) >= jnp.min(kseg)) & (jnp.min(qseg) <= jnp.max(kseg))
-    return ok & (jnp.max(qpos) >= jnp.min(kpos)) if causal else ok
+    qs_min, qs_max, _, qp_max = q_range
+    ks_min, ks_max, kp_min, _ = k_range
+    ok = (qs_max >= ks_min) & (qs_min <= ks_max)
+    return ok & (qp_max >= kp_min) if causal else ok
 
 
 def _fwd_step(carry, q, k, v, mask, scale):
@@ -119,7 +129,7 @@ def _fwd_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref,
 
     qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
 
-    @pl.when(_needed(qs, ks, qp, kp, causal))
+    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
     def _step():
         m, l, acc = _fwd_step((m_sc[...], l_sc[...], acc_sc[...]), q_ref[...], k_ref[...], v_ref[...],
                               _mask(qs, ks, qp, kp, causal), scale)
@@ -136,12 +146,13 @@ def _fwd_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_r
                        *, causal, scale, bk, nk):
     q, qs, qp = q_ref[...], qseg_ref[...], qpos_ref[...]
     bq, D = q.shape
+    q_range = _range(qs, qp)  # loop-invariant; reducing it inside the loop trips the Triton lowering
 
     def body(j, carry):
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
         ks, kp = kseg_ref[:, sl], kpos_ref[:, sl]
         step = lambda c: _fwd_step(c, q, k_ref[sl, :], v_ref[sl, :], _mask(qs, ks, qp, kp, causal), scale)
-        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda c: c, carry)
+        return jax.lax.cond(_needed(q_range, _range(ks, kp), causal), step, lambda c: c, carry)
 
     init = (jnp.full((bq, 1), NEG, F32), jnp.zeros((bq, 1), F32), jnp.zeros((bq, D), F32))
     o, lse = _finalize(*jax.lax.fori_loop(0, nk, body, init))
@@ -204,7 +215,7 @@ def _dq_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, 
 
     qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
 
-    @pl.when(_needed(qs, ks, qp, kp, causal))
+    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
     def _step():
         dq_sc[...] = _dq_step(dq_sc[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
                               delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
@@ -218,13 +229,14 @@ def _dq_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_re
                       dq_ref, *, causal, scale, bk, nk):
     q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
     qs, qp = qseg_ref[...], qpos_ref[...]
+    q_range = _range(qs, qp)
 
     def body(j, dq):
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
         ks, kp = kseg_ref[:, sl], kpos_ref[:, sl]
         step = lambda a: _dq_step(a, q, k_ref[sl, :], v_ref[sl, :], do, lse, delta,
                                   _mask(qs, ks, qp, kp, causal), scale)
-        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda a: a, dq)
+        return jax.lax.cond(_needed(q_range, _range(ks, kp), causal), step, lambda a: a, dq)
 
     dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, F32))
 
@@ -240,7 +252,7 @@ def _dkv_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref,
 
     qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
 
-    @pl.when(_needed(qs, ks, qp, kp, causal))
+    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
     def _step():
         dk, dv = _dkv_step((dk_sc[...], dv_sc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
                            delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
@@ -255,14 +267,15 @@ def _dkv_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref,
 def _dkv_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
                        dk_ref, dv_ref, *, causal, scale, bq, nq, G):
     k, v, ks, kp = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+    k_range = _range(ks, kp)
 
     def body(gi, carry):  # gi walks the q blocks of all G query heads that share this kv head
         rows = pl.ds(pl.multiple_of(gi * bq, bq), bq)
-        ids = pl.ds(pl.multiple_of((gi % nq) * bq, bq), bq)
+        ids = pl.ds(pl.multiple_of(jax.lax.rem(gi, nq) * bq, bq), bq)  # lax.rem: jnp % does not lower to Triton
         qs, qp = qseg_ref[ids, :], qpos_ref[ids, :]
         step = lambda c: _dkv_step(c, q_ref[rows, :], k, v, do_ref[rows, :], lse_ref[rows, :], delta_ref[rows, :],
                                    _mask(qs, ks, qp, kp, causal), scale)
-        return jax.lax.cond(_needed(qs, ks, qp, kp, causal), step, lambda c: c, carry)
+        return jax.lax.cond(_needed(_range(qs, qp), k_range, causal), step, lambda c: c, carry)
 
     zeros = jnp.zeros(k.shape, F32)
     dk, dv = jax.lax.fori_loop(0, G * nq, body, (zeros, zeros))
