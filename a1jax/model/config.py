@@ -14,7 +14,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out")
 # Implementation switches. Kernel issues add their Pallas paths here and in the dispatch of the matching layer.
 ATTENTION_IMPLS = ("reference",)  # plain softmax attention (a1jax/model/attention.py)
 DELTANET_IMPLS = ("chunked", "scan")  # a1jax/model/gated_delta_rule.py
-MOE_IMPLS = ("ragged_dot",)  # sort + jax.lax.ragged_dot (a1jax/model/moe.py)
+# "ragged_dot": sort + jax.lax.ragged_dot (a1jax/model/moe.py); the others go through kernels.moe.routed_ffn:
+# "auto" picks by platform (KERNELS_MOE_IMPL may override), the rest force one (kernels/backend.py).
+MOE_IMPLS = ("ragged_dot", "auto", "xla", "pallas_tpu", "pallas_gpu")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,20 +11,22 @@ import jax.numpy as jnp
 
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import swiglu
+from kernels import moe as moe_kernels
 
 F32 = jnp.float32
 
 
 def route(router_logits, top_k: int):
     """fp32 softmax over all experts, top-k, renormalise. Returns (weights [N,k] fp32, ids [N,k] int32, probs)."""
-    probs = jax.nn.softmax(router_logits.astype(F32), axis=-1)
-    weights, ids = jax.lax.top_k(probs, top_k)
-    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    return weights, ids.astype(jnp.int32), probs
+    return moe_kernels.route(router_logits, top_k, return_probs=True)
 
 
-def routed_experts(x, weights, ids, w_gate_up, w_down):
-    """Dropless routed experts by sort + `ragged_dot`. x [N,H]; weights/ids [N,k]; w_gate_up [E,H,2I]; w_down [E,I,H]."""
+def routed_experts(x, weights, ids, w_gate_up, w_down, impl: str = "ragged_dot"):
+    """Dropless routed experts by sort + `ragged_dot`. x [N,H]; weights/ids [N,k]; w_gate_up [E,H,2I]; w_down [E,I,H].
+
+    Any `impl` but "ragged_dot" runs `kernels.moe.routed_ffn` (Pallas grouped matmul or its XLA path)."""
+    if impl != "ragged_dot":
+        return moe_kernels.routed_ffn(x, weights, ids, w_gate_up, w_down, impl=impl)
     N, k = ids.shape
     E = w_gate_up.shape[0]
     inter = w_down.shape[1]
@@ -47,7 +49,8 @@ def moe_block(p, x, cfg: ModelConfig, valid):
     router_logits = x2 @ p["router"].astype(dtype)  # [N, E] in the activation dtype, as HF
     weights, ids, probs = route(router_logits, cfg.num_experts_per_tok)
     weights = weights.astype(dtype).astype(F32)  # HF >= 5.6 casts the top-k weights to the logits dtype
-    out = routed_experts(x2, weights, ids, p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype))
+    out = routed_experts(x2, weights, ids, p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype),
+                         cfg.moe_impl)
     if "shared_gate_proj" in p:
         shared = swiglu(x2, p["shared_gate_proj"].astype(dtype), p["shared_up_proj"].astype(dtype),
                         p["shared_down_proj"].astype(dtype))
