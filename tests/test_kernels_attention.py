@@ -1,0 +1,231 @@
+"""Flash and ring attention kernels against the naive masked reference (kernels.md §4, §6.5).
+
+CPU: Pallas in interpret mode, fp32 unless noted, few grid steps (blocks of 128, short sequences). Gradients use
+random cotangents (a uniform one hides softmax errors). The cross-lowering tests lower for TPU and an abstract H100
+at production shapes without executing (kernels.md §6.4).
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from jax.sharding import PartitionSpec as P
+
+from kernels.attention import flash, flash_attention, load_balance, ring_attention
+from kernels.reference import attention as ref
+
+F32 = jnp.float32
+AXIS = "sequence"
+
+
+def _qkv(T, D, nh, nkv, *, dtype=F32, B=1, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(ks[0], (B, T, nh, D), F32).astype(dtype)
+    k = jax.random.normal(ks[1], (B, T, nkv, D), F32).astype(dtype)
+    v = jax.random.normal(ks[2], (B, T, nkv, D), F32).astype(dtype)
+    do = jax.random.normal(ks[3], (B, T, nh, D), F32).astype(dtype)
+    return q, k, v, do
+
+
+def _segments(kind, T):
+    """none; 3 documents; short documents with boundaries inside a 128-block and a padding tail (id 0)."""
+    if kind == "none":
+        return None
+    if kind == "docs":
+        sizes = [T // 3, T // 3, T - 2 * (T // 3)]
+    else:
+        sizes = [37, 5, 61, T - 37 - 5 - 61 - 20, 20]
+    ids = np.concatenate([np.full(s, i + 1 if kind == "docs" or i < 4 else 0) for i, s in enumerate(sizes)])
+    return jnp.asarray(ids[None], jnp.int32)
+
+
+def _value_and_grads(f, q, k, v, do):
+    o, vjp = jax.vjp(f, q, k, v)
+    return (o, *vjp(do))
+
+
+def _assert_close(got, want, atol, rtol=None, names=("o", "dq", "dk", "dv")):
+    for name, a, b in zip(names, got, want):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol,
+                                   rtol=atol / 10 if rtol is None else rtol, err_msg=name)
+
+
+# Every value of T, D, heads, causal and segments appears, most pairs too; each case checks forward and gradients.
+FLASH_CASES = [(128, 64, 4, 4, True, "none"), (256, 256, 4, 2, True, "docs"), (128, 256, 4, 1, False, "inside_block"),
+               (256, 64, 4, 1, True, "inside_block"), (256, 64, 4, 2, False, "none"), (128, 256, 4, 4, False, "docs")]
+
+
+@pytest.mark.parametrize("T,D,nh,nkv,causal,segments", FLASH_CASES)
+def test_flash_matches_reference(T, D, nh, nkv, causal, segments):
+    q, k, v, do = _qkv(T, D, nh, nkv)
+    seg = _segments(segments, T)
+    kw = dict(segment_ids=seg, causal=causal)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: flash_attention(q, k, v, impl="pallas_tpu", **kw),
+                                              *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
+    _assert_close(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("nh,nkv,segments", [(4, 4, "docs"), (4, 2, "inside_block")])
+def test_flash_triton_variant_matches_reference_with_padding(nh, nkv, segments):
+    """The GPU variant (in-kernel kv loop over whole-sequence refs) computes the same thing as the TPU one, also when
+    T = 200 is padded to whole blocks (padded keys carry a segment id no query has)."""
+    q, k, v, do = _qkv(200, 64, nh, nkv, seed=1)
+    kw = dict(segment_ids=_segments(segments, 200), causal=True)
+    got = jax.jit(lambda *a: _value_and_grads(
+        lambda q, k, v: flash_attention(q, k, v, impl="pallas_gpu", block_q=128, block_k=64, **kw), *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
+    _assert_close(got, want, atol=2e-5)
+
+
+def test_flash_bf16_within_1e_2_of_fp32_reference_on_same_inputs():
+    q, k, v, do = _qkv(128, 256, 4, 2, dtype=jnp.bfloat16, seed=2)
+    kw = dict(segment_ids=_segments("docs", 128), causal=True)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: flash_attention(q, k, v, impl="pallas_tpu", **kw),
+                                              *a))(q, k, v, do)
+    up = lambda x: x.astype(F32)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), up(q), up(k), up(v), up(do))
+    assert all(x.dtype == jnp.bfloat16 for x in got)
+    _assert_close(got[:1], want[:1], atol=1e-2, rtol=1e-2)
+    _assert_close(got[1:], want[1:], atol=2e-2, rtol=2e-2, names=("dq", "dk", "dv"))
+
+
+def test_fully_masked_rows_give_zero_output_lse_neg_and_finite_grads():
+    """Queries whose segment has no key (a ring hop, a padded key block) end with o = 0, lse = NEG, never NaN."""
+    T, D = 128, 64
+    q, k, v, do = _qkv(T, D, 4, 2, seed=4)
+    cfg = flash.make_config("pallas_tpu", True)
+    q_ids = jnp.asarray(np.where(np.arange(T) < 40, 7, 1)[None], jnp.int32)  # rows < 40: segment 7 has no key
+    kv_ids = jnp.ones((1, T), jnp.int32)
+    pos = jnp.arange(T, dtype=jnp.int32)[None]
+    qt, kt, vt, *_ = flash.to_kernel_layout(q, k, v, kv_ids, pos, cfg)
+    qseg, kseg, qpos, kpos = q_ids[:, :, None], kv_ids[:, None, :], pos[:, :, None], pos[:, None, :]
+    o, lse = jax.jit(lambda *a: flash.flash_fwd(*a, cfg))(qt, kt, vt, qseg, kseg, qpos, kpos)
+    o_want, lse_want = ref.attention_with_lse(q, k, v, ref.attention_mask(q_ids, kv_ids, pos, pos, True))
+    np.testing.assert_allclose(flash.from_kernel_layout(o, T), o_want, atol=2e-5)
+    np.testing.assert_allclose(flash.from_kernel_layout(lse[..., 0], T), lse_want, rtol=1e-6)
+    assert np.all(np.asarray(o)[:, :, :40] == 0) and np.all(np.asarray(lse)[:, :, :40] == ref.NEG)
+    dot = jnp.swapaxes(do, 1, 2)
+    delta = jnp.sum(o * dot, axis=-1, keepdims=True)
+    grads = jax.jit(lambda *a: flash.flash_bwd(*a, cfg))(qt, kt, vt, qseg, kseg, qpos, kpos, dot, lse, delta)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    assert np.all(np.asarray(grads[0])[:, :, :40] == 0)
+
+
+# ---- ring attention -----------------------------------------------------------------------------------------------
+def _mesh(n):
+    return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+
+
+def _ring(n, scheme, impl="pallas_tpu", causal=True):
+    """Global-layout function: reorder for the scheme, shard over n devices, ring, restore the order."""
+    T = 512
+    perm = np.arange(T) if scheme is None else load_balance.permutation(T, n, scheme)
+    body = lambda q, k, v, s, p: ring_attention(q, k, v, axis_name=AXIS, segment_ids=s, positions=p,
+                                                causal=causal, impl=impl)
+    sm = jax.shard_map(body, mesh=_mesh(n), in_specs=(P(None, AXIS),) * 5, out_specs=P(None, AXIS),
+                       check_vma=False)  # interpreted kernels fail the vma check (kernels.md §2, gotcha 3)
+
+    def f(q, k, v, seg):
+        r = lambda x: load_balance.reorder(x, perm)
+        pos = jnp.asarray(perm, jnp.int32)[None]
+        return load_balance.restore(sm(r(q), r(k), r(v), r(seg), pos), perm)
+    return f
+
+
+RING_SEGMENTS = np.concatenate([np.full(100, 1), np.full(200, 2), np.full(212, 3)])  # cross 128/256/384 borders
+
+
+@pytest.mark.parametrize("n,scheme,impl", [(2, None, "pallas_tpu"), (2, "striped", "pallas_tpu"),
+                                           (4, None, "pallas_tpu"), (4, "zigzag", "pallas_tpu"), (4, "zigzag", "xla")])
+def test_ring_equals_single_device_attention(n, scheme, impl):
+    q, k, v, do = _qkv(512, 64, 4, 2, seed=5)
+    seg = jnp.asarray(RING_SEGMENTS[None], jnp.int32)
+    f = _ring(n, scheme, impl)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: f(q, k, v, seg), *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, segment_ids=seg), q, k, v, do)
+    _assert_close(got, want, atol=3e-5)
+
+
+def test_ring_non_causal_with_one_kv_head():
+    q, k, v, do = _qkv(512, 64, 4, 1, seed=6)
+    seg = jnp.asarray(RING_SEGMENTS[None], jnp.int32)
+    f = _ring(2, None, causal=False)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: f(q, k, v, seg), *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, segment_ids=seg, causal=False), q, k, v, do)
+    _assert_close(got, want, atol=3e-5)
+
+
+def test_ring_on_one_device_is_the_flash_kernel():
+    q, k, v, do = _qkv(512, 64, 4, 2, seed=7)
+    seg = jnp.asarray(RING_SEGMENTS[None], jnp.int32)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: _ring(1, None)(q, k, v, seg), *a))(q, k, v, do)
+    flash_ = jax.jit(lambda *a: _value_and_grads(
+        lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, impl="pallas_tpu"), *a))(q, k, v, do)
+    _assert_close(got, flash_, atol=1e-6, rtol=1e-6)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, segment_ids=seg), q, k, v, do)
+    _assert_close(got, want, atol=3e-5)
+
+
+def test_load_balance_orders_are_permutations_that_balance_causal_work():
+    T, n = 64, 4
+    for scheme in load_balance.SCHEMES:
+        perm = load_balance.permutation(T, n, scheme)
+        assert sorted(perm) == list(range(T))
+        x = np.arange(T)[None]
+        np.testing.assert_array_equal(load_balance.restore(load_balance.reorder(x, perm), perm), x)
+        work = [int(np.sum(s + 1)) for s in perm.reshape(n, T // n)]  # keys seen per shard under a causal mask
+        assert max(work) - min(work) <= T, (scheme, work)  # contiguous: 768
+    contiguous = [int(np.sum(s + 1)) for s in np.arange(T).reshape(n, T // n)]
+    assert max(contiguous) - min(contiguous) > 10 * T
+
+
+# ---- cross-lowering -----------------------------------------------------------------------------------------------
+def _abstract_mesh(platform, n=1):
+    """Kernels lower against the device kind of the abstract mesh. Auto axes let shard_map take unsharded specs."""
+    device = (AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu") if platform == "tpu" else
+              AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
+    return AbstractMesh((n,), (AXIS,), axis_types=(AxisType.Auto if n > 1 else AxisType.Explicit,),
+                        abstract_device=device)
+
+
+def _lower(f, args, platform, n=1):
+    with jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
+        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _custom_calls(text, platform):
+    return text.count("tpu_custom_call") if platform == "tpu" else text.count("__gpu$xla.gpu.triton")
+
+
+# Production shapes: head_dim 256, 16 q-heads and 2 kv-heads, bf16.
+_S = jax.ShapeDtypeStruct
+_PROD = lambda T: (_S((1, T, 16, 256), jnp.bfloat16), _S((1, T, 2, 256), jnp.bfloat16),
+                   _S((1, T, 2, 256), jnp.bfloat16), _S((1, T), jnp.int32), _S((1, T, 16, 256), jnp.bfloat16))
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_flash_lowers_at_production_shapes(platform):
+    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+
+    def f(q, k, v, seg, do):
+        return _value_and_grads(lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, impl=impl,
+                                                                interpret=False), q, k, v, do)
+    assert _custom_calls(_lower(f, _PROD(4096), platform), platform) == 3  # fwd, dq, dkv
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_ring_lowers_at_production_shapes(platform):
+    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    n = 4
+    body = lambda q, k, v, s: ring_attention(q, k, v, axis_name=AXIS, segment_ids=s, impl=impl, interpret=False)
+
+    def f(q, k, v, seg, do):
+        sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 4, out_specs=P(None, AXIS), check_vma=False)
+        return _value_and_grads(lambda q, k, v: sm(q, k, v, seg), q, k, v, do)
+    text = _lower(f, _PROD(4 * 4096), platform, n)
+    assert _custom_calls(text, platform) >= 3 and "collective_permute" in text.replace("-", "_")

@@ -1,0 +1,190 @@
+"""Gated DeltaNet kernels: scan reference = chunked jnp = Pallas, and context parallel = one shard (kernels.md §3.3).
+
+CPU: Pallas in interpret mode, fp32. Cases carry packed segments (a boundary inside a chunk, a chunk-aligned one and
+the padding id 0), a non-zero initial state, dk != dv and Hv = 2 Hk; T = 200 is not a chunk multiple. Gradients of
+q, k, v, g, beta and the initial state use random cotangents on both o and the final state. Decays are slow so the
+state carries across chunks and shards (with fast decay a wrong carry could hide below the tolerance).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from jax.sharding import PartitionSpec as P
+
+from a1jax.model.deltanet import causal_conv
+from a1jax.model.layers import l2_normalize
+from kernels.gdn import chunk_gated_delta_rule, context_parallel_gated_delta_rule, conv_halo
+from kernels.gdn.intra import unit_lower_inverse
+from kernels.reference import gdn as ref
+
+F32 = jnp.float32
+AXIS = "sequence"
+ATOL = 2e-5  # fp32; chunked vs scan measured at ~1e-7 (outputs) and ~1e-5 (dq, whose scale is ~30)
+
+
+def _inputs(B, T, Hk, H, dk, dv, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+    q = l2_normalize(jax.random.normal(ks[0], (B, T, Hk, dk))) * dk ** -0.5
+    k = l2_normalize(jax.random.normal(ks[1], (B, T, Hk, dk)))
+    v = jax.random.normal(ks[2], (B, T, H, dv))
+    g = -0.1 * jax.nn.softplus(jax.random.normal(ks[3], (B, T, H)))
+    beta = jax.nn.sigmoid(jax.random.normal(ks[4], (B, T, H)))
+    s0 = 0.3 * jax.random.normal(ks[5], (B, H, dk, dv))
+    do = jax.random.normal(ks[6], (B, T, H, dv))
+    ds = jax.random.normal(ks[7], (B, H, dk, dv))
+    return (q, k, v, g, beta, s0), (do, ds)
+
+
+def _value_and_grads(f, args, cts):
+    out, vjp = jax.vjp(f, *args)
+    return (*out, *vjp(cts))
+
+
+NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "d_initial_state")
+
+
+def _assert_close(got, want, atol=ATOL):
+    for name, a, b in zip(NAMES, got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-4, err_msg=name)
+
+
+def test_blockwise_doubling_inverse_matches_triangular_solve():
+    a = jnp.tril(jax.random.normal(jax.random.PRNGKey(0), (3, 64, 64)) * 0.3, -1)
+    eye = jnp.eye(64)
+    want = jax.scipy.linalg.solve_triangular(eye + a, jnp.broadcast_to(eye, a.shape), lower=True)
+    np.testing.assert_allclose(unit_lower_inverse(a), want, atol=1e-5)
+
+
+# B = 2 rows: row 0 has boundaries inside chunks and a padding tail (id 0), row 1 a chunk-aligned boundary.
+SEGMENTS = jnp.asarray(np.stack([np.concatenate([np.full(50, 1), np.full(70, 2), np.full(60, 3), np.full(20, 0)]),
+                                 np.concatenate([np.full(64, 4), np.full(136, 5)])]), jnp.int32)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_tpu", "pallas_gpu"])
+def test_chunked_equals_scan_reference(impl):
+    """Packed segments, initial state, dk=32 != dv=48, Hv = 2 Hk, T = 200 (padded to 4 chunks of 64)."""
+    args, cts = _inputs(2, 200, 1, 2, 32, 48)
+
+    def f(impl_fn):
+        return lambda q, k, v, g, beta, s0: impl_fn(q, k, v, g, beta, segment_ids=SEGMENTS, initial_state=s0)
+
+    got = jax.jit(lambda a, c: _value_and_grads(f(lambda *x, **kw: chunk_gated_delta_rule(*x, impl=impl, **kw)),
+                                                a, c))(args, cts)
+    want = _value_and_grads(f(ref.chunk_gated_delta_rule), args, cts)
+    _assert_close(got, want)
+
+
+def test_packed_segments_do_not_leak_deltanet_state():
+    """A packed row gives each document exactly what it gets alone (the initial state only reaches the first)."""
+    (q, k, v, g, beta, s0), _ = _inputs(1, 120, 2, 2, 32, 32, seed=1)
+    cuts = [0, 40, 80, 120]  # boundaries inside the two chunks; equal lengths share one compilation
+    seg = jnp.asarray(np.repeat([1, 2, 3], np.diff(cuts))[None], jnp.int32)
+    run = jax.jit(lambda *a, seg, s0: chunk_gated_delta_rule(*a, segment_ids=seg, initial_state=s0,
+                                                             impl="pallas_tpu"))
+    o, _ = run(q, k, v, g, beta, seg=seg, s0=s0)
+    for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+        o_alone, _ = run(*(x[:, lo:hi] for x in (q, k, v, g, beta)), seg=None, s0=s0 if i == 0 else 0 * s0)
+        np.testing.assert_allclose(o[:, lo:hi], o_alone, atol=1e-6, err_msg=f"document {i}")
+
+
+# ---- context parallel ---------------------------------------------------------------------------------------------
+def _mesh(n):
+    return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+
+
+def _context_parallel(n, impl, segment_ids):
+    body = lambda q, k, v, g, b, seg, s0: context_parallel_gated_delta_rule(
+        q, k, v, g, b, axis_name=AXIS, segment_ids=seg, initial_state=s0, impl=impl)
+    sm = jax.shard_map(body, mesh=_mesh(n), in_specs=(P(None, AXIS),) * 6 + (P(),), out_specs=(P(None, AXIS), P()),
+                       check_vma=False)  # interpreted kernels fail the vma check (kernels.md §2, gotcha 3)
+    return lambda q, k, v, g, b, s0: sm(q, k, v, g, b, segment_ids, s0)
+
+
+# 4 shards of 64: document 2 crosses two shard borders, document 3 starts exactly on a border (state must reset).
+CP_SEGMENTS = jnp.asarray(np.concatenate([np.full(40, 1), np.full(152, 2), np.full(64, 3)])[None], jnp.int32)
+
+
+@pytest.mark.parametrize("n,impl", [(1, "pallas_tpu"), (2, "pallas_tpu"), (4, "pallas_tpu"), (4, "xla")])
+def test_context_parallel_equals_one_shard(n, impl):
+    args, cts = _inputs(1, 256, 1, 2, 32, 48, seed=2)
+    got = jax.jit(lambda a, c: _value_and_grads(_context_parallel(n, impl, CP_SEGMENTS), a, c))(args, cts)
+    want = _value_and_grads(lambda q, k, v, g, b, s0: ref.chunk_gated_delta_rule(
+        q, k, v, g, b, segment_ids=CP_SEGMENTS, initial_state=s0), args, cts)
+    _assert_close(got, want)
+
+
+def test_context_parallel_cases_depend_on_the_incoming_state():
+    """Guards the test above: shard 2 alone (zero incoming state) differs from its part of the whole sequence."""
+    (q, k, v, g, beta, s0), _ = _inputs(1, 256, 1, 2, 32, 48, seed=2)
+    o, _ = ref.chunk_gated_delta_rule(q, k, v, g, beta, segment_ids=CP_SEGMENTS, initial_state=s0)
+    part = lambda x: x[:, 128:192]
+    o_alone, _ = ref.chunk_gated_delta_rule(*(part(x) for x in (q, k, v, g, beta)), segment_ids=part(CP_SEGMENTS))
+    assert float(jnp.abs(part(o) - o_alone).max()) > 100 * ATOL
+
+
+def test_conv_halo_gives_the_full_sequence_conv():
+    T, n, K = 64, 4, 4
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, T, 3, 8))
+    w = jax.random.normal(jax.random.PRNGKey(4), (K, 3, 8))
+    seg = jnp.asarray(np.stack([np.repeat([1, 2], [30, 34]), np.repeat([5, 6, 7], [16, 2, 46])]), jnp.int32)
+    want, _, _ = causal_conv(x, w, seg)
+
+    def body(x, seg):
+        hist, hist_seg = conv_halo(x, seg, axis_name=AXIS, width=K - 1)
+        return causal_conv(x, w, seg, hist, hist_seg)[0]
+    got = jax.jit(jax.shard_map(body, mesh=_mesh(n), in_specs=(P(None, AXIS),) * 2, out_specs=P(None, AXIS)))(x, seg)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# ---- cross-lowering -----------------------------------------------------------------------------------------------
+def _abstract_mesh(platform, n):
+    device = (AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu") if platform == "tpu" else
+              AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
+    return AbstractMesh((n,), (AXIS,), axis_types=(AxisType.Auto if n > 1 else AxisType.Explicit,),
+                        abstract_device=device)
+
+
+def _lower(f, args, platform, n=1):
+    with jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
+        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _custom_calls(text, platform):
+    return text.count("tpu_custom_call") if platform == "tpu" else text.count("__gpu$xla.gpu.triton")
+
+
+def _production(T):
+    """Qwen3.5-35B DeltaNet: 16 qk-heads, 32 v-heads, dk = dv = 128, chunk 64."""
+    S = lambda *s: jax.ShapeDtypeStruct(s, F32)
+    args = (S(1, T, 16, 128), S(1, T, 16, 128), S(1, T, 32, 128), S(1, T, 32), S(1, T, 32), S(1, 32, 128, 128))
+    return args, (S(1, T, 32, 128), S(1, 32, 128, 128)), jax.ShapeDtypeStruct((1, T), jnp.int32)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_chunked_lowers_at_production_shapes(platform):
+    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    args, cts, seg = _production(4096)
+
+    def f(args, cts, seg):
+        return _value_and_grads(lambda q, k, v, g, b, s0: chunk_gated_delta_rule(
+            q, k, v, g, b, segment_ids=seg, initial_state=s0, impl=impl, interpret=False), args, cts)
+    assert _custom_calls(_lower(f, (args, cts, seg), platform), platform) == 5  # wy, fwd_h, output; fwd_h, bwd_dhu
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_context_parallel_lowers_at_production_shapes(platform):
+    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    n = 4
+    args, cts, seg = _production(4 * 4096)
+
+    def f(args, cts, seg):
+        body = lambda q, k, v, g, b, s, s0: context_parallel_gated_delta_rule(
+            q, k, v, g, b, axis_name=AXIS, segment_ids=s, initial_state=s0, impl=impl, interpret=False)
+        sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 6 + (P(),), out_specs=(P(None, AXIS), P()),
+                           check_vma=False)
+        return _value_and_grads(lambda *a: sm(*a[:5], seg, a[5]), args, cts)
+    text = _lower(f, (args, cts, seg), platform, n)
+    assert _custom_calls(text, platform) == 9 and "all_gather" in text.replace("-", "_")  # 4 pre-pass + 5 main
