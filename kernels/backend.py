@@ -3,9 +3,9 @@
 Every op has an ordered chain of implementations. The chain starts with the one picked by, in order of precedence,
 the caller's `impl=` (the experiment config, e.g. `ModelConfig.moe_impl`), the environment variable
 `KERNELS_<OP>_IMPL` (e.g. `KERNELS_MOE_IMPL=pallas_gpu`), or the platform default; "auto" or an empty value defers to
-the next source. The pure-XLA reference ("xla") always closes the chain because it takes every shape: a kernel that
-cannot take a shape raises `NotImplementedError` while tracing, and `dispatch` moves on (the tokamax pattern,
-../shared/docs/kernels.md §6.2).
+the next source. A named implementation is followed by "xla" alone, never by another platform's kernel. The pure-XLA
+reference ("xla") always closes the chain because it takes every shape: a kernel that cannot take a shape raises
+`NotImplementedError` while tracing, and `dispatch` moves on (the tokamax pattern, ../shared/docs/kernels.md §6.2).
 """
 from __future__ import annotations
 
@@ -62,10 +62,9 @@ def candidates(op: str, impl: str | None = None, platform_name: str | None = Non
     if choice is not None and choice not in allowed:
         source = "impl argument" if impl not in (None, "", "auto") else f"environment variable {env_var(op)}"
         raise ValueError(f"{source} names {op} implementation {choice!r}; allowed: {('auto',) + allowed}")
-    chain = _PLATFORM_CHAINS[op].get(platform_name or platform(), (XLA,))
-    if choice is not None:
-        chain = (choice,) + tuple(c for c in chain if c != choice)
-    return tuple(c for c in chain if c != XLA) + (XLA,)
+    if choice is not None:  # a named implementation, then the reference: never another platform's kernel
+        return tuple(dict.fromkeys((choice, XLA)))
+    return _PLATFORM_CHAINS[op].get(platform_name or platform(), (XLA,))
 
 
 def dispatch(op: str, table: Mapping[str, Callable], impl: str | None, *args, **kwargs):

@@ -118,8 +118,9 @@ def ep_routed_ffn(x, weights, expert_ids, w_gate_up, w_down, *, mesh, axis: str 
     x [N, H], weights/expert_ids [N, k] are split by rows over `axis` (N % D == 0); w_gate_up [E, H, 2I] and
     w_down [E, I, H] are split by experts (E % D == 0). Returns (y [N, H], metrics) where metrics are global
     scalars: routed_rows, transported_rows (rows the exchange carries, padding included), kernel_rows (row-tile
-    rows the grouped matmuls ran), max_received_rows (the most rows any shard got, against a buffer of
-    receive_capacity_rows), and transport/tile padding fractions."""
+    rows the grouped matmuls ran), max_received_rows (the most rows any shard got) against receive_buffer_rows (each
+    shard's static buffer), and transport_padding_fraction / tile_padding_fraction (the share of transported rows,
+    or of kernel rows, that are padding)."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     if transport == "auto":
@@ -133,7 +134,7 @@ def ep_routed_ffn(x, weights, expert_ids, w_gate_up, w_down, *, mesh, axis: str 
     # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values (kernels.md §2).
     y, stats = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts),
                              out_specs=(rows, P()), check_vma=False)(x, weights, expert_ids, w_gate_up, w_down)
-    stats["receive_capacity_rows"] = jnp.asarray(float(D * N * expert_ids.shape[1]), F32)
+    stats["receive_buffer_rows"] = jnp.asarray(float(N * expert_ids.shape[1]), F32)  # per shard: D * n * k
     stats["transport_padding_fraction"] = 1.0 - stats["routed_rows"] / stats["transported_rows"]
     stats["tile_padding_fraction"] = 1.0 - stats["routed_rows"] / jnp.maximum(stats["kernel_rows"], 1.0)
     return y, stats
