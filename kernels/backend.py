@@ -18,10 +18,13 @@ from typing import Callable, Mapping
 import jax
 
 XLA = "xla"
-IMPLS = {"moe": ("pallas_tpu", "pallas_gpu", XLA)}
+IMPLS = {"moe": ("pallas_tpu", "pallas_gpu", XLA), "attention": ("pallas_tpu", "pallas_gpu", XLA),
+         "gdn": ("pallas_tpu", "pallas_gpu", XLA)}
 # Platform defaults. CPU runs XLA: Pallas on CPU only interprets (slow), which is for kernel tests, not for models.
 _PLATFORM_CHAINS = {
     "moe": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
+    "attention": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
+    "gdn": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
 }
 
 _NATIVE = {"tpu": ("tpu",), "gpu": ("gpu", "cuda", "rocm")}  # platforms where a kernel kind compiles for real

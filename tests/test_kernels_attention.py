@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
 
+from kernels import backend
 from kernels.attention import flash, flash_attention, load_balance, ring_attention
 from kernels.reference import attention as ref
 
@@ -194,7 +195,8 @@ def _abstract_mesh(platform, n=1):
 
 
 def _lower(f, args, platform, n=1):
-    with jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
+    """Lowers with the platform's default implementation (kernels/backend.py), not interpreted."""
+    with backend.target_platform(platform), jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
         return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
@@ -210,19 +212,16 @@ _PROD = lambda T: (_S((1, T, 16, 256), jnp.bfloat16), _S((1, T, 2, 256), jnp.bfl
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_flash_lowers_at_production_shapes(platform):
-    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
 
     def f(q, k, v, seg, do):
-        return _value_and_grads(lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, impl=impl,
-                                                                interpret=False), q, k, v, do)
+        return _value_and_grads(lambda q, k, v: flash_attention(q, k, v, segment_ids=seg), q, k, v, do)
     assert _custom_calls(_lower(f, _PROD(4096), platform), platform) == 3  # fwd, dq, dkv
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_ring_lowers_at_production_shapes(platform):
-    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
     n = 4
-    body = lambda q, k, v, s: ring_attention(q, k, v, axis_name=AXIS, segment_ids=s, impl=impl, interpret=False)
+    body = lambda q, k, v, s: ring_attention(q, k, v, axis_name=AXIS, segment_ids=s)
 
     def f(q, k, v, seg, do):
         sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 4, out_specs=P(None, AXIS), check_vma=False)

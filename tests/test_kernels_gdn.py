@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from a1jax.model.deltanet import causal_conv
 from a1jax.model.layers import l2_normalize
+from kernels import backend
 from kernels.gdn import chunk_gated_delta_rule, context_parallel_gated_delta_rule, conv_halo
 from kernels.gdn.intra import unit_lower_inverse
 from kernels.reference import gdn as ref
@@ -148,7 +149,8 @@ def _abstract_mesh(platform, n):
 
 
 def _lower(f, args, platform, n=1):
-    with jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
+    """Lowers with the platform's default implementation (kernels/backend.py), not interpreted."""
+    with backend.target_platform(platform), jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
         return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
@@ -165,24 +167,22 @@ def _production(T):
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_chunked_lowers_at_production_shapes(platform):
-    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
     args, cts, seg = _production(4096)
 
     def f(args, cts, seg):
         return _value_and_grads(lambda q, k, v, g, b, s0: chunk_gated_delta_rule(
-            q, k, v, g, b, segment_ids=seg, initial_state=s0, impl=impl, interpret=False), args, cts)
+            q, k, v, g, b, segment_ids=seg, initial_state=s0), args, cts)
     assert _custom_calls(_lower(f, (args, cts, seg), platform), platform) == 5  # wy, fwd_h, output; fwd_h, bwd_dhu
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_context_parallel_lowers_at_production_shapes(platform):
-    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
     n = 4
     args, cts, seg = _production(4 * 4096)
 
     def f(args, cts, seg):
         body = lambda q, k, v, g, b, s, s0: context_parallel_gated_delta_rule(
-            q, k, v, g, b, axis_name=AXIS, segment_ids=s, initial_state=s0, impl=impl, interpret=False)
+            q, k, v, g, b, axis_name=AXIS, segment_ids=s, initial_state=s0)
         sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 6 + (P(),), out_specs=(P(None, AXIS), P()),
                            check_vma=False)
         return _value_and_grads(lambda *a: sm(*a[:5], seg, a[5]), args, cts)

@@ -5,40 +5,28 @@ Two kernel variants exist for every sequential loop (a flash kv loop, a DeltaNet
     through VMEM with double-buffered DMA and nothing long-lived has to fit on chip but the carry.
   * "triton" (GPU): Triton grids are parallel only and have no scratch, so the loop is an in-kernel `fori_loop` over
     slices of whole-sequence refs (global memory), with the carry in registers.
-Both run on CPU under `interpret=True` (kernels.md §1.1), which is how the tests exercise them.
+Both run on CPU under `interpret=True` (kernels.md §1.1), which is how the tests exercise them. Which implementation
+runs ("xla", "pallas_tpu", "pallas_gpu") is kernels/backend.py's choice, for the ops "attention" and "gdn".
 """
 from __future__ import annotations
-
-import os
 
 import jax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-IMPLS = ("xla", "pallas_tpu", "pallas_gpu")
-ENV_IMPL = "A1JAX_SEQUENCE_KERNELS"  # overrides the platform default, e.g. to run Pallas interpreted on CPU
+from kernels import backend
 
-
-def select_impl(impl: str | None) -> str:
-    """`impl` if given, else $A1JAX_SEQUENCE_KERNELS, else by platform: TPU -> Mosaic, GPU -> Triton, CPU -> xla.
-
-    The CPU default is the pure-jnp path: interpreted Pallas is for tests, not for running a model."""
-    if impl is None:
-        impl = os.environ.get(ENV_IMPL) or {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(
-            jax.default_backend(), "xla")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impl
 
 
 def variant_of(impl: str) -> str:
+    """Kernel variant of a kernels/backend.py implementation name."""
     return {"pallas_tpu": "tpu", "pallas_gpu": "triton"}[impl]
 
 
-def default_interpret() -> bool:
-    """Pallas kernels only run interpreted on CPU; lowering tests pass interpret=False explicitly."""
-    return jax.default_backend() == "cpu"
+def interpret_default(variant: str):
+    """Interpret unless the platform (or `backend.target_platform`) can compile this variant; see kernels/backend.py."""
+    return backend.interpret_mode("tpu" if variant == "tpu" else "gpu")
 
 
 def compiler_params(variant: str, semantics: tuple[str, ...], num_warps: int = 4, num_stages: int = 2):

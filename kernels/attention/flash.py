@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from kernels import backend
 from kernels.attention import _pallas
 from kernels.reference import attention as ref
 
@@ -48,7 +49,7 @@ def make_config(impl: str, causal: bool, block_q=None, block_k=None, interpret=N
     variant = _pallas.variant_of(impl)
     default = 128 if variant == "tpu" else 64  # Triton at head_dim 256 is register-bound (kernels.md §5)
     return FlashConfig(causal=causal, variant=variant, block_q=block_q or default, block_k=block_k or default,
-                       interpret=_pallas.default_interpret() if interpret is None else interpret)
+                       interpret=_pallas.interpret_default(variant) if interpret is None else interpret)
 
 
 # ---- block math shared by both variants ---------------------------------------------------------------------------
@@ -407,13 +408,17 @@ def flash_attention(q, k, v, *, segment_ids=None, positions=None, causal=True, i
     """Softmax attention, GQA without repeating kv. q [B,T,nh,D], k/v [B,T,nkv,D], ids [B,T] -> o [B,T,nh,D].
 
     Query t sees key s iff segment_ids match and (causal) positions[t] >= positions[s]; positions default to the
-    index. impl: "xla" (kernels/reference), "pallas_tpu", "pallas_gpu", or None for the platform default."""
-    impl = _pallas.select_impl(impl)
-    if impl == "xla":
-        return ref.flash_attention(q, k, v, segment_ids=segment_ids, positions=positions, causal=causal)
+    index. impl: "xla" (kernels/reference), "pallas_tpu", "pallas_gpu", or None/"auto" for the platform default
+    (kernels/backend.py, op "attention"; $KERNELS_ATTENTION_IMPL overrides)."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv heads ({k.shape[2]})")
-    cfg = make_config(impl, causal, block_q, block_k, interpret)
-    seg, pos = ref.default_ids(q, segment_ids, positions)
-    o = _flash(*to_kernel_layout(q, k, v, seg, pos, cfg), cfg)
-    return from_kernel_layout(o, q.shape[1])
+
+    def pallas(name):
+        cfg = make_config(name, causal, block_q, block_k, interpret)
+        seg, pos = ref.default_ids(q, segment_ids, positions)
+        return from_kernel_layout(_flash(*to_kernel_layout(q, k, v, seg, pos, cfg), cfg), q.shape[1])
+
+    table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"),
+             "xla": lambda: ref.flash_attention(q, k, v, segment_ids=segment_ids, positions=positions,
+                                                causal=causal)}
+    return backend.dispatch("attention", table, impl)

@@ -16,7 +16,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.attention import _pallas, flash
+from kernels import backend
+from kernels.attention import flash
 from kernels.reference import attention as ref
 
 F32 = jnp.float32
@@ -89,15 +90,17 @@ def ring_attention(q, k, v, *, axis_name, segment_ids=None, positions=None, caus
     q [B,T,nh,D], k/v [B,T,nkv,D], ids [B,T] are this shard's tokens. `positions` are *global* (the causal mask
     compares them); they default to the contiguous layout, shard r holding tokens r*T .. r*T+T-1. Pass the permuted
     positions when the sequence was reordered with `load_balance`. Interpreted kernels need check_vma=False on the
-    enclosing shard_map (kernels.md §2, gotcha 3)."""
-    impl = _pallas.select_impl(impl)
-    if impl == "xla":
-        return ref.ring_attention(q, k, v, axis_name=axis_name, segment_ids=segment_ids, positions=positions,
-                                  causal=causal)
+    enclosing shard_map (kernels.md §2, gotcha 3). impl as for `flash_attention`; "xla" all-gathers kv instead."""
     T = q.shape[1]
-    seg, pos = ref.default_ids(q, segment_ids, positions)
-    if positions is None:
-        pos = pos + jax.lax.axis_index(axis_name) * T
-    cfg = flash.make_config(impl, causal, block_q, block_k, interpret)
-    o = _ring(*flash.to_kernel_layout(q, k, v, seg, pos, cfg), axis_name, cfg)
-    return flash.from_kernel_layout(o, T)
+
+    def pallas(name):
+        seg, pos = ref.default_ids(q, segment_ids, positions)
+        if positions is None:
+            pos = pos + jax.lax.axis_index(axis_name) * T
+        cfg = flash.make_config(name, causal, block_q, block_k, interpret)
+        return flash.from_kernel_layout(_ring(*flash.to_kernel_layout(q, k, v, seg, pos, cfg), axis_name, cfg), T)
+
+    table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"),
+             "xla": lambda: ref.ring_attention(q, k, v, axis_name=axis_name, segment_ids=segment_ids,
+                                               positions=positions, causal=causal)}
+    return backend.dispatch("attention", table, impl)

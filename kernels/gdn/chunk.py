@@ -24,6 +24,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from a1jax.model import gated_delta_rule as gdr
+from kernels import backend
 from kernels.attention import _pallas
 from kernels.gdn import intra, state
 from kernels.gdn.intra import HIGHEST, mm, mm_nt
@@ -43,12 +44,13 @@ class GdnConfig:
 
 
 def make_config(impl: str, chunk: int, block_v=None, interpret=None) -> GdnConfig:
-    if chunk & (chunk - 1):
-        raise ValueError(f"the Pallas DeltaNet needs a power-of-two chunk_size (blockwise inverse), got {chunk}")
+    if chunk & (chunk - 1):  # dispatch falls back to the XLA implementation
+        raise NotImplementedError(f"the Pallas DeltaNet needs a power-of-two chunk_size (blockwise inverse), "
+                                  f"got {chunk}")
     variant = _pallas.variant_of(impl)
     # TPU: a full 128-wide value block keeps the MXU busy; GPU: 64 doubles the programs of the sequential walk.
     return GdnConfig(chunk=chunk, variant=variant, block_v=block_v or (128 if variant == "tpu" else 64),
-                     interpret=_pallas.default_interpret() if interpret is None else interpret)
+                     interpret=_pallas.interpret_default(variant) if interpret is None else interpret)
 
 
 # ---- output kernel ------------------------------------------------------------------------------------------------
@@ -183,10 +185,10 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, segment_ids=None, initial_state=
     [B,T,H]; segment_ids [B,T]; initial_state [B,H,dk,dv]. Returns (o [B,T,H,dv] fp32, final_state fp32).
 
     impl: "xla" (the pure-jnp chunked form of a1jax/model/gated_delta_rule.py), "pallas_tpu", "pallas_gpu", or
-    None for the platform default."""
-    impl = _pallas.select_impl(impl)
-    if impl == "xla":
-        return ref.chunked_xla(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
-                               chunk_size=chunk_size)
-    cfg = make_config(impl, chunk_size, block_v, interpret)
-    return apply(q, k, v, g, beta, segment_ids, initial_state, cfg)
+    None/"auto" for the platform default (kernels/backend.py, op "gdn"; $KERNELS_GDN_IMPL overrides)."""
+    pallas = lambda name: apply(q, k, v, g, beta, segment_ids, initial_state,
+                                make_config(name, chunk_size, block_v, interpret))
+    table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"),
+             "xla": lambda: ref.chunked_xla(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
+                                            chunk_size=chunk_size)}
+    return backend.dispatch("gdn", table, impl)

@@ -1,4 +1,4 @@
-"""Context-parallel gated delta rule over the `sequence` mesh axis (FLA `fla/ops/cp`, kernels.md §3.3); inside shard_map.
+"""Context-parallel gated delta rule over the `sequence` mesh axis, inside shard_map (FLA fla/ops/cp; kernels.md §3.3).
 
 The state after a shard is affine in the state entering it: S_out = M S_in + S_ext, with M [dk, dk] the product of
 the chunk transitions cd I - Kc^T W. So:
@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kernels.attention import _pallas
+from kernels import backend
 from kernels.gdn import chunk
 from kernels.gdn.intra import HIGHEST
 from kernels.reference import gdn as ref
@@ -67,18 +67,22 @@ def context_parallel_gated_delta_rule(q, k, v, g, beta, *, axis_name, segment_id
 
     Arguments are this shard's tokens; `initial_state` is the state before the *global* first token. A shard's first
     token continues the previous shard's last segment when their ids match. Returns (local o fp32, the global final
-    state on every shard). impl "xla" runs the same algorithm on the pure-jnp chunked form."""
-    impl = _pallas.select_impl(impl)
-    if impl == "xla":
-        def local(q, k, v, g, beta, seg, s0):
-            return ref.chunked_xla(q, k, v, g, beta, segment_ids=seg, initial_state=s0, chunk_size=chunk_size)
+    state on every shard). impl as for `chunk_gated_delta_rule`; "xla" runs the same algorithm on the pure-jnp
+    chunked form."""
+    args = (q, k, v, g, beta, segment_ids, initial_state, axis_name)
 
-        local_state = lambda *a: local(*a)[1]
-    else:
-        cfg = chunk.make_config(impl, chunk_size, block_v, interpret)
-        local = lambda *a: chunk.apply(*a, cfg)
+    def xla():
+        local = lambda q, k, v, g, beta, seg, s0: ref.chunked_xla(q, k, v, g, beta, segment_ids=seg,
+                                                                  initial_state=s0, chunk_size=chunk_size)
+        return _context_parallel(local, lambda *a: local(*a)[1], *args)
+
+    def pallas(name):
+        cfg = chunk.make_config(name, chunk_size, block_v, interpret)
         local_state = lambda *a: chunk.apply(*a, dataclasses.replace(cfg, with_output=False))
-    return _context_parallel(local, local_state, q, k, v, g, beta, segment_ids, initial_state, axis_name)
+        return _context_parallel(lambda *a: chunk.apply(*a, cfg), local_state, *args)
+
+    table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"), "xla": xla}
+    return backend.dispatch("gdn", table, impl)
 
 
 def conv_halo(x, segment_ids, *, axis_name, width: int):
