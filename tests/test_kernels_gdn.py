@@ -188,3 +188,29 @@ def test_context_parallel_lowers_at_production_shapes(platform):
         return _value_and_grads(lambda *a: sm(*a[:5], seg, a[5]), args, cts)
     text = _lower(f, (args, cts, seg), platform, n)
     assert _custom_calls(text, platform) == 9 and "all_gather" in text.replace("-", "_")  # 4 pre-pass + 5 main
+
+
+@pytest.mark.slow
+def test_model_with_kernel_impls_matches_the_reference_impls():
+    """The switches in ModelConfig route the tiny model's attention and DeltaNet layers through the Pallas kernels;
+    logits and parameter gradients match the model's own reference and chunked implementations. Gradients are
+    compared at 2e-3 of each leaf's scale: A_log's gradient is a long cancelling sum whose fp32 noise is of that
+    order even between the model's own scan and chunked forms."""
+    from a1jax import model
+
+    cfg = model.presets.tiny(num_experts=0, num_experts_per_tok=0, shared_expert_intermediate_size=0,
+                             intermediate_size=32)
+    params = model.init(cfg, jax.random.PRNGKey(0), include_mtp=False)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 48), 0, cfg.vocab_size)
+    seg = jnp.asarray(np.stack([np.repeat([1, 2, 0], [20, 20, 8]), np.repeat([3, 4], [17, 31])]), jnp.int32)
+    cot = jax.random.normal(jax.random.PRNGKey(2), (2, 48, cfg.vocab_size))
+
+    def run(c):
+        f = lambda p: jnp.sum(model.forward(p, tokens, c, segment_ids=seg).logits * cot)
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    want = run(cfg)
+    got = run(cfg.replace(attention_impl="pallas_tpu", deltanet_impl="pallas_tpu"))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_allclose(a, b, atol=2e-3 * float(jnp.abs(b).max()) + 1e-6, err_msg=jax.tree_util.keystr(path))

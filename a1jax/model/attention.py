@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import apply_partial_rope, rms_norm_1p, rope_cos_sin
+from kernels import attention as attention_kernels
 
 F32 = jnp.float32
 
@@ -52,7 +53,10 @@ def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, 
         k, v = k.astype(dtype), v.astype(dtype)
         q_slot = q_slot + index
         kv_slot, kv_seg = jnp.arange(k.shape[1]), cache_ctx["segment_ids"]
-    mask = (kv_slot[None, None, :] <= q_slot[None, :, None]) & (kv_seg[:, None, :] == segment_ids[:, :, None])
-    o = dot_product_attention(q, k, v, mask)
+    if cache is None and cfg.attention_impl != "reference":  # same mask: causal by index, same segment
+        o = attention_kernels.flash_attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
+    else:
+        mask = (kv_slot[None, None, :] <= q_slot[None, :, None]) & (kv_seg[:, None, :] == segment_ids[:, :, None])
+        o = dot_product_attention(q, k, v, mask)
     o = o * jax.nn.sigmoid(gate)
     return jnp.einsum("btnd,ndh->bth", o, p["o_proj"].astype(dtype)), new_cache

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from a1jax.model import gated_delta_rule as gdr
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import gated_rms_norm, l2_normalize
+from kernels import gdn as gdn_kernels
 
 F32 = jnp.float32
 NO_SEGMENT = -1  # segment id of empty conv-history slots: never equal to a real one
@@ -65,9 +66,13 @@ def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=No
         state = cache["state"] * keep[:, None, None, None]
     if cfg.deltanet_impl == "scan" or (cache is not None and T == 1):
         o, state = gdr.gated_delta_rule_scan(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state)
-    else:
+    elif cfg.deltanet_impl == "chunked":
         o, state = gdr.gated_delta_rule_chunked(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state,
                                                 chunk_size=cfg.deltanet_chunk_size)
+    else:
+        o, state = gdn_kernels.chunk_gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids,
+                                                      initial_state=state, chunk_size=cfg.deltanet_chunk_size,
+                                                      impl=cfg.deltanet_impl)
     if cache is not None:
         new_cache["state"] = state
     o = gated_rms_norm(o.astype(dtype), z, p["norm"], cfg.rms_norm_eps)
