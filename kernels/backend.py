@@ -85,8 +85,9 @@ def dispatch(op: str, table: Mapping[str, Callable], impl: str | None, *args, **
 def interpret_mode(kind: str = "tpu"):
     """The `interpret=` value for a Pallas kernel of `kind` ("tpu" or "gpu") on the current platform.
 
-    Off its own platform (a TPU kernel on CPU or GPU, any kernel on CPU) Pallas can only interpret. `KERNELS_INTERPRET=tpu` selects the TPU simulator (DMA, semaphores,
-    race detection) for TPU kernels; it is 10-30x slower than the plain HLO interpreter, so it is opt-in.
+    Off its own platform (a TPU kernel on CPU or GPU, any kernel on CPU) Pallas can only interpret.
+    `KERNELS_INTERPRET=tpu` selects the TPU simulator (DMA, semaphores, race detection) for TPU kernels; it is
+    10-30x slower than the plain HLO interpreter, so it is opt-in.
     """
     if platform() in _NATIVE[kind]:
         return False

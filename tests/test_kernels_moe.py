@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh
 
 from kernels import backend, moe
-from kernels.moe import grouped, routing
+from kernels.moe import grouped
 from kernels.reference import moe as ref
 
 PALLAS = ("pallas_tpu", "pallas_gpu")
