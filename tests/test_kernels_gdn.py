@@ -78,6 +78,19 @@ def test_chunked_equals_scan_reference(impl):
     _assert_close(got, want)
 
 
+def test_pallas_tpu_variant_under_the_tpu_interpreter(monkeypatch):
+    """KERNELS_INTERPRET=tpu simulates TPU memory (uninitialised buffers are NaN): the state carried in scratch across
+    the chunk grid axis and the reversed chunk walk behave as on the chip."""
+    monkeypatch.setenv("KERNELS_INTERPRET", "tpu")
+    args, cts = _inputs(1, 128, 1, 2, 32, 32, seed=4)
+    seg = SEGMENTS[:1, :128]
+
+    def f(impl_fn):
+        return lambda q, k, v, g, beta, s0: impl_fn(q, k, v, g, beta, segment_ids=seg, initial_state=s0)
+    got = _value_and_grads(f(lambda *x, **kw: chunk_gated_delta_rule(*x, impl="pallas_tpu", **kw)), args, cts)
+    _assert_close(got, _value_and_grads(f(ref.chunk_gated_delta_rule), args, cts))
+
+
 def test_packed_segments_do_not_leak_deltanet_state():
     """A packed row gives each document exactly what it gets alone (the initial state only reaches the first)."""
     (q, k, v, g, beta, s0), _ = _inputs(1, 120, 2, 2, 32, 32, seed=1)
