@@ -8,13 +8,15 @@ import sys
 # subcommand -> module with `add_parser(subparsers)`; the module's parser sets `func(args) -> int`.
 SUBCOMMANDS = {
     "summary": "a1jax.model.summary",
+    "train": "a1jax.train.cli",
     "convert": "a1jax.convert.cli",
     "data": "a1jax.data.cli",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="a1jax", description="Train Agents-A1-style agentic MoE models in JAX.")
+    parser = argparse.ArgumentParser(prog="a1jax", description="Train Agents-A1-style agentic MoE models in JAX.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
@@ -22,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_config_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.config_overrides = extra
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback

@@ -40,16 +40,6 @@ def token_logprobs(hidden, w_out, targets, chunk_size: int):
     return unchunk(logp), unchunk(lse)
 
 
-def masked_nll(params, hidden, targets, loss_mask, cfg: ModelConfig, *, z_loss_coef: float = 0.0):
-    """(sum of masked token NLL [+ z-loss], number of supervised tokens). Normalise by a *global* token count."""
-    logp, lse = token_logprobs(hidden, lm_head_weight(params, cfg), targets, cfg.loss_chunk_size)
-    m = loss_mask.astype(F32)
-    loss = -logp
-    if z_loss_coef:
-        loss = loss + z_loss_coef * jnp.square(lse)
-    return jnp.sum(loss * m), jnp.sum(m)
-
-
 def mtp_targets(targets, loss_mask, segment_ids):
     """The MTP head at position t predicts token t+2 = targets[t+1], valid if t+1 lies in t's segment."""
     shift = lambda a: jnp.concatenate([a[:, 1:], jnp.zeros_like(a[:, :1])], axis=1)

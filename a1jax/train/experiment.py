@@ -1,0 +1,179 @@
+"""Experiment files: loading `experiments/FILE.py[:arg]`, `--config.x.y=value` overrides, and up-front validation.
+
+An experiment file is an ml_collections config whose `get_config(arg)` returns the whole experiment (see
+experiments/quickstart.py for every field). `validate` turns it into typed objects (ModelConfig, PipelineConfig,
+...) before anything compiles, so that a mistake is reported as the field it is in.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from a1jax.data.pipeline import PipelineConfig, Source
+from a1jax.model import presets
+from a1jax.model.config import ModelConfig
+from a1jax.train import optim
+from a1jax.train.steps import STEPS
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/file.py` or `path/to/file.py:arg` -> the file's get_config(arg)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {spec}: no such experiment file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(f"a1jax_experiment_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config {spec}: {path} defines no get_config(arg) function")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"--config {spec}: get_config must return an ml_collections.ConfigDict")
+    return config
+
+
+def _parse_value(text: str, current: Any, flag: str):
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{flag}: expected true or false, got {text!r}")
+    if isinstance(current, str) or current is None:
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{flag}: expected a {type(current).__name__}, got {text!r}") from None
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(current)(value)
+    if not isinstance(value, type(current)):
+        raise ValueError(f"{flag}: expected a {type(current).__name__}, got {text!r}")
+    return value
+
+
+def _parse_untyped(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> ml_collections.ConfigDict:
+    """Applies `--config.a.b=value` flags; an unknown field or a value of the wrong type names the flag."""
+    for flag in flags:
+        if not flag.startswith("--config.") or "=" not in flag:
+            raise ValueError(f"unrecognised flag {flag!r}: overrides look like --config.optimizer.learning_rate=3e-4")
+        key, text = flag[len("--config."):].split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for i, p in enumerate(parents):
+            if not isinstance(node, (ml_collections.ConfigDict, dict)) or p not in node:
+                raise ValueError(f"{flag}: config has no field {'.'.join(parents[:i + 1])!r}")
+            node = node[p]
+        if isinstance(node, ml_collections.ConfigDict) and leaf not in node and parents[-1:] == ["overrides"]:
+            node[leaf] = _parse_untyped(text)  # model.overrides takes any ModelConfig field; validate() checks it
+            continue
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or leaf not in node:
+            raise ValueError(f"{flag}: config has no field {key!r}")
+        node[leaf] = _parse_value(text, node[leaf], flag)
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The validated, typed view of an experiment config."""
+    config: ml_collections.ConfigDict
+    model: ModelConfig
+    data: PipelineConfig
+    eval_data: PipelineConfig | None
+
+
+def _field(config, path: str):
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            raise ValueError(f"config.{path} is missing")
+        node = node[part]
+    return node
+
+
+def _check(cond: bool, path: str, value, expected: str):
+    if not cond:
+        raise ValueError(f"config.{path}={value!r}: expected {expected}")
+
+
+def model_config(config) -> ModelConfig:
+    preset = _field(config, "model.preset")
+    _check(preset in presets.PRESETS, "model.preset", preset, f"one of {sorted(presets.PRESETS)}")
+    overrides = dict(config.model.get("overrides", {}) or {})
+    try:
+        return presets.get(preset, **overrides)
+    except TypeError as e:
+        fields = sorted(f.name for f in dataclasses.fields(ModelConfig))
+        raise ValueError(f"config.model.overrides: {e}; valid fields: {fields}") from None
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from None
+
+
+def _pipeline(config, sources_key: str) -> PipelineConfig | None:
+    d = config.data
+    raw = d.get(sources_key)
+    if not raw:
+        return None
+    base = d.get("base_dir", "") or ""
+    sources = []
+    for i, s in enumerate(raw):
+        paths = s.get("paths") if isinstance(s, dict) else None
+        _check(bool(paths) and not isinstance(paths, str), f"data.{sources_key}[{i}].paths", paths,
+               "a non-empty list of JSONL paths")
+        paths = tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in paths)
+        for p in paths:
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"config.data.{sources_key}[{i}].paths: no such file {p!r}")
+        sources.append(Source(paths=paths, weight=float(s.get("weight", 1.0)), domain=s.get("domain")))
+    kw = {f.name: d[f.name] for f in dataclasses.fields(PipelineConfig) if f.name != "sources" and f.name in d}
+    if "domains" in kw:
+        kw["domains"] = tuple(kw["domains"])
+    if sources_key == "eval_sources":
+        kw.update(num_epochs=1, batch_size=d.get("eval_batch_size", d.batch_size))
+    pcfg = PipelineConfig(sources=tuple(sources), **kw)
+    try:
+        pcfg.validate()
+    except ValueError as e:
+        raise ValueError(str(e).replace("PipelineConfig.", "config.data.")) from None
+    return pcfg
+
+
+def validate(config: ml_collections.ConfigDict) -> Experiment:
+    stage = _field(config, "stage")
+    _check(stage in STEPS, "stage", stage, f"one of the registered steps {sorted(STEPS)}")
+    model = model_config(config)
+    data = _pipeline(config, "sources")
+    _check(data is not None, "data.sources", None, "at least one source")
+    eval_data = _pipeline(config, "eval_sources")
+    opt = _field(config, "optimizer")
+    _check(opt.schedule in optim.SCHEDULES, "optimizer.schedule", opt.schedule, f"one of {optim.SCHEDULES}")
+    _check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "a positive number")
+    _check(0 <= opt.warmup_steps, "optimizer.warmup_steps", opt.warmup_steps, "a non-negative integer")
+    _check(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "a number in [0, 1]")
+    train = _field(config, "train")
+    _check(train.steps > 0, "train.steps", train.steps, "a positive integer")
+    _check(train.microbatches >= 1 and data.batch_size % train.microbatches == 0, "train.microbatches",
+           train.microbatches, f"a positive divisor of data.batch_size={data.batch_size}")
+    _check(train.log_every >= 1, "train.log_every", train.log_every, "a positive integer")
+    _check(train.max_consecutive_skips >= 1, "train.max_consecutive_skips", train.max_consecutive_skips,
+           "a positive integer")
+    ck = _field(config, "checkpoint")
+    _check(ck.every >= 1, "checkpoint.every", ck.every, "a positive integer")
+    _check(ck.keep >= 1, "checkpoint.keep", ck.keep, "a positive integer")
+    return Experiment(config=config, model=model, data=data, eval_data=eval_data)

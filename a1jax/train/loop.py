@@ -1,0 +1,210 @@
+"""The training loop, readable top to bottom: set up, restore or initialise, then step, log, evaluate, checkpoint.
+
+Everything impure lives here (I/O, logging, checkpoints, signals, device placement); the math is in steps.py.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from a1jax import sharding
+from a1jax.data import pipeline
+from a1jax.train import checkpoint, metrics as mt, optim, steps
+from a1jax.train.experiment import Experiment
+from a1jax.train.state import TrainState, init_state, state_shardings
+
+log = logging.getLogger("a1jax.train")
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when the NaN/Inf guard skipped too many consecutive updates."""
+
+
+def _global_batch(batch: dict, batch_sharding) -> dict:
+    """Per-process numpy rows -> one global jax.Array per field (multi-host safe)."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _init_params_from(path: str, exp: Experiment, abstract_params, shardings):
+    """Params of a converted HF checkpoint (`a1jax convert --from-hf`), checked against the experiment's model."""
+    from a1jax.convert import load_params
+    cfg, params = load_params(path)
+    want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), abstract_params)
+    got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)
+    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+        raise ValueError(f"--init_from {path}: its model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                         f"{cfg.num_experts} experts) does not match config.model")
+    return jax.device_put(params, shardings)
+
+
+def _say(msg: str):
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def _check_same_model(workdir: str, config):
+    """Resuming needs the model the checkpoints were written with; say which fields differ instead of failing
+    inside the restore."""
+    path = os.path.join(workdir, "config.json")
+    if not (os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        return
+    with open(path) as f:
+        old = json.load(f).get("model", {})
+    new = config.to_dict().get("model", {})
+    flat = lambda d, pre="": ({k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{pre}{k}.").items()}
+                              if isinstance(d, dict) else {pre[:-1]: d})
+    a, b = flat(old), flat(new)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        details = ", ".join(f"model.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
+        raise ValueError(f"--workdir {workdir} holds checkpoints of a different model ({details}); "
+                         f"use a new --workdir or the original config")
+
+
+def evaluate(eval_fn, params, exp: Experiment, batch_sharding, max_batches: int, domains: dict) -> dict:
+    it = pipeline.make_iterator(exp.eval_data, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    nll, dom_nll, dom_tok, n = 0.0, 0.0, 0.0, 0
+    for batch in it:
+        out = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding)))
+        nll += float(out["nll_sum"])
+        dom_nll, dom_tok = dom_nll + out["domain_nll_sum"], dom_tok + out["domain_tokens"]
+        n += 1
+        if n >= max_batches:
+            break
+    tokens = float(np.sum(dom_tok))
+    result = {"eval/loss": nll / max(tokens, 1.0), "eval/supervised_tokens": tokens}
+    for name, i in domains.items():
+        if i < len(dom_tok) and dom_tok[i] > 0:
+            result[f"eval/loss_{name}"] = float(dom_nll[i] / dom_tok[i])
+    return result
+
+
+def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
+    config, cfg = exp.config, exp.model
+    os.makedirs(workdir, exist_ok=True)
+    _check_same_model(workdir, config)
+    if jax.process_index() == 0:
+        checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+    # --- mesh, optimizer, step -----------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(dict(config.mesh))
+    sharding.check_model_fits_mesh(cfg, mesh)
+    rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
+    opt = config.optimizer.copy_and_resolve_references()
+    opt.total_steps = config.train.steps
+    tx, schedule = optim.make_optimizer(opt)
+
+    it = pipeline.make_iterator(exp.data, process_index=jax.process_index(), process_count=jax.process_count())
+    domains = it.domains
+    ctx = steps.StepContext(model=cfg, tx=tx, schedule=schedule, num_domains=max(len(domains), 1),
+                            microbatches=config.train.microbatches, z_loss_coef=config.train.z_loss_coef,
+                            mtp_loss_coef=config.train.mtp_loss_coef)
+    rng = jax.random.key(config.seed)
+    abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), rng)
+    state_sh = state_shardings(abstract, mesh, rules)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+
+    # --- restore, or start from a converted checkpoint, or initialise -------------------------------------------
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                   async_save=config.checkpoint.async_save)
+    restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh))
+    last_saved = None
+    if restored is not None:
+        step0, state, data_state, _ = restored
+        it.set_state(data_state)
+        last_saved = step0
+        log.info("resumed from %s at step %d", ckpt.directory, step0)
+    else:
+        state = jax.jit(functools.partial(init_state, cfg, tx), out_shardings=state_sh)(rng)
+        if init_from:
+            params = _init_params_from(init_from, exp, abstract.params, state_sh.params)
+            state = TrainState(step=state.step, params=params, opt_state=jax.jit(tx.init)(params), rng=state.rng,
+                               skipped_total=state.skipped_total, skipped_consecutive=state.skipped_consecutive)
+            log.info("initialised params from %s", init_from)
+
+    step_fn = jax.jit(functools.partial(steps.get_step(config.stage), ctx), in_shardings=(state_sh, batch_sh),
+                      out_shardings=(state_sh, None), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
+
+    # --- loop ----------------------------------------------------------------------------------------------------
+    writer = mt.MetricWriter(workdir)
+    total = int(config.train.steps)
+    step = int(jax.device_get(state.step))
+    progress = mt.Progress(total, step)
+    flops_per_token = mt.model_flops_per_token(cfg, exp.data.seq_len)
+    peak = mt.device_peak_flops() * jax.device_count()
+    stop = {"sigterm": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    pending, window_tokens, t_window = [], 0.0, time.perf_counter()
+    try:
+        while step < total and not stop["sigterm"]:
+            try:
+                batch = next(it)
+            except StopIteration:
+                _say(f"data exhausted after {step} steps (data.num_epochs={exp.data.num_epochs}, "
+                     f"overlong handling: {dict(getattr(it, 'counts', {}))})")
+                break
+            state, m = step_fn(state, _global_batch(batch, batch_sh))
+            step += 1
+            pending.append(m)
+            if step % config.train.log_every == 0 or step == total:
+                fetched = jax.device_get(pending)
+                pending = []
+                elapsed = time.perf_counter() - t_window
+                tokens = sum(float(f["tokens"]) for f in fetched)
+                tok_s = tokens / max(elapsed, 1e-9)
+                last = fetched[-1]
+                scalars = {
+                    "train/loss": float(last["loss"]), "train/total_loss": float(last["total_loss"]),
+                    "train/aux_loss": float(last["aux_loss"]), "train/router_z_loss": float(last["router_z_loss"]),
+                    "train/grad_norm": float(last["grad_norm"]), "train/learning_rate": float(last["learning_rate"]),
+                    "train/supervised_tokens": float(last["supervised_tokens"]),
+                    "train/skipped_updates": float(jax.device_get(state.skipped_total)),
+                    "perf/tokens_per_s": tok_s, "perf/tokens_per_s_per_device": tok_s / jax.device_count(),
+                    "perf/mfu": tok_s * flops_per_token / peak,
+                }
+                if "mtp_loss" in last:
+                    scalars["train/mtp_loss"] = float(last["mtp_loss"])
+                dom_nll = sum(np.asarray(f["domain_nll_sum"]) for f in fetched)  # over the logging window
+                dom_tok = sum(np.asarray(f["domain_tokens"]) for f in fetched)
+                for name, i in domains.items():
+                    if dom_tok[i] > 0:
+                        scalars[f"train/loss_{name}"] = float(dom_nll[i] / dom_tok[i])
+                for reason, count in getattr(it, "counts", {}).items():
+                    scalars[f"data/{reason}"] = float(count)
+                if "expert_counts" in last:
+                    scalars.update(mt.expert_load_scalars(last["expert_counts"]))
+                    writer.histogram(step, "experts/load", np.asarray(last["expert_counts"]).ravel())
+                writer.scalars(step, scalars)
+                progress.print(step, scalars["train/loss"], tok_s)
+                t_window = time.perf_counter()
+                consecutive = int(jax.device_get(state.skipped_consecutive))
+                if consecutive >= config.train.max_consecutive_skips:
+                    raise TrainingStopped(
+                        f"stopping at step {step}: {consecutive} consecutive updates had a non-finite loss or "
+                        f"gradient (train.max_consecutive_skips={config.train.max_consecutive_skips}); the last "
+                        f"good checkpoint is in {ckpt.directory}")
+            if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
+                writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
+            if step % config.checkpoint.every == 0:
+                ckpt.save(step, state, it.get_state(), config.to_dict())
+                last_saved = step
+        if stop["sigterm"]:
+            log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
+        if step != last_saved:
+            ckpt.save(step, state, it.get_state(), config.to_dict(), force=True)
+        ckpt.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        ckpt.close()
+        writer.close()
+    return state
