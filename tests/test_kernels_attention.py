@@ -6,8 +6,6 @@ at production shapes without executing (kernels.md §6.4).
 """
 from __future__ import annotations
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -15,8 +15,6 @@ Kernel layout: k [B, Hk, Tp, dk] (v-head h reads qk-head h // rep), v [B, H, Tp,
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -112,8 +110,3 @@ def intra_chunk(q, k, v, gamma, beta, sidx, rep: int):
     cd = jnp.where(sid[..., -1] == 0, jnp.exp(gamma[..., -1]), 0.0)
     return w, u, qs, p, kc, cd
 
-
-@functools.partial(jax.jit, static_argnames=("rep",))
-def wy_reference(q, k, v, gamma, beta, sidx, rep: int):
-    """(W, U) of `intra_chunk`: the jnp reference of `wy_pallas`, chunked layout."""
-    return intra_chunk(q, k, v, gamma, beta, sidx, rep)[:2]
