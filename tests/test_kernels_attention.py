@@ -30,16 +30,18 @@ def _qkv(T, D, nh, nkv, *, dtype=F32, B=1, seed=0):
     return q, k, v, do
 
 
-def _segments(kind, T):
-    """none; 3 documents; short documents with boundaries inside a 128-block and a padding tail (id 0)."""
+def _segments(kind, T, B=1):
+    """none; 3 documents; short documents with boundaries inside a 128-block and a padding tail (id 0). A second
+    row, if asked for, holds the other layout, so batch rows differ."""
     if kind == "none":
         return None
-    if kind == "docs":
-        sizes = [T // 3, T // 3, T - 2 * (T // 3)]
-    else:
-        sizes = [37, 5, 61, T - 37 - 5 - 61 - 20, 20]
-    ids = np.concatenate([np.full(s, i + 1 if kind == "docs" or i < 4 else 0) for i, s in enumerate(sizes)])
-    return jnp.asarray(ids[None], jnp.int32)
+
+    def row(kind):
+        if kind == "docs":
+            return np.repeat([1, 2, 3], [T // 3, T // 3, T - 2 * (T // 3)])
+        return np.repeat([1, 2, 3, 4, 0], [37, 5, 61, T - 123, 20])
+    other = "inside_block" if kind == "docs" else "docs"
+    return jnp.asarray(np.stack([row(kind), row(other)][:B]), jnp.int32)
 
 
 def _value_and_grads(f, q, k, v, do):
@@ -60,8 +62,9 @@ FLASH_CASES = [(128, 64, 4, 4, True, "none"), (256, 256, 4, 2, True, "docs"), (1
 
 @pytest.mark.parametrize("T,D,nh,nkv,causal,segments", FLASH_CASES)
 def test_flash_matches_reference(T, D, nh, nkv, causal, segments):
-    q, k, v, do = _qkv(T, D, nh, nkv)
-    seg = _segments(segments, T)
+    B = 1 if segments == "none" else 2
+    q, k, v, do = _qkv(T, D, nh, nkv, B=B)
+    seg = _segments(segments, T, B)
     kw = dict(segment_ids=seg, causal=causal)
     got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: flash_attention(q, k, v, impl="pallas_tpu", **kw),
                                               *a))(q, k, v, do)
@@ -73,8 +76,8 @@ def test_flash_matches_reference(T, D, nh, nkv, causal, segments):
 def test_flash_triton_variant_matches_reference_with_padding(nh, nkv, segments):
     """The GPU variant (in-kernel kv loop over whole-sequence refs) computes the same thing as the TPU one, also when
     T = 200 is padded to whole blocks (padded keys carry a segment id no query has)."""
-    q, k, v, do = _qkv(200, 64, nh, nkv, seed=1)
-    kw = dict(segment_ids=_segments(segments, 200), causal=True)
+    q, k, v, do = _qkv(200, 64, nh, nkv, B=2, seed=1)
+    kw = dict(segment_ids=_segments(segments, 200, B=2), causal=True)
     got = jax.jit(lambda *a: _value_and_grads(
         lambda q, k, v: flash_attention(q, k, v, impl="pallas_gpu", block_q=128, block_k=64, **kw), *a))(q, k, v, do)
     want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
