@@ -125,6 +125,15 @@ def batch_sharding(mesh: Mesh, rules: Mapping, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(b if b else None, t, *([None] * (ndim - 2))))
 
 
+def check_batch_fits_mesh(batch_size: int, mesh: Mesh, rules: Mapping, field: str = "data.batch_size") -> None:
+    spec = batch_sharding(mesh, rules).spec[0]
+    axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % ways:
+        raise ValueError(f"config.{field}={batch_size} must be divisible by the {ways} batch shards "
+                         f"({' x '.join(f'{a}={mesh.shape[a]}' for a in axes)})")
+
+
 def check_model_fits_mesh(cfg, mesh: Mesh) -> None:
     """Impossible layouts fail here, before anything compiles, with the numbers in the message."""
     e, t = mesh.shape["expert"], mesh.shape["tensor"]

@@ -3,7 +3,7 @@
     a1jax train --config experiments/quickstart.py --workdir workdirs/quickstart
 
 Hardware: CPU (any laptop; 2 cores is enough). Expected: about 5-10 minutes on 2 cores; the loss falls from ~12.4
-(ln 248,320, uniform over the Qwen3.5 vocabulary) to about 6 within 100 steps. `bash launch/quickstart.sh` runs this.
+(ln 248,320, uniform over the Qwen3.5 vocabulary) to about 6 within 150 steps. `bash launch/quickstart.sh` runs this.
 The model is tiny (4 layers: 3 Gated DeltaNet + 1 gated attention, 8 experts top-2) but uses the real tokenizer,
 chat template, loss masks, packing, optimizer, checkpoints and metrics of the full recipe.
 """
@@ -23,7 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.preset = "tiny"
     c.model.overrides = ml_collections.ConfigDict(dict(
         vocab_size=248320, hidden_size=64, linear_key_head_dim=32, linear_value_head_dim=32,
-        moe_intermediate_size=64, shared_expert_intermediate_size=64, loss_chunk_size=512, deltanet_chunk_size=64,
+        moe_intermediate_size=64, shared_expert_intermediate_size=64, loss_chunk_size=256, deltanet_chunk_size=64,
         max_position_embeddings=8192))
 
     c.data = ml_collections.ConfigDict()
@@ -54,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
 
     c.train = ml_collections.ConfigDict(dict(
-        steps=100, microbatches=1, log_every=10, z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
+        steps=150, microbatches=1, log_every=10, z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
     c.eval = ml_collections.ConfigDict(dict(every=50, batches=2))
     c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=True))
 

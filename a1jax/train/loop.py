@@ -99,6 +99,9 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
     mesh = sharding.make_mesh(dict(config.mesh))
     sharding.check_model_fits_mesh(cfg, mesh)
     rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
+    sharding.check_batch_fits_mesh(exp.data.batch_size, mesh, rules)
+    if exp.eval_data is not None:
+        sharding.check_batch_fits_mesh(exp.eval_data.batch_size, mesh, rules, "data.eval_batch_size")
     opt = config.optimizer.copy_and_resolve_references()
     opt.total_steps = config.train.steps
     tx, schedule = optim.make_optimizer(opt)

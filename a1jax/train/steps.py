@@ -63,8 +63,8 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     out = model.forward(params, mb["tokens"], cfg, positions=mb["positions"], segment_ids=mb["segment_ids"],
                         return_logits=False, mtp=use_mtp)
     w_out = model.lm_head_weight(params, cfg)
-    logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size)
     m = mb["loss_mask"].astype(F32)
+    logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m)
     nll = -logp * m
     z = jnp.sum(jnp.square(lse) * m)
     loss = (jnp.sum(nll) + ctx.z_loss_coef * z) / norm["tokens"] + out.aux["moe_loss"] / ctx.microbatches

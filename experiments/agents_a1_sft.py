@@ -1,0 +1,67 @@
+"""Agents-A1 stage 1: full-domain SFT of Qwen3.5-35B-A3B on long agentic trajectories (45K tokens on average).
+
+    a1jax convert --from-hf /path/to/Qwen3.5-35B-A3B --out ckpt/qwen35_35b_a3b
+    a1jax train --config experiments/agents_a1_sft.py:v5p-256 --workdir gs://BUCKET/agents_a1_sft \
+        --init_from ckpt/qwen35_35b_a3b --config.data.sources='[...your trajectory JSONL...]'
+
+Hardware: TPU v5p-256 (arg `v5p-256`, the default) or 64 x H100 80GB (arg `h100-64`). Sequence 65,536 with
+sequence parallelism, one trajectory per row (longer ones are split at turn boundaries), 4M tokens per step.
+Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
+hyper-parameters are not public (../shared/docs/recipe.md §1.2), so these follow common practice for MoE SFT.
+`a1jax plan` (scale-out issue) reports whether the layout fits before launch.
+
+Data: point `data.sources` at your trajectory JSONL files (`a1jax data import` writes them). The default sources
+are the small shipped quickstart files, so that the config validates anywhere.
+"""
+import os
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = {
+    # data x fsdp x expert x tensor x sequence
+    "v5p-256": dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2),  # 256 chips (v5p-512 in core count)
+    "h100-64": dict(data=1, fsdp=8, expert=8, tensor=1, sequence=1),  # 8 nodes x 8 GPUs
+}
+
+
+def get_config(arg: str = "v5p-256") -> ml_collections.ConfigDict:
+    if arg not in MESHES:
+        raise ValueError(f"experiments/agents_a1_sft.py: unknown arg {arg!r}; choose one of {sorted(MESHES)}")
+    c = ml_collections.ConfigDict()
+    c.stage = "sft"
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "qwen35_35b_a3b"
+    c.model.overrides = ml_collections.ConfigDict(dict(
+        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
+        moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.base_dir = REPO
+    c.data.sources = [dict(paths=["data/quickstart/tau_bench_airline.jsonl"], weight=1.0)]
+    c.data.eval_sources = [dict(paths=["data/quickstart/heldout.jsonl"])]
+    c.data.tokenizer = "qwen3_5"
+    c.data.seq_len = 65536
+    c.data.batch_size = 64
+    c.data.eval_batch_size = 64
+    c.data.packing = "first_fit"
+    c.data.overlong = "split"
+    c.data.supervise = "all"
+    c.data.num_epochs = None
+    c.data.seed = 0
+    c.data.cache_dir = os.path.join(REPO, ".cache", "tokens")
+    c.data.domains = ()
+
+    c.mesh = ml_collections.ConfigDict(MESHES[arg])
+    c.sharding_rules = ml_collections.ConfigDict()
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=1e-5, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1,
+        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=2000, microbatches=1, log_every=1, z_loss_coef=0.0, mtp_loss_coef=0.1, max_consecutive_skips=10))
+    c.eval = ml_collections.ConfigDict(dict(every=200, batches=8))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+    return c
