@@ -3,7 +3,7 @@
     a1jax train --config experiments/quickstart.py --workdir workdirs/quickstart
 
 Hardware: CPU (any laptop; 2 cores is enough). Expected: about 5-10 minutes on 2 cores; the loss falls from ~12.4
-(ln 248,320, uniform over the Qwen3.5 vocabulary) to about 6 within 150 steps. `bash launch/quickstart.sh` runs this.
+(ln 248,320, uniform over the Qwen3.5 vocabulary) to about 6 within 120 steps. `bash launch/quickstart.sh` runs this.
 The model is tiny (4 layers: 3 Gated DeltaNet + 1 gated attention, 8 experts top-2) but uses the real tokenizer,
 chat template, loss masks, packing, optimizer, checkpoints and metrics of the full recipe.
 """
@@ -35,9 +35,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     ]
     c.data.eval_sources = [dict(paths=["data/quickstart/heldout.jsonl"])]
     c.data.tokenizer = "qwen3_5"
-    c.data.seq_len = 1024
-    c.data.batch_size = 2
-    c.data.eval_batch_size = 2
+    c.data.seq_len = 4096
+    c.data.batch_size = 1
+    c.data.eval_batch_size = 1
     c.data.packing = "first_fit"
     c.data.overlong = "split"
     c.data.supervise = "all"
@@ -54,8 +54,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
 
     c.train = ml_collections.ConfigDict(dict(
-        steps=150, microbatches=1, log_every=10, z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
-    c.eval = ml_collections.ConfigDict(dict(every=50, batches=2))
+        steps=120, microbatches=1, log_every=10, z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
+    c.eval = ml_collections.ConfigDict(dict(every=40, batches=4))
     c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=True))
 
     if arg == "smoke":  # a few steps, for CI

@@ -267,3 +267,22 @@ def test_quickstart_runs_a_few_steps_and_writes_metrics(tmp_path):
     assert (tmp_path / "checkpoints" / "4").is_dir()
     saved = json.load(open(tmp_path / "config.json"))
     assert saved["model"]["overrides"]["hidden_size"] == 32
+
+
+def test_init_from_a_converted_checkpoint_checks_the_model(tmp_path):
+    from a1jax.convert import save_params
+    from a1jax.train.loop import _init_params_from
+    exp = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
+                                                         ["--config.model.overrides.hidden_size=16"]))
+    params = jax.device_get(model.init(exp.model, jax.random.key(3)))
+    save_params(str(tmp_path / "ckpt"), exp.model, params)
+    abstract = model.abstract_params(exp.model, include_mtp=False)
+    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+    loaded = _init_params_from(str(tmp_path / "ckpt"), exp, abstract, shardings)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    other = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
+                                                           ["--config.model.overrides.hidden_size=32"]))
+    with pytest.raises(ValueError, match="does not match config.model"):
+        _init_params_from(str(tmp_path / "ckpt"), other, model.abstract_params(other.model, include_mtp=False),
+                          shardings)

@@ -4,6 +4,7 @@ Everything impure lives here (I/O, logging, checkpoints, signals, device placeme
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -140,6 +141,13 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
 
     # --- loop ----------------------------------------------------------------------------------------------------
     writer = mt.MetricWriter(workdir)
+    skipped = collections.Counter()
+    for source_caches in pipeline.load_sources(exp.data)[0]:  # cached: no re-tokenization
+        for cache in source_caches:
+            skipped.update(cache.skips.counts)
+    writer.scalars(step0 if restored is not None else 0,
+                   {f"data/skipped_records_{reason}": float(n) for reason, n in skipped.items()}
+                   | {"data/skipped_records": float(sum(skipped.values()))})
     total = int(config.train.steps)
     step = int(jax.device_get(state.step))
     progress = mt.Progress(total, step)
@@ -166,11 +174,15 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
                 tokens = sum(float(f["tokens"]) for f in fetched)
                 tok_s = tokens / max(elapsed, 1e-9)
                 last = fetched[-1]
+                window_nll = sum(float(f["nll_sum"]) for f in fetched)
+                window_sup = sum(float(f["supervised_tokens"]) for f in fetched)
                 scalars = {
-                    "train/loss": float(last["loss"]), "train/total_loss": float(last["total_loss"]),
+                    # loss: token-weighted mean over the logging window; the others are the window's last step
+                    "train/loss": window_nll / max(window_sup, 1.0), "train/last_step_loss": float(last["loss"]),
+                    "train/total_loss": float(last["total_loss"]),
                     "train/aux_loss": float(last["aux_loss"]), "train/router_z_loss": float(last["router_z_loss"]),
                     "train/grad_norm": float(last["grad_norm"]), "train/learning_rate": float(last["learning_rate"]),
-                    "train/supervised_tokens": float(last["supervised_tokens"]),
+                    "train/supervised_tokens": window_sup / len(fetched),
                     "train/skipped_updates": float(jax.device_get(state.skipped_total)),
                     "perf/tokens_per_s": tok_s, "perf/tokens_per_s_per_device": tok_s / jax.device_count(),
                     "perf/mfu": tok_s * flops_per_token / peak,
