@@ -2,8 +2,10 @@
 
     a1jax train --config experiments/quickstart.py --workdir workdirs/quickstart
 
-Hardware: CPU (any laptop; 2 cores is enough). Expected: about 5-10 minutes on 2 cores; the loss falls from ~12.4
-(ln 248,320, uniform over the Qwen3.5 vocabulary) to about 6 within 120 steps. `bash launch/quickstart.sh` runs this.
+Hardware: CPU (any laptop; 2 cores is enough). Expected: about 7-8 minutes on 2 cores, 4,096-token rows at
+~1,000 tokens/s. Measured (2-core CPU, seed 0): train loss 12.17 (steps 1-10) -> 4.97 (steps 111-120), held-out
+loss 8.07 at step 40 -> 7.06 at step 120 (ln 248,320 = 12.42 is the uniform start).
+`bash launch/quickstart.sh` runs this.
 The model is tiny (4 layers: 3 Gated DeltaNet + 1 gated attention, 8 experts top-2) but uses the real tokenizer,
 chat template, loss masks, packing, optimizer, checkpoints and metrics of the full recipe.
 """
