@@ -190,7 +190,7 @@ def hf_tensors(cfg: ModelConfig, params) -> list[tuple[layout.HfTensor, Callable
             errors.append(f"params {'/'.join(map(str, path))} has shape {_shape(shape)}, expected "
                           f"{_shape(spec.shape)}")
     if errors:
-        raise ValueError(f"params do not match the ModelConfig:\n  " + "\n  ".join(errors))
+        raise ValueError("params do not match the ModelConfig:\n  " + "\n  ".join(errors))
 
     def build(t: layout.HfTensor) -> np.ndarray:
         leaves = [np.asarray(_get(plain, p.path)) for p in t.pieces]

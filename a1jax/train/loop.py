@@ -13,7 +13,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from a1jax import sharding
@@ -155,7 +154,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
     peak = mt.device_peak_flops() * jax.device_count()
     stop = {"sigterm": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    pending, window_tokens, t_window = [], 0.0, time.perf_counter()
+    pending, t_window = [], time.perf_counter()
     try:
         while step < total and not stop["sigterm"]:
             try:

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from a1jax.data.schema import INVALID_JSON, UNSUPPORTED_RECORD, RecordError
+from a1jax.data.importers._json import convert_json_file
+from a1jax.data.schema import UNSUPPORTED_RECORD, RecordError
 
 EXTENSIONS = (".traj",)
 
@@ -39,12 +40,7 @@ BASH_TOOL = {
 
 
 def convert_file(path: Path, domain: str) -> Iterator[tuple[str, dict | RecordError]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        yield str(path), RecordError(INVALID_JSON, f"not valid JSON ({e.msg} at char {e.pos})")
-        return
-    yield str(path), convert_traj(data, path, domain)
+    return convert_json_file(path, domain, convert_traj)
 
 
 def convert_traj(data: Any, path: Path, domain: str) -> dict | RecordError:

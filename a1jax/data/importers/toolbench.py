@@ -17,22 +17,17 @@ reported as "unsupported record".
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from a1jax.data.schema import INVALID_JSON, UNMATCHED_TOOL_RESULT, UNSUPPORTED_RECORD, RecordError
+from a1jax.data.importers._json import convert_json_file
+from a1jax.data.schema import UNMATCHED_TOOL_RESULT, UNSUPPORTED_RECORD, RecordError
 
 EXTENSIONS = (".json",)
 
 
 def convert_file(path: Path, domain: str) -> Iterator[tuple[str, dict | RecordError]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        yield str(path), RecordError(INVALID_JSON, f"not valid JSON ({e.msg} at char {e.pos})")
-        return
-    yield str(path), convert_answer(data, path, domain)
+    return convert_json_file(path, domain, convert_answer)
 
 
 def convert_answer(data: Any, path: Path, domain: str) -> dict | RecordError:
