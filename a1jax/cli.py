@@ -11,6 +11,8 @@ SUBCOMMANDS = {
     "train": "a1jax.train.cli",
     "convert": "a1jax.convert.cli",
     "data": "a1jax.data.cli",
+    "generate": "a1jax.rollout.cli_generate",
+    "rollout": "a1jax.rollout.cli",
 }
 
 
