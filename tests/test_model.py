@@ -327,3 +327,11 @@ def test_block_pattern_and_presets():
     assert [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"] == list(range(3, 40, 4))
     assert model.presets.qwen35_0_8b().num_blocks == 6
     assert dataclasses.asdict(model.ModelConfig.from_dict(cfg.to_dict())) == dataclasses.asdict(cfg)
+
+
+def test_summary_command_prints_counts_and_layout(capsys):
+    from a1jax.cli import main
+    assert main(["summary", "--preset", "qwen35_35b_a3b"]) == 0
+    out = capsys.readouterr().out
+    assert "total (text, no MTP): 34,660,610,688" in out and "active per token (incl. embedding): 3,454,988,928" in out
+    assert out.count("DeltaNet") == 30 and out.count("attention  mixer") == 10
