@@ -142,3 +142,19 @@ def test_real_engine_runs_the_loop_with_the_real_template(tok):
         _check_record(rec, tok)
         assert rec["termination"] in ("max_new_tokens", "final_answer")
         assert all(lp <= 0 for lp in rec["behaviour_logprobs"])
+
+
+def test_records_do_not_depend_on_the_cache_size_when_rows_must_be_reprefilled(tok):
+    """Greedy: a cache too small for two rows forces turn-level scheduling and cache resets; the tokens match a
+    roomy cache's exactly."""
+    cfg = M.presets.tiny(vocab_size=248320, hidden_size=32, num_hidden_layers=2)
+    params = M.unbox(M.init(cfg, jax.random.PRNGKey(0), include_mtp=False))
+    prompt_len = len(tok.encode(render(_task("task-a")["messages"], TOOLS, add_generation_prompt=True)))
+    out = {}
+    for max_len in (4 * prompt_len, prompt_len + 40):
+        eng = Engine(params, cfg, batch_size=2, max_len=max_len, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                     max_new_tokens=4, chunk_sizes=(256, 16, 1), sampling=SamplingParams.greedy())
+        recs = Rollout(eng, tok, _env).run([_task("task-a"), _task("task-b"), _task("task-c")])
+        out[max_len] = {r["id"]: (r["token_ids"], r["loss_mask"]) for r in recs}
+    roomy, tight = out.values()
+    assert roomy == tight and len(roomy) == 3
