@@ -99,3 +99,16 @@ def test_generation_stops_per_row_on_stop_id_budget_and_context(params):
     assert len(out["tokens"]) == 2 and out["finish_reason"] == "length"
     out = small.generate([0])[0]
     assert len(out["tokens"]) == 1 and out["finish_reason"] == "context"
+
+
+def test_generation_stops_at_a_stop_sequence(params):
+    prompt = [21, 22, 23, 24]
+    eng = _engine(params, stop_ids=(-1,))
+    eng.start_row(0)
+    eng.extend({0: prompt})
+    free = eng.generate([0])[0]["tokens"]
+    eng = _engine(params, stop_ids=(-1,), stop_sequences=[free[1:3]])
+    eng.start_row(2)
+    eng.extend({2: prompt})
+    out = eng.generate([2])[2]
+    assert out["tokens"] == free[:3] and out["finish_reason"] == "stop"

@@ -32,13 +32,15 @@ def load_model(checkpoint: str):
 
 
 def make_engine(cfg, params, tok, *, sampling: SamplingParams, batch_size: int, max_len: int, max_new_tokens: int,
-                seed: int = 0):
+                stop=(), seed: int = 0):
+    """The engine; `stop` strings become token sequences (as the tokenizer writes them on their own)."""
     from a1jax.rollout.engine import Engine
     if max_len > cfg.max_position_embeddings:
         raise ValueError(f"--max-len={max_len} exceeds the model's max_position_embeddings="
                          f"{cfg.max_position_embeddings}")
     return Engine(params, cfg, batch_size=batch_size, max_len=max_len, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                  sampling=sampling, max_new_tokens=max_new_tokens, seed=seed)
+                  sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
+                  stop_sequences=[tok.encode(s) for s in stop or ()])
 
 
 def add_sampling_args(p) -> None:
@@ -50,6 +52,8 @@ def add_sampling_args(p) -> None:
     p.add_argument("--presence-penalty", type=float, default=None, help=f"default {d.presence_penalty}")
     p.add_argument("--repetition-penalty", type=float, default=None, help=f"default {d.repetition_penalty}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop string (repeatable), besides <|im_end|> and <|endoftext|>")
 
 
 def sampling_from_args(args, base: dict | None = None) -> SamplingParams:
@@ -93,7 +97,7 @@ def run(args) -> int:
     tok = tokenizers.load(args.tokenizer)
     cfg, params = load_model(args.checkpoint)
     eng = make_engine(cfg, params, tok, sampling=sampling_from_args(args, conf.get("sampling")), seed=args.seed,
-                      **engine_conf)
+                      stop=args.stop, **engine_conf)
     loop = Rollout(eng, tok, _env_for, RolloutConfig(**conf.get("rollout", {})))
     start, done, tokens = time.time(), 0, 0
     with open(args.out, "w") as f:

@@ -34,7 +34,7 @@ def run(args) -> int:
     cfg, params = load_model(args.checkpoint)
     eng = make_engine(cfg, params, tok, sampling=sampling_from_args(args), batch_size=1,
                       max_len=len(prompt) + args.max_new_tokens + 1, max_new_tokens=args.max_new_tokens,
-                      seed=args.seed)
+                      stop=args.stop, seed=args.seed)
     eng.start_row(0)
     eng.extend({0: prompt})
     out = eng.generate([0])[0]

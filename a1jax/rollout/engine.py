@@ -54,13 +54,20 @@ def _extend(params, cfg, cache, tokens, positions, row_seg, active, last_logits)
     return cache, jnp.where(active[:, None], logits, last_logits)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3), donate_argnums=(4,))
-def _generate(params, cfg, sp: SamplingParams, max_new: int, cache, last_logits, pos, row_seg, active, budget,
-              context, stop_ids, key):
+def _ends_with(tokens, col, n, seq):
+    """[B] bool: the row's tokens (columns 0..n-1, last at `col`) end with the token sequence `seq`."""
+    L = len(seq)
+    tail = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(col - L + 1, 0), L, axis=1)
+    return (n >= L) & jnp.all(tail == jnp.asarray(seq, jnp.int32)[None], axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4), donate_argnums=(5,))
+def _generate(params, cfg, sp: SamplingParams, max_new: int, stop_sequences: tuple, cache, last_logits, pos,
+              row_seg, active, budget, context, stop_ids, key):
     """lax.while_loop decode: sample from the current logits, feed the token, repeat until every row stopped.
 
-    budget [B]: new tokens allowed per row (<= max_new). The stop token itself is kept and fed to the cache, since
-    the next turn's prompt continues after it."""
+    budget [B]: new tokens allowed per row (<= max_new). The stop token (or the last token of a stop sequence) is
+    kept and fed to the cache, since the next turn's prompt continues after it."""
     B, V = last_logits.shape
     S = cache["segment_ids"].shape[1]
     zeros = jnp.zeros((B, max_new), jnp.float32)
@@ -84,6 +91,8 @@ def _generate(params, cfg, sp: SamplingParams, max_new: int, cache, last_logits,
         cache, logits = _step(params, cfg, c["cache"], tok[:, None], c["pos"][:, None], row_seg, live)
         n = c["n"] + live
         stopped = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        for seq in stop_sequences:
+            stopped |= _ends_with(tokens, col, n, seq)
         full = cache["index"] >= S
         reason = jnp.where(live & stopped, STOP, jnp.where(live & full, CONTEXT, c["reason"]))
         new_live = live & ~stopped & (n < budget) & ~full
@@ -104,12 +113,16 @@ class Engine:
 
     def __init__(self, params, cfg: ModelConfig, *, batch_size: int, max_len: int, stop_ids, pad_id: int = 0,
                  sampling: SamplingParams = SamplingParams(), max_new_tokens: int = 1024,
-                 chunk_sizes=(256, 32, 4, 1), seed: int = 0):
+                 chunk_sizes=(256, 32, 4, 1), stop_sequences=(), seed: int = 0):
         if sorted(chunk_sizes, reverse=True) != list(chunk_sizes) or chunk_sizes[-1] != 1:
             raise ValueError(f"chunk_sizes={chunk_sizes} must be descending and end with 1")
         self.params, self.cfg, self.B, self.max_len = params, cfg, batch_size, max_len
         self.sampling, self.max_new_tokens, self.chunk_sizes = sampling, max_new_tokens, tuple(chunk_sizes)
         self.stop_ids = jnp.asarray(list(stop_ids), jnp.int32)
+        # Stop strings, as token-id sequences (the caller tokenizes them): a row stops once its output ends with one.
+        self.stop_sequences = tuple(tuple(int(t) for t in seq) for seq in stop_sequences if len(seq))
+        if any(len(seq) > max_new_tokens for seq in self.stop_sequences):
+            raise ValueError(f"a stop sequence is longer than max_new_tokens={max_new_tokens}")
         self.pad_id = pad_id
         self.key = jax.random.PRNGKey(seed)
         self._next_segment = 1
@@ -177,7 +190,8 @@ class Engine:
         active &= limit > 0
         self.key, key = jax.random.split(self.key)
         (self.cache, self.last_logits, pos, tokens, logp, logp_t1, n, reason) = _generate(
-            self.params, self.cfg, self.sampling, self.max_new_tokens, self.cache, self.last_logits,
+            self.params, self.cfg, self.sampling, self.max_new_tokens, self.stop_sequences, self.cache,
+            self.last_logits,
             jnp.asarray(self.pos), jnp.asarray(self.row_seg), jnp.asarray(active), jnp.asarray(limit),
             jnp.asarray(self.context), self.stop_ids, key)
         self.index = int(self.cache["index"])
