@@ -112,3 +112,19 @@ def test_generation_stops_at_a_stop_sequence(params):
     eng.extend({2: prompt})
     out = eng.generate([2])[2]
     assert out["tokens"] == free[:3] and out["finish_reason"] == "stop"
+
+
+def test_engine_runs_on_fsdp_sharded_params_and_matches_one_device(params):
+    from a1jax import sharding
+    boxed = M.init(CFG, jax.random.PRNGKey(0), include_mtp=False)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2), jax.devices()[:4])
+    shardings = sharding.tree_shardings(M.unbox(boxed), M.logical_axes(boxed), mesh, sharding.merged_rules())
+    sharded = jax.device_put(M.unbox(boxed), shardings)
+    assert sharded["embed"].sharding.spec != jax.sharding.PartitionSpec()
+    outs = []
+    for p in (params, sharded):
+        eng = _engine(p)
+        eng.start_row(1)
+        eng.extend({1: [9, 8, 7, 6, 5]})
+        outs.append(eng.generate([1])[1]["tokens"])
+    assert outs[0] == outs[1]
