@@ -34,8 +34,9 @@ SCRIPTS = {  # first user message -> the assistant turns a scripted policy write
 class ScriptedEngine:
     """The Engine's row interface over scripted replies (no model): isolates the loop's bookkeeping."""
 
-    def __init__(self, tok, batch_size=2, max_len=100_000, max_new_tokens=64):
+    def __init__(self, tok, batch_size=2, max_len=100_000, max_new_tokens=64, close_turns=True):
         self.tok, self.B, self.max_len, self.max_new_tokens = tok, batch_size, max_len, max_new_tokens
+        self.close_turns = close_turns  # False: turns end on a stop string, without <|im_end|>
         self.im_end = tok.token_id("<|im_end|>")
         self.reset()
 
@@ -59,7 +60,7 @@ class ScriptedEngine:
     def generate(self, rows, budget=None):
         out = {}
         for r in rows:
-            ids = self.tok.encode(next(self.replies[r])) + [self.im_end]
+            ids = self.tok.encode(next(self.replies[r])) + [self.im_end] * self.close_turns
             self.seen[r] += ids
             out[r] = {"tokens": ids, "logprobs": [-0.5] * len(ids), "logprobs_t1": [-0.7] * len(ids),
                       "finish_reason": "stop"}
@@ -111,6 +112,15 @@ def test_scripted_environment_multi_turn_record_masks_cover_exactly_model_tokens
     # token ids equal the template's rendering of the final conversation, up to the history's dropped thinking
     full = render(a["messages"], TOOLS)
     assert tok.decode(a["token_ids"]).endswith(full[full.rindex("<|im_start|>user"):].rstrip("\n"))
+
+
+def test_a_turn_cut_by_a_stop_string_is_closed_by_the_loop(tok):
+    (a,) = list(Rollout(ScriptedEngine(tok, close_turns=False), tok, _env).run([_task("task-a")]))
+    _check_record(a, tok)
+    first = a["loss_mask"].index(1)
+    end = first + a["loss_mask"][first:].index(0)
+    assert a["token_ids"][end] == tok.token_id("<|im_end|>")
+    assert tok.decode(a["token_ids"][first:end]) == SCRIPTS["task-a"][0]
 
 
 def test_malformed_call_gives_an_error_observation_and_is_counted(tok):

@@ -81,6 +81,7 @@ class Rollout:
     def __init__(self, engine, tokenizer, make_env: Callable[[dict], Environment], cfg: RolloutConfig = RolloutConfig()):
         self.engine, self.tok, self.make_env, self.cfg = engine, tokenizer, make_env, cfg
         self.stop_ids = set(tokenizer.stop_ids)
+        self.im_end = tokenizer.token_id("<|im_end|>")
         self._calls = 0
 
     def _call_ids(self) -> Iterator[str]:
@@ -197,10 +198,12 @@ class Rollout:
         else:  # the template renders this user turn exactly as it renders tool messages
             new = [{"role": "user", "content": "\n".join(f"<tool_response>\n{o}\n</tool_response>"
                                                          for o in observations)}]
-        pending = self.tok.encode(_suffix(new, enable_thinking=self.cfg.enable_thinking))
+        # A turn cut by a stop string has no <|im_end|> of the model's: the loop closes it (unsupervised).
+        close = [] if toks and toks[-1] in self.stop_ids else [self.im_end]
+        pending = close + self.tok.encode(_suffix(new, enable_thinking=self.cfg.enable_thinking))
         # Switch to the forced answer while it still fits with a full turn after it.
         forced = new + [{"role": "user", "content": self.cfg.forced_final_message}]
-        forced_pending = self.tok.encode(_suffix(forced, enable_thinking=self.cfg.enable_thinking))
+        forced_pending = close + self.tok.encode(_suffix(forced, enable_thinking=self.cfg.enable_thinking))
         if len(row.ids) + len(forced_pending) + self.engine.max_new_tokens > self.cfg.max_tokens:
             if len(row.ids) + len(forced_pending) >= self.cfg.max_tokens:
                 row.messages += new
