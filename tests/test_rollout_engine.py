@@ -128,3 +128,17 @@ def test_engine_runs_on_fsdp_sharded_params_and_matches_one_device(params):
         eng.extend({1: [9, 8, 7, 6, 5]})
         outs.append(eng.generate([1])[1]["tokens"])
     assert outs[0] == outs[1]
+
+
+def test_turns_and_requests_of_new_lengths_do_not_recompile(params):
+    from a1jax.rollout import engine as E
+    eng = _engine(params)
+    eng.start_row(0)
+    eng.extend({0: [1] * 9})  # touches both chunk buckets
+    eng.generate([0])
+    sizes = (E._extend._cache_size(), E._generate._cache_size())
+    for n in (3, 17, 5):
+        eng.start_row(n % 3)
+        eng.extend({n % 3: list(range(2, 2 + n)), (n + 1) % 3: [4] * (n // 2)})
+        eng.generate([n % 3, (n + 1) % 3], budget={n % 3: n})
+    assert (E._extend._cache_size(), E._generate._cache_size()) == sizes
