@@ -43,3 +43,11 @@ def test_rollout_reports_a_missing_checkpoint(tmp_path, capsys):
     assert main(["rollout", "--checkpoint", str(tmp_path / "nope"), "--tasks", str(tmp_path / "t"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_rollout_config_errors_name_the_field(tmp_path, capsys):
+    (tmp_path / "t").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    (tmp_path / "c.json").write_text(json.dumps({"sampling": {"temprature": 0.5}}))
+    assert main(["rollout", "--checkpoint", "x", "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "o"),
+                 "--config", str(tmp_path / "c.json")]) == 2
+    assert "temprature" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
     a1jax rollout --checkpoint CKPT_DIR --tasks tasks.jsonl --out rollouts.jsonl [--config rollout.json]
 
-CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`, read by a1jax.convert.load_params); a
-training workdir must be exported to that format first. Each task line is a trajectory-schema record (messages up to
+CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`, read by a1jax.convert.load_params);
+training workdirs (DIR/checkpoints/<step>/state) are not read by this command. Each task line is a trajectory-schema record (messages up to
 the query, tools, domain, id); an optional "environment": {"responses": {tool_name: text}} answers that task's calls
 (a ScriptedEnvironment) until real environments exist; without it every call is answered with an error.
 --config is a JSON file {"sampling": {...SamplingParams}, "rollout": {...RolloutConfig}, "engine": {batch_size,
@@ -12,6 +12,7 @@ max_len, max_new_tokens}}; flags given on the command line win.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -89,6 +90,15 @@ def _env_for(task: dict):
 def run(args) -> int:
     from a1jax.data import tokenizers
     conf = json.load(open(args.config)) if args.config else {}
+    allowed = {"sampling": SamplingParams, "rollout": RolloutConfig, "engine": None}
+    for section, fields in conf.items():
+        if section not in allowed:
+            raise ValueError(f"--config: unknown section {section!r}; allowed: {sorted(allowed)}")
+        known = ({"batch_size", "max_len", "max_new_tokens"} if allowed[section] is None
+                 else {f.name for f in dataclasses.fields(allowed[section])})
+        if set(fields) - known:
+            raise ValueError(f"--config: unknown {section} field(s) {sorted(set(fields) - known)}; "
+                             f"allowed: {sorted(known)}")
     engine_conf = {"batch_size": 8, "max_len": 32768, "max_new_tokens": 4096, **conf.get("engine", {})}
     for name in ("batch_size", "max_len", "max_new_tokens"):
         if getattr(args, name) is not None:
