@@ -168,3 +168,61 @@ def test_records_do_not_depend_on_the_cache_size_when_rows_must_be_reprefilled(t
         out[max_len] = {r["id"]: (r["token_ids"], r["loss_mask"]) for r in recs}
     roomy, tight = out.values()
     assert roomy == tight and len(roomy) == 3
+
+
+class ForcedEngine(Engine):
+    """The real engine, but each turn's tokens are the script's, fed one by one through the cache; the T = 1
+    log-probs it records are then the cache's own scoring of the script."""
+
+    def reset(self):
+        super().reset()
+        self.resets = getattr(self, "resets", -1) + 1  # not counting the one in __init__
+
+    def start_row(self, r):
+        super().start_row(r)
+        self.seen = getattr(self, "seen", {})
+        self.seen[r] = []
+
+    def extend(self, chunks):
+        super().extend(chunks)
+        for r, ids in chunks.items():
+            self.seen[r] += ids
+
+    def generate(self, rows, budget=None):
+        out = {}
+        for r in rows:
+            text = self.tok.decode(self.seen[r])
+            script = next(v for k, v in SCRIPTS.items() if k in text)
+            ids = self.tok.encode(script[text.count("<|im_start|>assistant") - 1]) + [self.tok.stop_ids[0]]
+            lp = []
+            for t in ids:
+                lp.append(float(jax.nn.log_softmax(self.last_logits[r])[t]))
+                self.extend({r: [t]})
+            out[r] = {"tokens": ids, "logprobs": lp, "logprobs_t1": lp, "finish_reason": "stop"}
+        return out
+
+
+def test_multi_turn_cache_scoring_equals_a_full_forward_with_and_without_cache_resets(tok):
+    cfg = M.presets.tiny(vocab_size=248320, hidden_size=32, num_hidden_layers=2)
+    params = M.unbox(M.init(cfg, jax.random.PRNGKey(0), include_mtp=False))
+    results = {}
+    for max_len in (2048, 500):  # 500 holds one trajectory (<= 413 tokens + a turn) but not both
+        eng = ForcedEngine(params, cfg, batch_size=2, max_len=max_len, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                           max_new_tokens=64, chunk_sizes=(256, 16, 1))
+        eng.tok = tok
+        recs = Rollout(eng, tok, _env).run([_task("task-a"), _task("task-b")])
+        results[max_len] = {r["id"]: r for r in recs}
+        assert (eng.resets > 0) == (max_len < 2048)
+    for rid, rec in results[2048].items():
+        assert rec["termination"] == "final_answer"
+        ids, mask = rec["token_ids"], rec["loss_mask"]
+        hidden = M.forward(params, jax.numpy.asarray([ids]), cfg, return_logits=False).hidden[0]
+        where = [i for i, m in enumerate(mask) if m]
+        logits = M.logits_from_hidden(params, hidden[jax.numpy.asarray(where) - 1], cfg)
+        want = jax.nn.log_softmax(logits, axis=-1)[jax.numpy.arange(len(where)), jax.numpy.asarray(
+            [ids[i] for i in where])]
+        got = [rec["logprobs_t1"][i] for i in where]
+        assert max(abs(a - float(b)) for a, b in zip(got, want)) < 2e-4
+        tight = results[500][rid]
+        assert tight["token_ids"] == ids
+        assert max(abs(a - b) for a, b in zip(tight["logprobs_t1"], rec["logprobs_t1"])) < 2e-4
