@@ -78,7 +78,8 @@ class Rollout:
     engine: `a1jax.rollout.Engine` (or anything with its row interface); make_env(task) -> Environment.
     A task is a trajectory-schema record prefix: messages (up to the first query), tools, domain, id, metadata."""
 
-    def __init__(self, engine, tokenizer, make_env: Callable[[dict], Environment], cfg: RolloutConfig = RolloutConfig()):
+    def __init__(self, engine, tokenizer, make_env: Callable[[dict], Environment],
+                 cfg: RolloutConfig = RolloutConfig()):
         self.engine, self.tok, self.make_env, self.cfg = engine, tokenizer, make_env, cfg
         self.stop_ids = set(tokenizer.stop_ids)
         self.im_end = tokenizer.token_id("<|im_end|>")

@@ -2,7 +2,8 @@
 
     a1jax generate --checkpoint CKPT_DIR --prompt "What is 2+2?" [--temperature 0]
 
-CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`); training workdirs are not read. Prints the reply (thinking included).
+CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`); training workdirs are not read.
+Prints the reply (thinking included).
 """
 from __future__ import annotations
 
