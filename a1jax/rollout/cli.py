@@ -4,8 +4,9 @@
 
 CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`, read by a1jax.convert.load_params);
 training workdirs (DIR/checkpoints/<step>/state) are not read by this command. Each task line is a
-trajectory-schema record (messages up to the query, tools, domain, id); an optional "environment": {"responses": {tool_name: text}} answers that task's calls
-(a ScriptedEnvironment) until real environments exist; without it every call is answered with an error.
+trajectory-schema record (messages up to the query, tools, domain, id); an optional
+"environment": {"responses": {tool_name: text}} answers that task's calls (a ScriptedEnvironment) until real
+environments exist; without it every call is answered with an error.
 --config is a JSON file {"sampling": {...SamplingParams}, "rollout": {...RolloutConfig}, "engine": {batch_size,
 max_len, max_new_tokens}}; flags given on the command line win.
 """
