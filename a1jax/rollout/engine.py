@@ -104,6 +104,12 @@ def _generate(params, cfg, sp: SamplingParams, max_new: int, stop_sequences: tup
     return c["cache"], c["logits"], c["pos"], c["tokens"], c["logp"], c["logp_t1"], c["n"], c["reason"]
 
 
+def _snapshot(host):
+    """A device copy of a host array the engine keeps mutating: on CPU, jax may alias numpy memory and read it only
+    when the (asynchronous) computation runs, after a later `start_row` or `extend` has written to it."""
+    return jnp.asarray(np.array(host, copy=True))
+
+
 class Engine:
     """A fixed batch of rows, each one conversation, on one shared cache of `max_len` slots.
 
@@ -173,7 +179,7 @@ class Engine:
                 self.context[r, tokens[r]] = True
             positions = self.pos[:, None] + np.arange(c, dtype=np.int32)[None]
             self.cache, self.last_logits = _extend(self.params, self.cfg, self.cache, jnp.asarray(tokens),
-                                                   jnp.asarray(positions), jnp.asarray(self.row_seg),
+                                                   jnp.asarray(positions), _snapshot(self.row_seg),
                                                    jnp.asarray(active), self.last_logits)
             self.pos = self.pos + c * active.astype(np.int32)
             offset += c * active
@@ -192,8 +198,8 @@ class Engine:
         (self.cache, self.last_logits, pos, tokens, logp, logp_t1, n, reason) = _generate(
             self.params, self.cfg, self.sampling, self.max_new_tokens, self.stop_sequences, self.cache,
             self.last_logits,
-            jnp.asarray(self.pos), jnp.asarray(self.row_seg), jnp.asarray(active), jnp.asarray(limit),
-            jnp.asarray(self.context), self.stop_ids, key)
+            _snapshot(self.pos), _snapshot(self.row_seg), jnp.asarray(active), jnp.asarray(limit),
+            _snapshot(self.context), self.stop_ids, key)
         self.index = int(self.cache["index"])
         self.pos = np.array(pos)
         tokens, logp, logp_t1, n, reason = (np.asarray(x) for x in (tokens, logp, logp_t1, n, reason))
