@@ -267,6 +267,8 @@ def test_quickstart_runs_a_few_steps_and_writes_metrics(tmp_path):
     assert (tmp_path / "checkpoints" / "4").is_dir()
     saved = json.load(open(tmp_path / "config.json"))
     assert saved["model"]["overrides"]["hidden_size"] == 32
+    cfg, params = checkpoint.load_trained_params(str(tmp_path))  # what `a1jax rollout --checkpoint WORKDIR` reads
+    assert cfg.hidden_size == 32 and params["embed"].value.shape == (cfg.vocab_size, 32)
 
 
 def test_init_from_a_converted_checkpoint_checks_the_model(tmp_path):

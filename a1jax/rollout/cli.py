@@ -2,8 +2,8 @@
 
     a1jax rollout --checkpoint CKPT_DIR --tasks tasks.jsonl --out rollouts.jsonl [--config rollout.json]
 
-CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`, read by a1jax.convert.load_params);
-training workdirs (DIR/checkpoints/<step>/state) are not read by this command. Each task line is a
+CKPT_DIR is a converted params directory (`a1jax convert --from-hf ...`, read by a1jax.convert.load_params) or a
+training workdir (`a1jax train --workdir DIR`: its newest checkpoint is used). Each task line is a
 trajectory-schema record (messages up to the query, tools, domain, id); an optional
 "environment": {"responses": {tool_name: text}} answers that task's calls (a ScriptedEnvironment) until real
 environments exist; without it every call is answered with an error.
@@ -24,12 +24,18 @@ from a1jax.rollout.sampling import SamplingParams
 
 
 def load_model(checkpoint: str):
-    """(cfg, params) from a converted params directory, with params on the default device."""
+    """(cfg, params) from a converted params directory or a training workdir, with params on the default device."""
+    import os
+
     import jax
 
-    from a1jax.convert import load_params
     from a1jax.model import unbox
-    cfg, params = load_params(checkpoint)
+    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+        from a1jax.train.checkpoint import load_trained_params
+        cfg, params = load_trained_params(checkpoint)
+    else:
+        from a1jax.convert import load_params
+        cfg, params = load_params(checkpoint)
     return cfg, jax.device_put(unbox(params))
 
 
@@ -69,7 +75,8 @@ def sampling_from_args(args, base: dict | None = None) -> SamplingParams:
 def add_parser(sub) -> None:
     p = sub.add_parser("rollout", help="run multi-turn agent tasks and write trajectory records (JSONL)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="converted params directory (a1jax convert)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="converted params directory (a1jax convert) or training workdir")
     p.add_argument("--tasks", required=True, metavar="FILE", help="JSONL of tasks")
     p.add_argument("--out", required=True, metavar="FILE.jsonl")
     p.add_argument("--config", default=None, metavar="FILE.json", help="sampling / rollout / engine settings")

@@ -15,7 +15,8 @@ from a1jax.rollout.cli import add_sampling_args, load_model, make_engine, sampli
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="chat: one reply to --prompt from a checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="converted params directory (a1jax convert)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="converted params directory (a1jax convert) or training workdir")
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", default=None, help="optional system message")
     p.add_argument("--no-thinking", action="store_true", help="render with enable_thinking=False")

@@ -74,7 +74,7 @@ class Checkpointer:
                 errors.append(msg)
                 self._set_aside(step)
         if errors:
-            raise CheckpointError("no checkpoint in " + self.directory + " could be restored:\n  " + "\n  ".join(errors))
+            raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors))
         return None
 
 
@@ -88,3 +88,37 @@ def save_json(path: str, obj) -> None:
 
 def abstract_with_shardings(abstract_state, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+
+def load_trained_params(workdir: str, step: int | None = None):
+    """(ModelConfig, params) from a training workdir (WORKDIR/config.json + WORKDIR/checkpoints), e.g. to roll out
+    or evaluate a stage-1 model. Uses the newest readable checkpoint unless `step` is given."""
+    import functools
+
+    import ml_collections
+
+    from a1jax.train import experiment, optim
+    from a1jax.train.state import init_state
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    cfg = experiment.model_config(config)
+    opt = config.optimizer
+    opt.total_steps = config.train.steps
+    tx, _ = optim.make_optimizer(opt)
+    abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(0))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        if step is None:
+            restored = ckpt.restore_latest(abstract)
+            if restored is None:
+                raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+            state = restored[1]
+        else:
+            state = ckpt.restore(step, abstract)[0]
+    finally:
+        ckpt.close()
+    return cfg, state.params
