@@ -1,11 +1,12 @@
 """Agents-A1 stage 1: full-domain SFT of Qwen3.5-35B-A3B on long agentic trajectories (45K tokens on average).
 
     a1jax convert --from-hf /path/to/Qwen3.5-35B-A3B --out ckpt/qwen35_35b_a3b
-    a1jax train --config experiments/agents_a1_sft.py:v5p-256 --workdir gs://BUCKET/agents_a1_sft \
+    a1jax train --config experiments/agents_a1_sft.py:v5p-512 --workdir /shared/fs/agents_a1_sft \
         --init_from ckpt/qwen35_35b_a3b --config.data.sources='[...your trajectory JSONL...]'
 
-Hardware: TPU v5p-256 (arg `v5p-256`, the default) or 64 x H100 80GB (arg `h100-64`). Sequence 65,536 with
-sequence parallelism, one trajectory per row (longer ones are split at turn boundaries), 4M tokens per step.
+Hardware: TPU v5p-512, i.e. 256 chips (arg `v5p-512`, the default) or 64 x H100 80GB (arg `h100-64`).
+Sequence 65,536 (sharded over the `sequence` axis by the jit rules; the ring/context-parallel layers arrive with
+the scale-out issue), longer trajectories split at turn boundaries, 4M tokens per step.
 Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
 hyper-parameters are not public (../shared/docs/recipe.md §1.2), so these follow common practice for MoE SFT.
 `a1jax plan` (scale-out issue) reports whether the layout fits before launch.
@@ -20,12 +21,12 @@ import ml_collections
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = {
     # data x fsdp x expert x tensor x sequence
-    "v5p-256": dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2),  # 256 chips (v5p-512 in core count)
+    "v5p-512": dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2),  # 256 chips = 256 JAX devices
     "h100-64": dict(data=1, fsdp=8, expert=8, tensor=1, sequence=1),  # 8 nodes x 8 GPUs
 }
 
 
-def get_config(arg: str = "v5p-256") -> ml_collections.ConfigDict:
+def get_config(arg: str = "v5p-512") -> ml_collections.ConfigDict:
     if arg not in MESHES:
         raise ValueError(f"experiments/agents_a1_sft.py: unknown arg {arg!r}; choose one of {sorted(MESHES)}")
     c = ml_collections.ConfigDict()
