@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from kernels import backend
+from cross_lowering import custom_calls, lower_text
 from kernels.attention import flash, flash_attention, load_balance, ring_attention
 from kernels.reference import attention as ref
 
@@ -198,24 +198,6 @@ def test_load_balance_orders_are_permutations_that_balance_causal_work():
 
 
 # ---- cross-lowering -----------------------------------------------------------------------------------------------
-def _abstract_mesh(platform, n=1):
-    """Kernels lower against the device kind of the abstract mesh. Auto axes let shard_map take unsharded specs."""
-    device = (AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu") if platform == "tpu" else
-              AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
-    return AbstractMesh((n,), (AXIS,), axis_types=(AxisType.Auto if n > 1 else AxisType.Explicit,),
-                        abstract_device=device)
-
-
-def _lower(f, args, platform, n=1):
-    """Lowers with the platform's default implementation (kernels/backend.py), not interpreted."""
-    with backend.target_platform(platform), jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
-        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
-
-
-def _custom_calls(text, platform):
-    return text.count("tpu_custom_call") if platform == "tpu" else text.count("__gpu$xla.gpu.triton")
-
-
 # Production shapes: head_dim 256, 16 q-heads and 2 kv-heads, bf16.
 _S = jax.ShapeDtypeStruct
 _PROD = lambda T: (_S((1, T, 16, 256), jnp.bfloat16), _S((1, T, 2, 256), jnp.bfloat16),
@@ -227,7 +209,7 @@ def test_flash_lowers_at_production_shapes(platform):
 
     def f(q, k, v, seg, do):
         return _value_and_grads(lambda q, k, v: flash_attention(q, k, v, segment_ids=seg), q, k, v, do)
-    assert _custom_calls(_lower(f, _PROD(4096), platform), platform) == 3  # fwd, dq, dkv
+    assert custom_calls(lower_text(f, _PROD(4096), platform), platform) == 3  # fwd, dq, dkv
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
@@ -238,5 +220,5 @@ def test_ring_lowers_at_production_shapes(platform):
     def f(q, k, v, seg, do):
         sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 4, out_specs=P(None, AXIS), check_vma=False)
         return _value_and_grads(lambda q, k, v: sm(q, k, v, seg), q, k, v, do)
-    text = _lower(f, _PROD(4 * 4096), platform, n)
-    assert _custom_calls(text, platform) >= 3 and "collective_permute" in text.replace("-", "_")
+    text = lower_text(f, _PROD(4 * 4096), platform, n)
+    assert custom_calls(text, platform) >= 3 and "collective_permute" in text.replace("-", "_")

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from a1jax.model.deltanet import causal_conv
 from a1jax.model.layers import l2_normalize
-from kernels import backend
+from cross_lowering import custom_calls, lower_text
 from kernels.gdn import chunk_gated_delta_rule, context_parallel_gated_delta_rule, conv_halo
 from kernels.gdn.intra import unit_lower_inverse
 from kernels.reference import gdn as ref
@@ -154,23 +154,6 @@ def test_conv_halo_gives_the_full_sequence_conv():
 
 
 # ---- cross-lowering -----------------------------------------------------------------------------------------------
-def _abstract_mesh(platform, n):
-    device = (AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu") if platform == "tpu" else
-              AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
-    return AbstractMesh((n,), (AXIS,), axis_types=(AxisType.Auto if n > 1 else AxisType.Explicit,),
-                        abstract_device=device)
-
-
-def _lower(f, args, platform, n=1):
-    """Lowers with the platform's default implementation (kernels/backend.py), not interpreted."""
-    with backend.target_platform(platform), jax.sharding.use_abstract_mesh(_abstract_mesh(platform, n)):
-        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
-
-
-def _custom_calls(text, platform):
-    return text.count("tpu_custom_call") if platform == "tpu" else text.count("__gpu$xla.gpu.triton")
-
-
 def _production(T):
     """Qwen3.5-35B DeltaNet: 16 qk-heads, 32 v-heads, dk = dv = 128, chunk 64."""
     S = lambda *s: jax.ShapeDtypeStruct(s, F32)
@@ -185,7 +168,7 @@ def test_chunked_lowers_at_production_shapes(platform):
     def f(args, cts, seg):
         return _value_and_grads(lambda q, k, v, g, b, s0: chunk_gated_delta_rule(
             q, k, v, g, b, segment_ids=seg, initial_state=s0), args, cts)
-    assert _custom_calls(_lower(f, (args, cts, seg), platform), platform) == 5  # wy, fwd_h, output; fwd_h, bwd_dhu
+    assert custom_calls(lower_text(f, (args, cts, seg), platform), platform) == 5  # wy, fwd_h, output; fwd_h, bwd_dhu
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
@@ -199,8 +182,8 @@ def test_context_parallel_lowers_at_production_shapes(platform):
         sm = jax.shard_map(body, in_specs=(P(None, AXIS),) * 6 + (P(),), out_specs=(P(None, AXIS), P()),
                            check_vma=False)
         return _value_and_grads(lambda *a: sm(*a[:5], seg, a[5]), args, cts)
-    text = _lower(f, (args, cts, seg), platform, n)
-    assert _custom_calls(text, platform) == 9 and "all_gather" in text.replace("-", "_")  # 4 pre-pass + 5 main
+    text = lower_text(f, (args, cts, seg), platform, n)
+    assert custom_calls(text, platform) == 9 and "all_gather" in text.replace("-", "_")  # 4 pre-pass + 5 main
 
 
 @pytest.mark.slow
