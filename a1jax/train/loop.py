@@ -5,7 +5,6 @@ Everything impure lives here (I/O, logging, checkpoints, signals, device placeme
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
 import os
@@ -15,11 +14,10 @@ import time
 import jax
 import numpy as np
 
-from a1jax import sharding
 from a1jax.data import pipeline
-from a1jax.train import checkpoint, metrics as mt, optim, steps
+from a1jax.train import build, checkpoint, metrics as mt
 from a1jax.train.experiment import Experiment
-from a1jax.train.state import TrainState, init_state, state_shardings
+from a1jax.train.state import TrainState
 
 log = logging.getLogger("a1jax.train")
 
@@ -96,25 +94,12 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
         checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     # --- mesh, optimizer, step -----------------------------------------------------------------------------------
-    mesh = sharding.make_mesh(dict(config.mesh))
-    sharding.check_model_fits_mesh(cfg, mesh)
-    rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
-    sharding.check_batch_fits_mesh(exp.data.batch_size, mesh, rules)
-    if exp.eval_data is not None:
-        sharding.check_batch_fits_mesh(exp.eval_data.batch_size, mesh, rules, "data.eval_batch_size")
-    opt = config.optimizer.copy_and_resolve_references()
-    opt.total_steps = config.train.steps
-    tx, schedule = optim.make_optimizer(opt)
-
     it = pipeline.make_iterator(exp.data, process_index=jax.process_index(), process_count=jax.process_count())
     domains = it.domains
-    ctx = steps.StepContext(model=cfg, tx=tx, schedule=schedule, num_domains=max(len(domains), 1),
-                            microbatches=config.train.microbatches, z_loss_coef=config.train.z_loss_coef,
-                            mtp_loss_coef=config.train.mtp_loss_coef)
+    built = build.build(exp, num_domains=len(domains))
+    tx, state_sh, batch_sh = built.tx, built.state_shardings, built.batch_sharding
+    abstract = built.abstract_state
     rng = jax.random.key(config.seed)
-    abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), rng)
-    state_sh = state_shardings(abstract, mesh, rules)
-    batch_sh = sharding.batch_sharding(mesh, rules)
 
     # --- restore, or start from a converted checkpoint, or initialise -------------------------------------------
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
@@ -127,16 +112,14 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
         last_saved = step0
         log.info("resumed from %s at step %d", ckpt.directory, step0)
     else:
-        state = jax.jit(functools.partial(init_state, cfg, tx), out_shardings=state_sh)(rng)
+        state = built.init_state(rng)
         if init_from:
             params = _init_params_from(init_from, exp, abstract.params, state_sh.params)
             state = TrainState(step=state.step, params=params, opt_state=jax.jit(tx.init)(params), rng=state.rng,
                                skipped_total=state.skipped_total, skipped_consecutive=state.skipped_consecutive)
             log.info("initialised params from %s", init_from)
 
-    step_fn = jax.jit(functools.partial(steps.get_step(config.stage), ctx), in_shardings=(state_sh, batch_sh),
-                      out_shardings=(state_sh, None), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
+    step_fn, eval_fn = built.step_fn, built.eval_fn
 
     # --- loop ----------------------------------------------------------------------------------------------------
     writer = mt.MetricWriter(workdir)

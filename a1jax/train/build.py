@@ -1,0 +1,58 @@
+"""From a validated experiment to jitted, sharded step functions: the part of set-up that the trainer and the
+planner (`a1jax plan`) share. Nothing here allocates parameters: the state is abstract until the caller initialises
+or restores it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+
+from a1jax import sharding
+from a1jax.train import optim, steps
+from a1jax.train.experiment import Experiment
+from a1jax.train.state import init_state, state_shardings
+
+
+@dataclasses.dataclass
+class Built:
+    mesh: Any
+    rules: dict
+    ctx: steps.StepContext
+    tx: Any
+    schedule: Any
+    abstract_state: Any  # TrainState of ShapeDtypeStructs
+    state_shardings: Any
+    batch_sharding: Any
+    step_fn: Any  # jit(step)(state, batch) -> (state, metrics), state donated
+    eval_fn: Any  # jit(eval_step)(params, batch) -> sums
+
+    def init_state(self, rng):
+        return jax.jit(functools.partial(init_state, self.ctx.model, self.tx), out_shardings=self.state_shardings)(rng)
+
+
+def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = None) -> Built:
+    """Checks that the model and batch fit the mesh (before anything compiles), then builds the step functions."""
+    config, cfg = exp.config, exp.model
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    sharding.check_model_fits_mesh(cfg, mesh)
+    rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
+    sharding.check_batch_fits_mesh(exp.data.batch_size, mesh, rules)
+    if exp.eval_data is not None:
+        sharding.check_batch_fits_mesh(exp.eval_data.batch_size, mesh, rules, "data.eval_batch_size")
+    opt = config.optimizer.copy_and_resolve_references()
+    opt.total_steps = config.train.steps
+    tx, schedule = optim.make_optimizer(opt)
+    ctx = steps.StepContext(model=cfg, tx=tx, schedule=schedule, num_domains=max(num_domains, 1),
+                            microbatches=config.train.microbatches, z_loss_coef=config.train.z_loss_coef,
+                            mtp_loss_coef=config.train.mtp_loss_coef)
+    abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(config.seed))
+    state_sh = state_shardings(abstract, mesh, rules)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    step_fn = jax.jit(functools.partial(steps.get_step(config.stage), ctx), in_shardings=(state_sh, batch_sh),
+                      out_shardings=(state_sh, None), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
+    return Built(mesh=mesh, rules=rules, ctx=ctx, tx=tx, schedule=schedule, abstract_state=abstract,
+                 state_shardings=state_sh, batch_sharding=batch_sh, step_fn=step_fn, eval_fn=eval_fn)
