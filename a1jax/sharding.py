@@ -66,14 +66,45 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, in
     return sizes
 
 
-def make_mesh(mesh_config: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+def hybrid_shapes(sizes: Mapping[str, int], dcn: Mapping[str, int] | None) -> tuple[tuple, tuple]:
+    """(in-slice ICI shape, cross-slice DCN shape) in MESH_AXES order. `dcn[a]` is the part of axis a's total size
+    `sizes[a]` that crosses slices (or hosts); it must divide it."""
+    dcn = dict(dcn or {})
+    unknown = sorted(set(dcn) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"config.mesh_dcn has unknown axes {unknown}; mesh axes are {list(MESH_AXES)}")
+    ici, cross = [], []
+    for a in MESH_AXES:
+        d = int(dcn.get(a, 1))
+        if d < 1 or sizes[a] % d:
+            raise ValueError(f"config.mesh_dcn.{a}={d} must be a positive divisor of the axis size "
+                             f"config.mesh.{a}={sizes[a]}")
+        ici.append(sizes[a] // d)
+        cross.append(d)
+    return tuple(ici), tuple(cross)
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence | None = None,
+              dcn: Mapping[str, int] | None = None) -> Mesh:
+    """The 5-axis mesh. With `dcn` (config.mesh_dcn), axes split into an in-slice part (fast ICI/NVLink) and a
+    cross-slice part (DCN/network) through `create_hybrid_device_mesh`: slices are TPU slices when devices have a
+    `slice_index`, otherwise processes (one per host)."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
-    try:
-        arr = mesh_utils.create_device_mesh(shape, devices=devices)
-    except Exception:  # virtual CPU devices or shapes the topology helper cannot place: plain order
-        arr = np.asarray(devices).reshape(shape)
+    ici, cross = hybrid_shapes(sizes, dcn)
+    if math.prod(cross) > 1:
+        by_process = not hasattr(devices[0], "slice_index")
+        granules = len({d.process_index if by_process else d.slice_index for d in devices})
+        if granules != math.prod(cross):
+            raise ValueError(f"config.mesh_dcn asks for {math.prod(cross)} slices ({dict(zip(MESH_AXES, cross))}), "
+                             f"but the devices come from {granules} {'processes' if by_process else 'slices'}")
+        arr = mesh_utils.create_hybrid_device_mesh(ici, cross, devices=devices, process_is_granule=by_process)
+    else:
+        try:
+            arr = mesh_utils.create_device_mesh(shape, devices=devices)
+        except Exception:  # virtual CPU devices or shapes the topology helper cannot place: plain order
+            arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -132,6 +163,15 @@ def check_batch_fits_mesh(batch_size: int, mesh: Mesh, rules: Mapping, field: st
     if batch_size % ways:
         raise ValueError(f"config.{field}={batch_size} must be divisible by the {ways} batch shards "
                          f"({' x '.join(f'{a}={mesh.shape[a]}' for a in axes)})")
+
+
+def check_sequence_fits_mesh(seq_len: int, cfg, mesh: Mesh, field: str = "data.seq_len") -> None:
+    s = mesh.shape["sequence"]
+    if seq_len % s:
+        raise ValueError(f"config.{field}={seq_len} must be divisible by mesh axis 'sequence'={s}")
+    if s > 1 and seq_len // s < cfg.linear_conv_kernel_dim - 1:
+        raise ValueError(f"config.{field}={seq_len} over 'sequence'={s} leaves {seq_len // s} tokens per shard; the "
+                         f"DeltaNet conv halo needs at least {cfg.linear_conv_kernel_dim - 1}")
 
 
 def check_model_fits_mesh(cfg, mesh: Mesh) -> None:

@@ -154,7 +154,8 @@ RING_SEGMENTS = np.concatenate([np.full(100, 1), np.full(200, 2), np.full(212, 3
 
 
 @pytest.mark.parametrize("n,scheme,impl", [(2, None, "pallas_tpu"), (2, "striped", "pallas_tpu"),
-                                           (4, None, "pallas_tpu"), (4, "zigzag", "pallas_tpu"), (4, "zigzag", "xla")])
+                                           (4, None, "pallas_tpu"), (4, "zigzag", "pallas_tpu"), (4, "zigzag", "xla"),
+                                           (2, None, "xla")])
 def test_ring_equals_single_device_attention(n, scheme, impl):
     q, k, v, do = _qkv(512, 64, 4, 2, seed=5)
     seg = jnp.asarray(RING_SEGMENTS[None], jnp.int32)

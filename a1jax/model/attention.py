@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import apply_partial_rope, rms_norm_1p, rope_cos_sin
+from a1jax.model.parallel import Parallel
 from kernels import attention as attention_kernels
 
 F32 = jnp.float32
@@ -27,9 +28,24 @@ def dot_product_attention(q, k, v, mask):
     return o.reshape(B, T, nh, D)
 
 
-def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, cache_ctx=None):
+def ring_attention(q, k, v, segment_ids, impl: str, par: Parallel):
+    """Causal, segment-masked attention with the sequence split over `par.sequence_axis`: one shard_map over the
+    mesh running kernels.attention.ring_attention (contiguous layout: the causal mask uses global token indices).
+    Heads stay split over the tensor axis when it divides both head counts."""
+    heads = par.heads_axis(q.shape[2], k.shape[2])
+    act, ids = par.tokens(heads, None), par.tokens()
+    impl = {"reference": "xla", "auto": None}.get(impl, impl)
+    body = lambda q, k, v, seg: attention_kernels.ring_attention(q, k, v, axis_name=par.sequence_axis,
+                                                                 segment_ids=seg, impl=impl)
+    return jax.shard_map(body, mesh=par.mesh, in_specs=(act, act, act, ids), out_specs=act,
+                         check_vma=False)(q, k, v, segment_ids)
+
+
+def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, cache_ctx=None,
+                    parallel: Parallel | None = None):
     """x [B,T,H] (normed) -> (out [B,T,H], new_cache). `cache` = {"k","v": [B,S,nkv,D]}; `cache_ctx` gives the
-    write index and the [B,S] segment ids of all cache slots (already including this call's tokens)."""
+    write index and the [B,S] segment ids of all cache slots (already including this call's tokens). With a
+    sequence axis in `parallel` (training, no cache) the attention runs as a ring over it."""
     dtype = x.dtype
     B, T, _ = x.shape
     D = cfg.head_dim
@@ -53,7 +69,9 @@ def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, 
         k, v = k.astype(dtype), v.astype(dtype)
         q_slot = q_slot + index
         kv_slot, kv_seg = jnp.arange(k.shape[1]), cache_ctx["segment_ids"]
-    if cache is None and cfg.attention_impl != "reference":  # same mask: causal by index, same segment
+    if cache is None and parallel is not None and parallel.sequence_axis:
+        o = ring_attention(q, k, v, segment_ids, cfg.attention_impl, parallel)
+    elif cache is None and cfg.attention_impl != "reference":  # same mask: causal by index, same segment
         o = attention_kernels.flash_attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
     else:
         mask = (kv_slot[None, None, :] <= q_slot[None, :, None]) & (kv_seg[:, None, :] == segment_ids[:, :, None])

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from a1jax.model import gated_delta_rule as gdr
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import gated_rms_norm, l2_normalize
+from a1jax.model.parallel import Parallel
 from kernels import gdn as gdn_kernels
 
 F32 = jnp.float32
@@ -37,12 +39,53 @@ def causal_conv(x, w, segment_ids, history=None, history_seg=None):
     return y, xx[:, T:].astype(x.dtype), ss[:, T:]
 
 
-def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=None):
-    """x [B,T,H] (normed) -> (out [B,T,H], new_cache). cache = {conv_q, conv_k, conv_v, seg, state}."""
+def _prepare_qk(q, k, rep: int, dk: int):
+    """l2-normalised fp32 q (scaled by dk^-1/2) and k, repeated to the v-heads (v-head h uses qk-head h // rep)."""
+    q = jnp.repeat(l2_normalize(q.astype(F32)), rep, axis=2) * (dk ** -0.5)
+    return q, jnp.repeat(l2_normalize(k.astype(F32)), rep, axis=2)
+
+
+def _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg: ModelConfig, par: Parallel, dtype):
+    """conv (with the previous shard's inputs as its halo) + SiLU + the delta rule by context-parallel state
+    passing, for a sequence split over `par.sequence_axis`; one shard_map over the mesh. Returns o [B,T,Hv,dv]."""
+    axis = par.sequence_axis
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    heads = par.heads_axis(Hk, Hv)
+    impl = {"chunked": "xla", "scan": "xla"}.get(cfg.deltanet_impl, cfg.deltanet_impl)
+
+    def body(q_in, k_in, v_in, g, beta, w_q, w_k, w_v, seg):
+        conv = []
+        for x, w in ((q_in, w_q), (k_in, w_k), (v_in, w_v)):
+            hist, hist_seg = gdn_kernels.conv_halo(x, seg, axis_name=axis, width=w.shape[0] - 1)
+            conv.append(jax.nn.silu(causal_conv(x, w, seg, hist, hist_seg)[0]).astype(dtype))
+        q, k = _prepare_qk(conv[0], conv[1], Hv // Hk, cfg.linear_key_head_dim)
+        o, _ = gdn_kernels.context_parallel_gated_delta_rule(q, k, conv[2], g, beta, axis_name=axis, segment_ids=seg,
+                                                             chunk_size=cfg.deltanet_chunk_size, impl=impl)
+        return o
+
+    act, per_head, conv_w = par.tokens(heads, None), par.tokens(heads), P(None, heads, None)
+    return jax.shard_map(body, mesh=par.mesh, in_specs=(act, act, act, per_head, per_head, conv_w, conv_w, conv_w,
+                                                        par.tokens()),
+                         out_specs=act, check_vma=False)(
+        proj("in_proj_q"), proj("in_proj_k"), proj("in_proj_v"), g, beta, p["conv_q"], p["conv_k"], p["conv_v"],
+        segment_ids)
+
+
+def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=None,
+                   parallel: Parallel | None = None):
+    """x [B,T,H] (normed) -> (out [B,T,H], new_cache). cache = {conv_q, conv_k, conv_v, seg, state}. With a
+    sequence axis in `parallel` (training, no cache) the conv and the recurrence run context-parallel over it."""
     dtype = x.dtype
     B, T, _ = x.shape
     Hk, Hv, dk = cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim
     proj = lambda name: jnp.einsum("bth,h...->bt...", x, p[name].astype(dtype))
+    z = proj("in_proj_z")  # [B,T,Hv,dv]
+    beta = jax.nn.sigmoid(proj("in_proj_b"))  # [B,T,Hv], in the activation dtype as HF
+    g = -jnp.exp(p["A_log"].astype(F32)) * jax.nn.softplus(proj("in_proj_a").astype(F32) + p["dt_bias"].astype(F32))
+    if cache is None and parallel is not None and parallel.sequence_axis:
+        o = _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg, parallel, dtype)
+        o = gated_rms_norm(o.astype(dtype), z, p["norm"], cfg.rms_norm_eps)
+        return jnp.einsum("btnd,ndh->bth", o, p["out_proj"].astype(dtype)), None
     new_cache = {} if cache is not None else None
     conv_out = {}
     for name in ("q", "k", "v"):
@@ -53,12 +96,7 @@ def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=No
         if cache is not None:
             new_cache[f"conv_{name}"], new_cache["conv_segment_ids"] = h, hs
     q, k, v = conv_out["q"], conv_out["k"], conv_out["v"]  # [B,T,Hk,dk], [B,T,Hk,dk], [B,T,Hv,dv]
-    z = proj("in_proj_z")  # [B,T,Hv,dv]
-    beta = jax.nn.sigmoid(proj("in_proj_b"))  # [B,T,Hv], in the activation dtype as HF
-    g = -jnp.exp(p["A_log"].astype(F32)) * jax.nn.softplus(proj("in_proj_a").astype(F32) + p["dt_bias"].astype(F32))
-    rep = Hv // Hk  # v-head h uses qk-head h // rep (repeat_interleave)
-    q = jnp.repeat(l2_normalize(q.astype(F32)), rep, axis=2) * (dk ** -0.5)
-    k = jnp.repeat(l2_normalize(k.astype(F32)), rep, axis=2)
+    q, k = _prepare_qk(q, k, Hv // Hk, dk)
 
     state = None
     if cache is not None:  # a new segment at the first token starts from a zero state

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import swiglu
+from a1jax.model.parallel import Parallel
 from kernels import moe as moe_kernels
+from kernels.moe import expert_parallel
 
 F32 = jnp.float32
 
@@ -41,7 +44,29 @@ def routed_experts(x, weights, ids, w_gate_up, w_down, impl: str = "ragged_dot")
     return jnp.einsum("nkh,nk->nh", y, weights.astype(x.dtype))
 
 
-def moe_block(p, x, cfg: ModelConfig, valid):
+def expert_parallel_experts(x, weights, ids, w_gate_up, w_down, impl: str, par: Parallel):
+    """Routed experts with the experts split over `par.expert_axis`: inside one shard_map over the whole mesh, each
+    shard's tokens go to their experts' shards and back (kernels.moe.expert_parallel.shard_ffn). Dropless.
+    x [B,T,H]; weights/ids [B,T,k]. Returns (y [B,T,H], transport stats summed over the mesh)."""
+    axis = par.expert_axis
+    transport = expert_parallel.resolve_transport(par.ep_transport)
+    others = tuple(a for a in par.token_axes() if a != axis)
+
+    def body(x, weights, ids, w_gate_up, w_down):
+        b, t, h = x.shape
+        y, stats = expert_parallel.shard_ffn(
+            x.reshape(b * t, h), weights.reshape(b * t, -1), ids.reshape(b * t, -1), w_gate_up, w_down, axis=axis,
+            num_shards=par.size(axis), transport=transport, impl=None if impl == "ragged_dot" else impl,
+            stats_axes=others)
+        return y.reshape(b, t, h), stats
+
+    tokens, experts = par.tokens(None), P(axis, None, None)
+    # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values (kernels.md §2).
+    return jax.shard_map(body, mesh=par.mesh, in_specs=(tokens, tokens, tokens, experts, experts),
+                         out_specs=(tokens, P()), check_vma=False)(x, weights, ids, w_gate_up, w_down)
+
+
+def moe_block(p, x, cfg: ModelConfig, valid, parallel: Parallel | None = None):
     """x [B,T,H] -> (out [B,T,H], stats). `valid` [B,T] marks non-padding tokens for the router statistics."""
     B, T, H = x.shape
     dtype = x.dtype
@@ -49,8 +74,16 @@ def moe_block(p, x, cfg: ModelConfig, valid):
     router_logits = x2 @ p["router"].astype(dtype)  # [N, E] in the activation dtype, as HF
     weights, ids, probs = route(router_logits, cfg.num_experts_per_tok)
     weights = weights.astype(dtype).astype(F32)  # HF >= 5.6 casts the top-k weights to the logits dtype
-    out = routed_experts(x2, weights, ids, p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype),
-                         cfg.moe_impl)
+    w_gate_up, w_down = p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype)
+    ep_stats = {}
+    if parallel is not None and parallel.expert_axis:
+        k = ids.shape[1]
+        out, transport = expert_parallel_experts(x, weights.reshape(B, T, k), ids.reshape(B, T, k), w_gate_up,
+                                                 w_down, cfg.moe_impl, parallel)
+        out = out.reshape(B * T, H)
+        ep_stats = {"ep_routed_rows": transport["routed_rows"], "ep_transported_rows": transport["transported_rows"]}
+    else:
+        out = routed_experts(x2, weights, ids, w_gate_up, w_down, cfg.moe_impl)
     if "shared_gate_proj" in p:
         shared = swiglu(x2, p["shared_gate_proj"].astype(dtype), p["shared_up_proj"].astype(dtype),
                         p["shared_down_proj"].astype(dtype))
@@ -63,6 +96,7 @@ def moe_block(p, x, cfg: ModelConfig, valid):
         "router_prob_sum": jnp.sum(probs * m[:, None], axis=0),  # [E]
         "router_z_sum": jnp.sum(jnp.square(lse) * m),  # scalar, for the optional z-loss
         "num_tokens": jnp.sum(m),
+        **ep_stats,
     }
     return out.reshape(B, T, H), stats
 

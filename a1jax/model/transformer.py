@@ -18,6 +18,7 @@ from a1jax.model.attention import gated_attention
 from a1jax.model.config import LINEAR, ModelConfig
 from a1jax.model.deltanet import gated_deltanet
 from a1jax.model.layers import rms_norm_1p
+from a1jax.model.parallel import Parallel
 from a1jax.model.params import unbox
 
 F32 = jnp.float32
@@ -42,23 +43,24 @@ _REMAT = {
 }
 
 
-def decoder_layer(lp, h, layer_type, cfg: ModelConfig, positions, segment_ids, cache=None, cache_ctx=None):
+def decoder_layer(lp, h, layer_type, cfg: ModelConfig, positions, segment_ids, cache=None, cache_ctx=None,
+                  parallel: Parallel | None = None):
     """Pre-norm residual layer: h += mixer(norm(h)); h += mlp(norm(h)). Returns (h, moe stats or None, cache)."""
     x = rms_norm_1p(h, lp["input_norm"], cfg.rms_norm_eps)
     if layer_type == LINEAR:
-        m, new_cache = gated_deltanet(lp["linear_attn"], x, cfg, segment_ids, cache, cache_ctx)
+        m, new_cache = gated_deltanet(lp["linear_attn"], x, cfg, segment_ids, cache, cache_ctx, parallel)
     else:
-        m, new_cache = gated_attention(lp["self_attn"], x, cfg, positions, segment_ids, cache, cache_ctx)
+        m, new_cache = gated_attention(lp["self_attn"], x, cfg, positions, segment_ids, cache, cache_ctx, parallel)
     h = h + checkpoint_name(m, "mixer_out")
     x = rms_norm_1p(h, lp["post_norm"], cfg.rms_norm_eps)
     if cfg.is_moe:
-        y, stats = moe.moe_block(lp["mlp"], x, cfg, segment_ids != 0)
+        y, stats = moe.moe_block(lp["mlp"], x, cfg, segment_ids != 0, parallel)
     else:
         y, stats = moe.dense_mlp(lp["mlp"], x), None
     return h + y, stats, new_cache
 
 
-def _run_blocks(blocks, h, cfg: ModelConfig, positions, segment_ids, caches, cache_ctx):
+def _run_blocks(blocks, h, cfg: ModelConfig, positions, segment_ids, caches, cache_ctx, parallel):
     pattern = cfg.block_pattern
 
     def block(h, xs):
@@ -66,7 +68,8 @@ def _run_blocks(blocks, h, cfg: ModelConfig, positions, segment_ids, caches, cac
         stats, new_caches = [], []
         for i, layer_type in enumerate(pattern):
             c = None if block_cache is None else block_cache[i]
-            h, st, nc = decoder_layer(block_params[i], h, layer_type, cfg, positions, segment_ids, c, cache_ctx)
+            h, st, nc = decoder_layer(block_params[i], h, layer_type, cfg, positions, segment_ids, c, cache_ctx,
+                                      parallel)
             stats.append(st)
             new_caches.append(nc)
         return h, (stats, None if block_cache is None else new_caches)
@@ -95,9 +98,13 @@ def _moe_aux(stats, cfg: ModelConfig) -> dict:
     aux = moe.load_balancing_loss(per_layer["expert_counts"], per_layer["router_prob_sum"],
                                   per_layer["num_tokens"], cfg.num_experts)
     z = jnp.mean(per_layer["router_z_sum"] / jnp.maximum(per_layer["num_tokens"], 1.0))
-    return {"aux_loss": aux, "router_z_loss": z,
-            "moe_loss": cfg.router_aux_loss_coef * aux + cfg.router_z_loss_coef * z,
-            "expert_counts": per_layer["expert_counts"]}
+    out = {"aux_loss": aux, "router_z_loss": z,
+           "moe_loss": cfg.router_aux_loss_coef * aux + cfg.router_z_loss_coef * z,
+           "expert_counts": per_layer["expert_counts"]}
+    if "ep_transported_rows" in per_layer:  # expert parallel: the share of exchanged rows that were padding
+        out["ep_padding_fraction"] = 1.0 - (jnp.sum(per_layer["ep_routed_rows"])
+                                            / jnp.maximum(jnp.sum(per_layer["ep_transported_rows"]), 1.0))
+    return out
 
 
 def lm_head_weight(params, cfg: ModelConfig):
@@ -112,7 +119,7 @@ def logits_from_hidden(params, hidden, cfg: ModelConfig):
     return jnp.einsum("...h,hv->...v", hidden, w, preferred_element_type=F32)
 
 
-def mtp_forward(params, hidden, tokens, cfg: ModelConfig, positions, segment_ids):
+def mtp_forward(params, hidden, tokens, cfg: ModelConfig, positions, segment_ids, parallel=None):
     """Multi-token prediction (model.md §2.5): combines hidden state t with the embedding of token t+1 and runs one
     full-attention layer; its output (after `mtp.norm`) predicts token t+2 through the shared LM head."""
     p = unbox(params)
@@ -124,15 +131,16 @@ def mtp_forward(params, hidden, tokens, cfg: ModelConfig, positions, segment_ids
     hh = rms_norm_1p(hidden, mp["pre_fc_norm_hidden"], cfg.rms_norm_eps)
     u = jnp.concatenate([e, hh], axis=-1) @ mp["fc"].astype(dtype)
     for lp in mp["layers"]:
-        u, _, _ = decoder_layer(lp, u, "full_attention", cfg, positions + 1, segment_ids)
+        u, _, _ = decoder_layer(lp, u, "full_attention", cfg, positions + 1, segment_ids, parallel=parallel)
     return rms_norm_1p(u, mp["norm"], cfg.rms_norm_eps)
 
 
 def forward(params, tokens, cfg: ModelConfig, *, positions=None, segment_ids=None, cache=None,
-            return_logits: bool | None = None, mtp: bool = False) -> Output:
+            return_logits: bool | None = None, mtp: bool = False, parallel: Parallel | None = None) -> Output:
     """Runs the decoder. tokens [B,T] int; positions [B,T] (default: arange, offset by the cache index);
     segment_ids [B,T] (0 = padding; default: one segment). With `cache` (see decode.init_cache) the call appends
-    T tokens to it and returns the updated cache in `Output.cache`."""
+    T tokens to it and returns the updated cache in `Output.cache`. `parallel` (model/parallel.py) turns on expert
+    and sequence parallelism over its mesh; the result is the same as without it."""
     p = unbox(params)
     dtype = jnp.dtype(cfg.dtype)
     B, T = tokens.shape
@@ -151,7 +159,8 @@ def forward(params, tokens, cfg: ModelConfig, *, positions=None, segment_ids=Non
         layer_caches = cache["blocks"]
 
     h = jnp.take(p["embed"], tokens, axis=0).astype(dtype)
-    h, stats, new_layer_caches = _run_blocks(p["blocks"], h, cfg, positions, segment_ids, layer_caches, cache_ctx)
+    h, stats, new_layer_caches = _run_blocks(p["blocks"], h, cfg, positions, segment_ids, layer_caches, cache_ctx,
+                                             parallel)
     h = rms_norm_1p(h, p["final_norm"], cfg.rms_norm_eps)
 
     new_cache = None
@@ -165,5 +174,5 @@ def forward(params, tokens, cfg: ModelConfig, *, positions=None, segment_ids=Non
     if mtp:
         if "mtp" not in p:
             raise ValueError("forward(mtp=True) needs MTP parameters: set mtp_num_hidden_layers > 0 at init")
-        mtp_hidden = mtp_forward(p, h, tokens, cfg, positions, segment_ids)
+        mtp_hidden = mtp_forward(p, h, tokens, cfg, positions, segment_ids, parallel)
     return Output(logits=logits, hidden=h, aux=_moe_aux(stats, cfg), cache=new_cache, mtp_hidden=mtp_hidden)

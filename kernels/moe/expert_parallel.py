@@ -55,8 +55,12 @@ def _ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offset
     return collective(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, axis_name=axis_name)
 
 
-def _shard_ffn(x, weights, expert_ids, w_gate_up, w_down, *, axis, num_shards, transport, impl, tile):
-    """The body on one shard: x [n, H], weights/expert_ids [n, k], local experts w_* [E_local, ...]."""
+def shard_ffn(x, weights, expert_ids, w_gate_up, w_down, *, axis, num_shards, transport, impl=None, tile=None,
+              stats_axes=()):
+    """The body on one shard, inside shard_map: x [n, H], weights/expert_ids [n, k], local experts w_* [E_local, ...].
+    Rows are exchanged over `axis` only; the stats are summed over `axis` and over `stats_axes` (other mesh axes that
+    split the tokens, e.g. data and sequence, when the caller's shard_map spans them). `transport` is "ragged" or
+    "all_to_all". Returns (y [n, H], stats)."""
     D, (n, k), E_local = num_shards, expert_ids.shape, w_gate_up.shape[0]
     R = n * k
     flat = expert_ids.reshape(R).astype(jnp.int32)
@@ -106,9 +110,18 @@ def _shard_ffn(x, weights, expert_ids, w_gate_up, w_down, *, axis, num_shards, t
 
     kernel_rows = layout.num_active_tiles[0] * layout.tile
     stats = dict(routed_rows=R, transported_rows=transported, kernel_rows=kernel_rows)
-    stats = {name: jax.lax.psum(jnp.asarray(v, F32), axis) for name, v in stats.items()}
-    stats["max_received_rows"] = jax.lax.pmax(received.astype(F32), axis)
+    every = (axis, *stats_axes)
+    stats = {name: jax.lax.psum(jnp.asarray(v, F32), every) for name, v in stats.items()}
+    stats["max_received_rows"] = jax.lax.pmax(received.astype(F32), every)
     return y, stats
+
+
+def resolve_transport(transport: str) -> str:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    if transport == "auto":
+        transport = "ragged" if backend.platform() in ("tpu", "gpu", "cuda", "rocm") else "all_to_all"
+    return transport
 
 
 def ep_routed_ffn(x, weights, expert_ids, w_gate_up, w_down, *, mesh, axis: str = "expert", transport="auto",
@@ -121,15 +134,12 @@ def ep_routed_ffn(x, weights, expert_ids, w_gate_up, w_down, *, mesh, axis: str 
     rows the grouped matmuls ran), max_received_rows (the most rows any shard got) against receive_buffer_rows (each
     shard's static buffer), and transport_padding_fraction / tile_padding_fraction (the share of transported rows,
     or of kernel rows, that are padding)."""
-    if transport not in TRANSPORTS:
-        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-    if transport == "auto":
-        transport = "ragged" if backend.platform() in ("tpu", "gpu", "cuda", "rocm") else "all_to_all"
+    transport = resolve_transport(transport)
     D = mesh.shape[axis]
     N, E = expert_ids.shape[0], w_gate_up.shape[0]
     if N % D or E % D:
         raise ValueError(f"mesh axis {axis!r}={D} must divide the token count {N} and num_experts={E}")
-    body = functools.partial(_shard_ffn, axis=axis, num_shards=D, transport=transport, impl=impl, tile=tile)
+    body = functools.partial(shard_ffn, axis=axis, num_shards=D, transport=transport, impl=impl, tile=tile)
     rows, experts = P(axis), P(axis, None, None)
     # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values (kernels.md §2).
     y, stats = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts),
