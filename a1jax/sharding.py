@@ -172,6 +172,9 @@ def check_sequence_fits_mesh(seq_len: int, cfg, mesh: Mesh, field: str = "data.s
     if s > 1 and seq_len // s < cfg.linear_conv_kernel_dim - 1:
         raise ValueError(f"config.{field}={seq_len} over 'sequence'={s} leaves {seq_len // s} tokens per shard; the "
                          f"DeltaNet conv halo needs at least {cfg.linear_conv_kernel_dim - 1}")
+    if s > 1 and cfg.ring_load_balance == "zigzag" and (seq_len // s) % 2:
+        raise ValueError(f"config.{field}={seq_len} over 'sequence'={s} leaves {seq_len // s} tokens per shard; "
+                         f"model.ring_load_balance='zigzag' needs an even number")
 
 
 def check_model_fits_mesh(cfg, mesh: Mesh) -> None:

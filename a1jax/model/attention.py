@@ -28,15 +28,58 @@ def dot_product_attention(q, k, v, mask):
     return o.reshape(B, T, nh, D)
 
 
-def ring_attention(q, k, v, segment_ids, impl: str, par: Parallel):
-    """Causal, segment-masked attention with the sequence split over `par.sequence_axis`: one shard_map over the
-    mesh running kernels.attention.ring_attention (contiguous layout: the causal mask uses global token indices).
-    Heads stay split over the tensor axis when it divides both head counts."""
+def _zigzag_perms(n: int):
+    """Chunk moves from the contiguous layout (shard r holds chunks 2r, 2r+1 of 2n) to zigzag (shard s holds chunks s
+    and 2n-1-s): each shard's first and its second chunk move by one permutation each."""
+    dest = lambda c: c if c < n else 2 * n - 1 - c
+    return [(r, dest(2 * r)) for r in range(n)], [(r, dest(2 * r + 1)) for r in range(n)]
+
+
+def _to_zigzag(x, axis: str, n: int):
+    """[B, T, ...] local tokens in the contiguous layout -> this shard's tokens in the zigzag layout."""
+    first, second = jnp.split(x, 2, axis=1)
+    p1, p2 = _zigzag_perms(n)
+    got1, got2 = jax.lax.ppermute(first, axis, p1), jax.lax.ppermute(second, axis, p2)
+    even = jax.lax.axis_index(axis) % 2 == 0  # chunk s came by p1 when s is even (then 2n-1-s came by p2)
+    return jnp.concatenate([jnp.where(even, got1, got2), jnp.where(even, got2, got1)], axis=1)
+
+
+def _from_zigzag(x, axis: str, n: int):
+    """The inverse of `_to_zigzag`."""
+    lo, hi = jnp.split(x, 2, axis=1)
+    even = jax.lax.axis_index(axis) % 2 == 0
+    got1, got2 = jnp.where(even, lo, hi), jnp.where(even, hi, lo)
+    inv = lambda perm: [(d, r) for r, d in perm]
+    p1, p2 = _zigzag_perms(n)
+    return jnp.concatenate([jax.lax.ppermute(got1, axis, inv(p1)), jax.lax.ppermute(got2, axis, inv(p2))], axis=1)
+
+
+def ring_attention(q, k, v, segment_ids, cfg: ModelConfig, par: Parallel):
+    """Causal, segment-masked attention with the sequence split contiguously over `par.sequence_axis`: one shard_map
+    over the mesh running kernels.attention.ring_attention. With `cfg.ring_load_balance == "zigzag"` the tokens move
+    to the zigzag order first (shard s holds chunks s and 2n-1-s of 2n, so every shard has the same causal work) and
+    the output moves back; the mask uses global token indices either way. Heads stay split over the tensor axis
+    when it divides both head counts."""
     heads = par.heads_axis(q.shape[2], k.shape[2])
     act, ids = par.tokens(heads, None), par.tokens()
-    impl = {"reference": "xla", "auto": None}.get(impl, impl)
-    body = lambda q, k, v, seg: attention_kernels.ring_attention(q, k, v, axis_name=par.sequence_axis,
-                                                                 segment_ids=seg, impl=impl)
+    impl = {"reference": "xla", "auto": None}.get(cfg.attention_impl, cfg.attention_impl)
+    axis, n = par.sequence_axis, par.size(par.sequence_axis)
+    zigzag = cfg.ring_load_balance == "zigzag" and n > 1
+
+    def body(q, k, v, seg):
+        B, T = seg.shape
+        r = jax.lax.axis_index(axis)
+        if not zigzag:
+            return attention_kernels.ring_attention(q, k, v, axis_name=axis, segment_ids=seg, impl=impl)
+        if T % 2:
+            raise ValueError(f"ring_load_balance='zigzag' needs an even number of tokens per sequence shard, got {T}")
+        C = T // 2
+        pos = jnp.concatenate([r * C + jnp.arange(C), (2 * n - 1 - r) * C + jnp.arange(C)]).astype(jnp.int32)
+        z = lambda x: _to_zigzag(x, axis, n)
+        o = attention_kernels.ring_attention(z(q), z(k), z(v), axis_name=axis, segment_ids=z(seg),
+                                             positions=jnp.broadcast_to(pos, (B, T)), impl=impl)
+        return _from_zigzag(o, axis, n)
+
     return jax.shard_map(body, mesh=par.mesh, in_specs=(act, act, act, ids), out_specs=act,
                          check_vma=False)(q, k, v, segment_ids)
 
@@ -70,7 +113,7 @@ def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, 
         q_slot = q_slot + index
         kv_slot, kv_seg = jnp.arange(k.shape[1]), cache_ctx["segment_ids"]
     if cache is None and parallel is not None and parallel.sequence_axis:
-        o = ring_attention(q, k, v, segment_ids, cfg.attention_impl, parallel)
+        o = ring_attention(q, k, v, segment_ids, cfg, parallel)
     elif cache is None and cfg.attention_impl != "reference":  # same mask: causal by index, same segment
         o = attention_kernels.flash_attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
     else:

@@ -18,6 +18,7 @@ ATTENTION_IMPLS = ("reference", "auto", "xla", "pallas_tpu", "pallas_gpu")
 DELTANET_IMPLS = ("chunked", "scan", "auto", "xla", "pallas_tpu", "pallas_gpu")
 # "ragged_dot": sort + jax.lax.ragged_dot (a1jax/model/moe.py); the others go through kernels.moe.routed_ffn:
 # "auto" picks by platform (KERNELS_MOE_IMPL may override), the rest force one (kernels/backend.py).
+RING_LOAD_BALANCE = ("zigzag", "none")
 MOE_IMPLS = ("ragged_dot", "auto", "xla", "pallas_tpu", "pallas_gpu")
 
 
@@ -67,6 +68,8 @@ class ModelConfig:
     attention_impl: str = "reference"
     deltanet_impl: str = "chunked"
     moe_impl: str = "ragged_dot"
+    # sequence parallelism: the token order full-attention rings use (zigzag evens out causal work; model/attention.py)
+    ring_load_balance: str = "zigzag"
 
     def __post_init__(self):
         if not self.layer_types:
@@ -175,5 +178,7 @@ def validate(c: ModelConfig) -> None:
     for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("deltanet_impl", DELTANET_IMPLS),
                           ("moe_impl", MOE_IMPLS)):
         _req(getattr(c, name) in allowed, f"{name} must be one of {allowed}, got {getattr(c, name)!r}")
+    _req(c.ring_load_balance in RING_LOAD_BALANCE,
+         f"ring_load_balance must be one of {RING_LOAD_BALANCE}, got {c.ring_load_balance!r}")
     for name in ("router_aux_loss_coef", "router_z_loss_coef", "mtp_loss_coef"):
         _req(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
