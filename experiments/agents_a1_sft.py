@@ -5,8 +5,10 @@
         --init_from ckpt/qwen35_35b_a3b --config.data.sources='[...your trajectory JSONL...]'
 
 Hardware: TPU v5p-512, i.e. 256 chips (arg `v5p-512`, the default) or 64 x H100 80GB (arg `h100-64`).
-Sequence 65,536 (sharded over the `sequence` axis by the jit rules; the ring/context-parallel layers arrive with
-the scale-out issue), longer trajectories split at turn boundaries, 4M tokens per step.
+Sequence 65,536, longer trajectories split at turn boundaries, 4M tokens per step. On v5p the sequence is split
+over the `sequence` axis: full-attention layers run ring attention (zigzag order), DeltaNet layers context-parallel
+state passing with a conv halo (a1jax/model/parallel.py); the routed experts are split over `expert` with an
+all-to-all.
 Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
 hyper-parameters are not public (../shared/docs/recipe.md §1.2), so these follow common practice for MoE SFT.
 `a1jax plan` (scale-out issue) reports whether the layout fits before launch.
