@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Sequence
 
 import jax
 
 from a1jax import sharding
+from a1jax.distill import steps as distill_steps  # registers teacher_sft, grpo, opd
+from a1jax.model.parallel import Parallel
 from a1jax.train import optim, steps
 from a1jax.train.experiment import Experiment
 from a1jax.train.state import init_state, state_shardings
@@ -36,8 +39,9 @@ class Built:
 def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = None) -> Built:
     """Checks that the model and batch fit the mesh (before anything compiles), then builds the step functions."""
     config, cfg = exp.config, exp.model
-    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    mesh = sharding.make_mesh(dict(config.mesh), devices, dict(config.get("mesh_dcn", None) or {}))
     sharding.check_model_fits_mesh(cfg, mesh)
+    sharding.check_sequence_fits_mesh(exp.data.seq_len, cfg, mesh)
     rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
     sharding.check_batch_fits_mesh(exp.data.batch_size, mesh, rules)
     if exp.eval_data is not None:
@@ -47,11 +51,15 @@ def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = N
     tx, schedule = optim.make_optimizer(opt)
     ctx = steps.StepContext(model=cfg, tx=tx, schedule=schedule, num_domains=max(num_domains, 1),
                             microbatches=config.train.microbatches, z_loss_coef=config.train.z_loss_coef,
-                            mtp_loss_coef=config.train.mtp_loss_coef)
+                            mtp_loss_coef=config.train.mtp_loss_coef,
+                            parallel=Parallel.from_mesh(mesh, rules, config.get("ep_transport", "auto")),
+                            options=distill_steps.options_from_config(config))
     abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(config.seed))
     state_sh = state_shardings(abstract, mesh, rules)
     batch_sh = sharding.batch_sharding(mesh, rules)
-    step_fn = jax.jit(functools.partial(steps.get_step(config.stage), ctx), in_shardings=(state_sh, batch_sh),
+    step = steps.get_step(config.stage)
+    n_batches = len(inspect.signature(step).parameters) - 2  # after (ctx, state): batch [, teacher_targets]
+    step_fn = jax.jit(functools.partial(step, ctx), in_shardings=(state_sh,) + (batch_sh,) * n_batches,
                       out_shardings=(state_sh, None), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
     return Built(mesh=mesh, rules=rules, ctx=ctx, tx=tx, schedule=schedule, abstract_state=abstract,

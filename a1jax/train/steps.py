@@ -46,6 +46,8 @@ class StepContext:
     microbatches: int = 1
     z_loss_coef: float = 0.0
     mtp_loss_coef: float = 0.0
+    parallel: Any = None  # a1jax.model.parallel.Parallel: expert / sequence parallelism over the mesh, or None
+    options: Any = None  # stage options: a frozen, hashable dataclass
 
 
 def _split_microbatches(batch, k: int):
@@ -61,7 +63,7 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     cfg = ctx.model
     use_mtp = ctx.mtp_loss_coef > 0
     out = model.forward(params, mb["tokens"], cfg, positions=mb["positions"], segment_ids=mb["segment_ids"],
-                        return_logits=False, mtp=use_mtp)
+                        return_logits=False, mtp=use_mtp, parallel=ctx.parallel)
     w_out = model.lm_head_weight(params, cfg)
     m = mb["loss_mask"].astype(F32)
     logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m)
@@ -85,6 +87,8 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     }
     if "expert_counts" in out.aux:
         metrics["expert_counts"] = out.aux["expert_counts"]
+    if "ep_padding_fraction" in out.aux:
+        metrics["ep_padding_fraction"] = out.aux["ep_padding_fraction"] / ctx.microbatches
     return loss, metrics
 
 
