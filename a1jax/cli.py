@@ -13,6 +13,9 @@ SUBCOMMANDS = {
     "data": "a1jax.data.cli",
     "generate": "a1jax.rollout.cli_generate",
     "rollout": "a1jax.rollout.cli",
+    "plan": "a1jax.plan",
+    "envs": "a1jax.envs.cli",
+    "eval": "a1jax.envs.evaluate",
 }
 
 

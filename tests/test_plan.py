@@ -1,0 +1,119 @@
+"""`a1jax plan`: FLOP counts against the analytic model, memory figures, early mesh errors, and the CLI."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from a1jax import plan as planner
+from a1jax.model.params import count_params
+from a1jax.train import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "experiments", "quickstart.py")
+TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, moe_intermediate_size=32,
+            shared_expert_intermediate_size=32, loss_chunk_size=256, deltanet_chunk_size=32, remat_policy="none")
+
+
+def tiny_experiment(mesh=None, seq_len=256, batch_size=8, **model):
+    c = experiment.load(QUICKSTART)
+    c.model.overrides = dict(TINY, **model)
+    c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = seq_len, batch_size, batch_size
+    c.mesh = {**dict(data=-1, fsdp=1, expert=1, tensor=1, sequence=1), **(mesh or {})}
+    return experiment.validate(c)
+
+
+@pytest.fixture(scope="module")
+def moe_plan():
+    """64 experts, top-8, fsdp=2 x data=4 on the 8 test devices."""
+    exp = tiny_experiment(mesh=dict(fsdp=2), num_experts=64, num_experts_per_tok=8)
+    return planner.plan(exp, devices=jax.devices()[:8], device_kind="h100"), exp
+
+
+def test_moe_program_flops_match_6n_active_plus_attention(moe_plan):
+    f = moe_plan[0]["flops"]
+    # a dense all-experts dispatch would be ~E/k = 8x on the expert FLOPs
+    assert 1.0 <= f["ratio_program"] <= 1.3, f
+    assert 1.0 <= f["ratio_program_remat_deltanet"] <= f["ratio_program"], f
+
+
+def test_dense_program_flops_match_analytic_and_the_compiled_count():
+    """One device, so that nothing is replicated: the compiled HLO count must equal the traced count exactly."""
+    exp = tiny_experiment(mesh=dict(data=1), num_experts=0, num_experts_per_tok=0, shared_expert_intermediate_size=0,
+                          intermediate_size=96)
+    f = planner.plan(exp, devices=jax.devices()[:1])["flops"]
+    assert 1.0 <= f["ratio_program_remat_deltanet"] <= 1.3, f  # DeltaNet chunks weigh a lot at hidden 64
+    assert f["compiled_dots_per_device"] == pytest.approx(f["program_per_device"], rel=1e-6)
+
+
+def test_compiled_dot_count_multiplies_scan_bodies_by_trip_count():
+    def body(h, w):
+        return jnp.tanh(h @ w), None
+
+    args = (jax.ShapeDtypeStruct((32, 64), jnp.float32), jax.ShapeDtypeStruct((10, 64, 64), jnp.float32))
+    scanned = jax.jit(lambda h, ws: jax.lax.scan(body, h, ws)[0]).lower(*args).compile()
+    flops, unknown = planner.hlo_dot_flops(scanned.as_text())
+    assert flops == 10 * 2 * 32 * 64 * 64 and unknown == 0
+    traced = jax.jit(lambda h, ws: jax.lax.scan(body, h, ws)[0]).trace(*args)
+    assert planner.program_flops(traced.jaxpr.jaxpr) == flops
+
+
+def test_ragged_dot_counts_routed_rows_only():
+    m, k, n, e = 256, 32, 48, 16
+    f = lambda x, w, g: jax.lax.ragged_dot(x, w, g)
+    args = (jax.ShapeDtypeStruct((m, k), jnp.float32), jax.ShapeDtypeStruct((e, k, n), jnp.float32),
+            jax.ShapeDtypeStruct((e,), jnp.int32))
+    assert planner.program_flops(jax.make_jaxpr(f)(*args).jaxpr) == 2 * m * k * n
+    grads = jax.make_jaxpr(jax.grad(lambda x, w, g: f(x, w, g).sum(), argnums=(0, 1)))(*args)
+    assert planner.program_flops(grads.jaxpr) == 3 * 2 * m * k * n  # fwd, dx, dw
+
+
+def test_memory_figures_are_positive_and_params_match_sharded_count(moe_plan):
+    p, exp = moe_plan
+    m = p["memory_per_device"]
+    assert all(m[k] > 0 for k in ("params", "optimizer_state", "batch", "compiled_arguments", "compiled_temp", "peak"))
+    assert m["compiled_arguments"] >= m["params"] + m["optimizer_state"]
+    total, _ = count_params(exp.model)  # text model; fp32; experts split over fsdp=2 (the largest leaves)
+    assert total * 4 / 2 <= m["params"] <= total * 4 * 1.1
+    assert sum(r["bytes_per_device"] for r in p["param_groups"]) == m["params"]
+    experts = [r for r in p["param_groups"] if r["name"].endswith("experts_gate_up")]
+    assert experts and all("fsdp" in r["spec"] for r in experts)
+
+
+def test_impossible_mesh_fails_before_compiling_with_the_numbers():
+    exp = tiny_experiment(mesh=dict(data=1, expert=8), num_experts=12, num_experts_per_tok=2)
+    with pytest.raises(ValueError, match=r"'expert'=8 must divide num_experts=12"):
+        planner.plan(exp, devices=jax.devices()[:8])
+    exp = tiny_experiment(mesh=dict(data=2, fsdp=2))
+    with pytest.raises(ValueError, match=r"= 4 devices, but 8 are available"):
+        planner.plan(exp, devices=jax.devices()[:8])
+
+
+def test_unknown_device_kind_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"--device_kind 'tpu v9'.*h100"):
+        planner.device_table("tpu v9", planner.HBM_BYTES)
+
+
+def test_cli_plans_on_16_virtual_devices(tmp_path):
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the planner sets the device count itself
+    cmd = [sys.executable, "-m", "a1jax.cli", "plan", "--config", QUICKSTART, "--devices", "16", "--platform", "gpu",
+           "--json", str(out), "--config.data.seq_len=128", "--config.data.batch_size=16",
+           "--config.data.eval_batch_size=16", "--config.model.overrides.vocab_size=512"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "data=16" in r.stdout and "FITS" in r.stdout and "h100" in r.stdout
+    p = json.loads(out.read_text())
+    assert p["config"]["devices"] == 16 and p["fits"]
+    assert math.isfinite(p["flops"]["ratio_program"]) and p["times"]["compile_s"] > 0
+
+
+def test_more_devices_than_the_running_backend_has_is_a_clear_error():
+    have = len(jax.devices("cpu"))  # conftest started the backend with 8
+    with pytest.raises(ValueError, match=rf"--devices {have + 8}: .*already initialised with {have} devices"):
+        planner.use_cpu_devices(have + 8)
+    assert len(planner.use_cpu_devices(2)) == 2
