@@ -23,7 +23,7 @@ import ml_collections
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = {
     # data x fsdp x expert x tensor x sequence
-    "v5p-512": dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2),  # 256 chips = 256 JAX devices
+    "v5p-512": dict(data=1, fsdp=8, expert=8, tensor=1, sequence=4),  # 256 chips = 256 JAX devices; 64 batch shards
     "h100-64": dict(data=1, fsdp=8, expert=8, tensor=1, sequence=1),  # 8 nodes x 8 GPUs
 }
 

@@ -219,8 +219,22 @@ def test_training_loss_never_materialises_full_vocab_logits():
     loss = lambda p, h: jnp.sum(model.token_logprobs(h, model.lm_head_weight(p, cfg), t, cfg.loss_chunk_size)[0])
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, h)
     shapes = set(_all_shapes(jaxpr.jaxpr))
-    assert (16, cfg.vocab_size) in shapes  # the per-chunk logits exist...
+    assert (2, 16, cfg.vocab_size) in shapes  # the per-chunk logits exist...
     assert not shapes & {(2, 64, cfg.vocab_size), (128, cfg.vocab_size)}  # ...but never logits of all 128 tokens
+
+
+def test_chunked_loss_keeps_the_batch_sharding():
+    """Each device projects only its own rows: the compiled per-device logits are [1, chunk, V] on 8 data shards."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    cfg = model.presets.tiny(loss_chunk_size=16)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rows = NamedSharding(mesh, P("data"))
+    w = jnp.zeros((cfg.hidden_size, cfg.vocab_size))
+    m = (jnp.arange(64)[None] % 3 == 0) & jnp.ones((8, 1), bool)
+    f = jax.jit(lambda h, t, m: jnp.sum(model.token_logprobs(h, w, t, cfg.loss_chunk_size, mask=m)[0]),
+                in_shardings=(rows, rows, rows))
+    hlo = f.lower(jnp.zeros((8, 64, cfg.hidden_size)), jnp.zeros((8, 64), jnp.int32), m).compile().as_text()
+    assert f"f32[1,16,{cfg.vocab_size}]" in hlo and f"f32[8,16,{cfg.vocab_size}]" not in hlo
 
 
 def test_aux_loss_matches_direct_formula_and_excludes_padding():

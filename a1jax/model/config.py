@@ -64,7 +64,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     deltanet_chunk_size: int = 64
-    loss_chunk_size: int = 1024  # tokens per chunk of the vocabulary projection in the training loss
+    loss_chunk_size: int = 1024  # positions per row in one step of the chunked vocabulary projection (losses.py)
     attention_impl: str = "reference"
     deltanet_impl: str = "chunked"
     moe_impl: str = "ragged_dot"

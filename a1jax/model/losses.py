@@ -18,46 +18,51 @@ F32 = jnp.float32
 def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     """log p(targets) and logsumexp of the logits, both [B,T] fp32. hidden [B,T,H]; w_out [H,V]; targets [B,T].
 
-    With `mask` [B,T], only masked-in positions are computed (the others return 0): positions are first gathered so
-    that masked-in ones come first, and a chunk with no masked-in position skips its [chunk, V] projection. In agentic
-    SFT most tokens are tool output or user text, so this removes most of the vocabulary work. Exact: the loss is a
-    sum over positions, and their order does not matter.
+    Each row is cut into chunks of `chunk_size` positions; step j projects chunk j of every row at once, so a device
+    holds [its rows, chunk, V] logits and the batch dimension keeps its sharding (nothing here mixes rows, so the
+    SPMD partitioner splits the loss over the batch shards instead of replicating it).
+
+    With `mask` [B,T], only masked-in positions are computed (the others return 0): within each row, positions are
+    first gathered so that masked-in ones come first, and a step where no row has a masked-in position left skips
+    its projection. In agentic SFT most tokens are tool output or user text, so this removes most of the vocabulary
+    work. Exact: the loss is a sum over positions, and their order does not matter.
     """
     B, T, H = hidden.shape
-    N = B * T
-    c = min(chunk_size, N)
-    n = -(-N // c)
-    pad = n * c - N
-    h_flat, t_flat = hidden.reshape(N, H), targets.reshape(N)
+    c = min(chunk_size, T)
+    n = -(-T // c)
+    pad = n * c - T
     if mask is not None:
-        keep = mask.reshape(N) != 0
-        order = jnp.argsort(~keep, stable=True)  # masked-in positions first, in their original order
-        h_flat, t_flat, keep = h_flat[order], t_flat[order], keep[order]
+        keep = mask != 0
+        order = jnp.argsort(~keep, axis=1, stable=True)  # per row: masked-in positions first, in their order
+        hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+        targets, keep = jnp.take_along_axis(targets, order, axis=1), jnp.take_along_axis(keep, order, axis=1)
     else:
-        keep = jnp.ones((N,), bool)
+        keep = jnp.ones((B, T), bool)
     if pad:
-        h_flat = jnp.pad(h_flat, ((0, pad), (0, 0)))
-        t_flat, keep = jnp.pad(t_flat, (0, pad)), jnp.pad(keep, (0, pad))
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, keep = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(keep, ((0, 0), (0, pad)))
     w = w_out.astype(hidden.dtype)
 
     @jax.checkpoint
     def one_chunk(xs):
-        h, t, k = xs  # [c,H], [c], [c]
+        h, t, k = xs  # [B,c,H], [B,c], [B,c]
 
         def compute(h, t):
-            logits = jnp.einsum("ch,hv->cv", h, w, preferred_element_type=F32)
+            logits = jnp.einsum("bch,hv->bcv", h, w, preferred_element_type=F32)
             lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0] - lse, lse
+            return jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse, lse
 
-        skip = lambda h, t: (jnp.zeros((c,), F32), jnp.zeros((c,), F32))
+        skip = lambda h, t: (jnp.zeros(t.shape, F32), jnp.zeros(t.shape, F32))
         return jax.lax.cond(jnp.any(k), compute, skip, h, t)
 
-    logp, lse = jax.lax.map(one_chunk, (h_flat.reshape(n, c, H), t_flat.reshape(n, c), keep.reshape(n, c)))
-    logp, lse = logp.reshape(n * c)[:N], lse.reshape(n * c)[:N]
+    steps = lambda x: jnp.moveaxis(x.reshape(B, n, c, *x.shape[2:]), 1, 0)  # [n, B, c, ...]
+    logp, lse = jax.lax.map(one_chunk, (steps(hidden), steps(targets), steps(keep)))
+    unsteps = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * c)[:, :T]
+    logp, lse = unsteps(logp), unsteps(lse)
     if mask is not None:
-        inverse = jnp.argsort(order)
-        logp, lse = logp[inverse], lse[inverse]
-    return logp.reshape(B, T), lse.reshape(B, T)
+        inverse = jnp.argsort(order, axis=1)
+        logp, lse = jnp.take_along_axis(logp, inverse, axis=1), jnp.take_along_axis(lse, inverse, axis=1)
+    return logp, lse
 
 
 def mtp_targets(targets, loss_mask, segment_ids):
