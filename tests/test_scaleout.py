@@ -51,7 +51,8 @@ def reference():
 
 MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, data=2), dict(tensor=2, fsdp=4), dict(sequence=4, data=2),
           dict(data=2, expert=2, sequence=2), dict(sequence=4, data=2, ring_load_balance="none"),
-          dict(sequence=2, tensor=2, fsdp=2)]
+          dict(sequence=2, tensor=2, fsdp=2),
+          pytest.param(dict(data=2, tensor=2, fsdp=2, impl="pallas_tpu"), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("mesh_config", MESHES, ids=lambda m: "x".join(f"{k}{v}" for k, v in m.items()))
@@ -60,7 +61,10 @@ def test_mesh_matches_one_device(reference, mesh_config):
     mesh_config = dict(mesh_config)
     if "ring_load_balance" in mesh_config:  # the contiguous ring (default: zigzag)
         cfg = dataclasses.replace(cfg, ring_load_balance=mesh_config.pop("ring_load_balance"))
-        ctx = dataclasses.replace(ctx, model=cfg)
+    if "impl" in mesh_config:  # the Pallas kernels (interpreted here), each run per device inside shard_map
+        impl = mesh_config.pop("impl")
+        cfg = dataclasses.replace(cfg, attention_impl=impl, deltanet_impl=impl, moe_impl=impl)
+    ctx = dataclasses.replace(ctx, model=cfg)
     mesh = sharding.make_mesh(mesh_config)
     sharding.check_model_fits_mesh(cfg, mesh)
     rules = sharding.merged_rules()

@@ -54,12 +54,23 @@ def _from_zigzag(x, axis: str, n: int):
     return jnp.concatenate([jax.lax.ppermute(got1, axis, inv(p1)), jax.lax.ppermute(got2, axis, inv(p2))], axis=1)
 
 
-def ring_attention(q, k, v, segment_ids, cfg: ModelConfig, par: Parallel):
-    """Causal, segment-masked attention with the sequence split contiguously over `par.sequence_axis`: one shard_map
-    over the mesh running kernels.attention.ring_attention. With `cfg.ring_load_balance == "zigzag"` the tokens move
-    to the zigzag order first (shard s holds chunks s and 2n-1-s of 2n, so every shard has the same causal work) and
-    the output moves back; the mask uses global token indices either way. Heads stay split over the tensor axis
-    when it divides both head counts."""
+def local_attention(q, k, v, segment_ids, impl: str):
+    """Causal, segment-masked attention of a whole sequence on one device: the flash kernel, or the reference."""
+    if impl != "reference":
+        return attention_kernels.flash_attention(q, k, v, segment_ids=segment_ids, impl=impl)
+    T = q.shape[1]
+    slot = jnp.arange(T)
+    mask = (slot[None, None, :] <= slot[None, :, None]) & (segment_ids[:, None, :] == segment_ids[:, :, None])
+    return dot_product_attention(q, k, v, mask)
+
+
+def sharded_attention(q, k, v, segment_ids, cfg: ModelConfig, par: Parallel):
+    """Attention inside one shard_map over the mesh, so a Pallas kernel (a custom call, which the SPMD partitioner
+    cannot split) runs on each device's own rows and heads. Without a sequence axis each device runs
+    `local_attention`. With one, the sequence is split contiguously and kernels.attention.ring_attention runs over
+    it; with `cfg.ring_load_balance == "zigzag"` the tokens move to the zigzag order first (shard s holds chunks s
+    and 2n-1-s of 2n, so every shard has the same causal work) and the output moves back; the mask uses global token
+    indices either way. Heads stay split over the tensor axis when it divides both head counts."""
     heads = par.heads_axis(q.shape[2], k.shape[2])
     act, ids = par.tokens(heads, None), par.tokens()
     impl = {"reference": "xla", "auto": None}.get(cfg.attention_impl, cfg.attention_impl)
@@ -68,6 +79,8 @@ def ring_attention(q, k, v, segment_ids, cfg: ModelConfig, par: Parallel):
 
     def body(q, k, v, seg):
         B, T = seg.shape
+        if axis is None:
+            return local_attention(q, k, v, seg, cfg.attention_impl)
         r = jax.lax.axis_index(axis)
         if not zigzag:
             return attention_kernels.ring_attention(q, k, v, axis_name=axis, segment_ids=seg, impl=impl)
@@ -88,7 +101,7 @@ def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, 
                     parallel: Parallel | None = None):
     """x [B,T,H] (normed) -> (out [B,T,H], new_cache). `cache` = {"k","v": [B,S,nkv,D]}; `cache_ctx` gives the
     write index and the [B,S] segment ids of all cache slots (already including this call's tokens). With a
-    sequence axis in `parallel` (training, no cache) the attention runs as a ring over it."""
+    mesh in `parallel` (training, no cache) it runs per device (`sharded_attention`), as a ring over a sequence axis."""
     dtype = x.dtype
     B, T, _ = x.shape
     D = cfg.head_dim
@@ -112,10 +125,10 @@ def gated_attention(p, x, cfg: ModelConfig, positions, segment_ids, cache=None, 
         k, v = k.astype(dtype), v.astype(dtype)
         q_slot = q_slot + index
         kv_slot, kv_seg = jnp.arange(k.shape[1]), cache_ctx["segment_ids"]
-    if cache is None and parallel is not None and parallel.sequence_axis:
-        o = ring_attention(q, k, v, segment_ids, cfg, parallel)
-    elif cache is None and cfg.attention_impl != "reference":  # same mask: causal by index, same segment
-        o = attention_kernels.flash_attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
+    if cache is None and parallel is not None:
+        o = sharded_attention(q, k, v, segment_ids, cfg, parallel)
+    elif cache is None:  # same mask: causal by index, same segment
+        o = local_attention(q, k, v, segment_ids, cfg.attention_impl)
     else:
         mask = (kv_slot[None, None, :] <= q_slot[None, :, None]) & (kv_seg[:, None, :] == segment_ids[:, :, None])
         o = dot_product_attention(q, k, v, mask)

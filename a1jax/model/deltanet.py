@@ -45,9 +45,21 @@ def _prepare_qk(q, k, rep: int, dk: int):
     return q, jnp.repeat(l2_normalize(k.astype(F32)), rep, axis=2)
 
 
-def _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg: ModelConfig, par: Parallel, dtype):
-    """conv (with the previous shard's inputs as its halo) + SiLU + the delta rule by context-parallel state
-    passing, for a sequence split over `par.sequence_axis`; one shard_map over the mesh. Returns o [B,T,Hv,dv]."""
+def delta_rule(q, k, v, g, beta, segment_ids, initial_state, cfg: ModelConfig):
+    """The recurrence on one device, by `cfg.deltanet_impl`. Returns (o, final state)."""
+    if cfg.deltanet_impl == "scan":
+        return gdr.gated_delta_rule_scan(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state)
+    if cfg.deltanet_impl == "chunked":
+        return gdr.gated_delta_rule_chunked(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
+                                            chunk_size=cfg.deltanet_chunk_size)
+    return gdn_kernels.chunk_gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
+                                              chunk_size=cfg.deltanet_chunk_size, impl=cfg.deltanet_impl)
+
+
+def _sharded_mixer(p, proj, g, beta, segment_ids, cfg: ModelConfig, par: Parallel, dtype):
+    """conv + SiLU + the delta rule inside one shard_map over the mesh, so a Pallas kernel (a custom call, which the
+    SPMD partitioner cannot split) runs on each device's own rows and heads. With a sequence axis the conv takes the
+    previous shard's inputs as its halo and the recurrence runs by context-parallel state passing. Returns o."""
     axis = par.sequence_axis
     Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
     heads = par.heads_axis(Hk, Hv)
@@ -56,9 +68,13 @@ def _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg: ModelConfig, par
     def body(q_in, k_in, v_in, g, beta, w_q, w_k, w_v, seg):
         conv = []
         for x, w in ((q_in, w_q), (k_in, w_k), (v_in, w_v)):
-            hist, hist_seg = gdn_kernels.conv_halo(x, seg, axis_name=axis, width=w.shape[0] - 1)
+            hist = hist_seg = None
+            if axis is not None:
+                hist, hist_seg = gdn_kernels.conv_halo(x, seg, axis_name=axis, width=w.shape[0] - 1)
             conv.append(jax.nn.silu(causal_conv(x, w, seg, hist, hist_seg)[0]).astype(dtype))
         q, k = _prepare_qk(conv[0], conv[1], Hv // Hk, cfg.linear_key_head_dim)
+        if axis is None:
+            return delta_rule(q, k, conv[2], g, beta, seg, None, cfg)[0]
         o, _ = gdn_kernels.context_parallel_gated_delta_rule(q, k, conv[2], g, beta, axis_name=axis, segment_ids=seg,
                                                              chunk_size=cfg.deltanet_chunk_size, impl=impl)
         return o
@@ -74,7 +90,8 @@ def _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg: ModelConfig, par
 def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=None,
                    parallel: Parallel | None = None):
     """x [B,T,H] (normed) -> (out [B,T,H], new_cache). cache = {conv_q, conv_k, conv_v, seg, state}. With a
-    sequence axis in `parallel` (training, no cache) the conv and the recurrence run context-parallel over it."""
+    mesh in `parallel` (training, no cache) they run per device (`_sharded_mixer`), context-parallel over a sequence
+    axis."""
     dtype = x.dtype
     B, T, _ = x.shape
     Hk, Hv, dk = cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim
@@ -82,8 +99,8 @@ def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=No
     z = proj("in_proj_z")  # [B,T,Hv,dv]
     beta = jax.nn.sigmoid(proj("in_proj_b"))  # [B,T,Hv], in the activation dtype as HF
     g = -jnp.exp(p["A_log"].astype(F32)) * jax.nn.softplus(proj("in_proj_a").astype(F32) + p["dt_bias"].astype(F32))
-    if cache is None and parallel is not None and parallel.sequence_axis:
-        o = _context_parallel_mixer(p, proj, g, beta, segment_ids, cfg, parallel, dtype)
+    if cache is None and parallel is not None:
+        o = _sharded_mixer(p, proj, g, beta, segment_ids, cfg, parallel, dtype)
         o = gated_rms_norm(o.astype(dtype), z, p["norm"], cfg.rms_norm_eps)
         return jnp.einsum("btnd,ndh->bth", o, p["out_proj"].astype(dtype)), None
     new_cache = {} if cache is not None else None
@@ -102,15 +119,10 @@ def gated_deltanet(p, x, cfg: ModelConfig, segment_ids, cache=None, cache_ctx=No
     if cache is not None:  # a new segment at the first token starts from a zero state
         keep = (segment_ids[:, 0] == cache_ctx["last_segment_ids"]).astype(F32)
         state = cache["state"] * keep[:, None, None, None]
-    if cfg.deltanet_impl == "scan" or (cache is not None and T == 1):
+    if cache is not None and T == 1:
         o, state = gdr.gated_delta_rule_scan(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state)
-    elif cfg.deltanet_impl == "chunked":
-        o, state = gdr.gated_delta_rule_chunked(q, k, v, g, beta, segment_ids=segment_ids, initial_state=state,
-                                                chunk_size=cfg.deltanet_chunk_size)
     else:
-        o, state = gdn_kernels.chunk_gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids,
-                                                      initial_state=state, chunk_size=cfg.deltanet_chunk_size,
-                                                      impl=cfg.deltanet_impl)
+        o, state = delta_rule(q, k, v, g, beta, segment_ids, state, cfg)
     if cache is not None:
         new_cache["state"] = state
     o = gated_rms_norm(o.astype(dtype), z, p["norm"], cfg.rms_norm_eps)

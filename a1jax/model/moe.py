@@ -82,6 +82,14 @@ def moe_block(p, x, cfg: ModelConfig, valid, parallel: Parallel | None = None):
                                                  w_down, cfg.moe_impl, parallel)
         out = out.reshape(B * T, H)
         ep_stats = {"ep_routed_rows": transport["routed_rows"], "ep_transported_rows": transport["transported_rows"]}
+    elif parallel is not None and cfg.moe_impl not in ("ragged_dot", "xla"):
+        # a Pallas grouped matmul is a custom call the SPMD partitioner cannot split: run it on each device's tokens
+        k, tokens, whole = ids.shape[1], parallel.tokens(None), P()
+        body = lambda x, w, i, wgu, wd: routed_experts(
+            x.reshape(-1, H), w.reshape(-1, k), i.reshape(-1, k), wgu, wd, cfg.moe_impl).reshape(x.shape)
+        out = jax.shard_map(body, mesh=parallel.mesh, in_specs=(tokens, tokens, tokens, whole, whole),
+                            out_specs=tokens, check_vma=False)(
+            x, weights.reshape(B, T, k), ids.reshape(B, T, k), w_gate_up, w_down).reshape(B * T, H)
     else:
         out = routed_experts(x2, weights, ids, w_gate_up, w_down, cfg.moe_impl)
     if "shared_gate_proj" in p:
