@@ -51,7 +51,7 @@ def reference():
 
 MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, data=2), dict(tensor=2, fsdp=4), dict(sequence=4, data=2),
           dict(data=2, expert=2, sequence=2), dict(sequence=4, data=2, ring_load_balance="none"),
-          dict(sequence=2, tensor=2, fsdp=2),
+          dict(sequence=2, tensor=2, fsdp=2), dict(expert=4, data=2, moe_token_chunk=16),
           pytest.param(dict(data=2, tensor=2, fsdp=2, impl="pallas_tpu"), marks=pytest.mark.slow)]
 
 
@@ -59,8 +59,9 @@ MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, data=2), dict(tensor=2, fsd
 def test_mesh_matches_one_device(reference, mesh_config):
     cfg, params, batch, ctx, (want_loss, want_grads) = reference
     mesh_config = dict(mesh_config)
-    if "ring_load_balance" in mesh_config:  # the contiguous ring (default: zigzag)
-        cfg = dataclasses.replace(cfg, ring_load_balance=mesh_config.pop("ring_load_balance"))
+    for field in ("ring_load_balance", "moe_token_chunk"):  # the contiguous ring; the all-to-all in token chunks
+        if field in mesh_config:
+            cfg = dataclasses.replace(cfg, **{field: mesh_config.pop(field)})
     if "impl" in mesh_config:  # the Pallas kernels (interpreted here), each run per device inside shard_map
         impl = mesh_config.pop("impl")
         cfg = dataclasses.replace(cfg, attention_impl=impl, deltanet_impl=impl, moe_impl=impl)

@@ -70,6 +70,9 @@ class ModelConfig:
     moe_impl: str = "ragged_dot"
     # sequence parallelism: the token order full-attention rings use (zigzag evens out causal work; model/attention.py)
     ring_load_balance: str = "zigzag"
+    # expert parallelism: tokens per shard sent through the all-to-all at a time (0 = all at once). The receive
+    # buffer is sized for the worst case (every routed row to one shard), so it grows with this, not with seq_len.
+    moe_token_chunk: int = 8192
 
     def __post_init__(self):
         if not self.layer_types:
@@ -178,6 +181,7 @@ def validate(c: ModelConfig) -> None:
     for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("deltanet_impl", DELTANET_IMPLS),
                           ("moe_impl", MOE_IMPLS)):
         _req(getattr(c, name) in allowed, f"{name} must be one of {allowed}, got {getattr(c, name)!r}")
+    _req(c.moe_token_chunk >= 0, f"moe_token_chunk must be >= 0, got {c.moe_token_chunk}")
     _req(c.ring_load_balance in RING_LOAD_BALANCE,
          f"ring_load_balance must be one of {RING_LOAD_BALANCE}, got {c.ring_load_balance!r}")
     for name in ("router_aux_loss_coef", "router_z_loss_coef", "mtp_loss_coef"):

@@ -44,20 +44,31 @@ def routed_experts(x, weights, ids, w_gate_up, w_down, impl: str = "ragged_dot")
     return jnp.einsum("nkh,nk->nh", y, weights.astype(x.dtype))
 
 
-def expert_parallel_experts(x, weights, ids, w_gate_up, w_down, impl: str, par: Parallel):
+def expert_parallel_experts(x, weights, ids, w_gate_up, w_down, impl: str, par: Parallel, token_chunk: int = 0):
     """Routed experts with the experts split over `par.expert_axis`: inside one shard_map over the whole mesh, each
-    shard's tokens go to their experts' shards and back (kernels.moe.expert_parallel.shard_ffn). Dropless.
+    shard's tokens go to their experts' shards and back (kernels.moe.expert_parallel.shard_ffn), `token_chunk`
+    tokens at a time when that divides the shard's tokens. Dropless.
     x [B,T,H]; weights/ids [B,T,k]. Returns (y [B,T,H], transport stats summed over the mesh)."""
     axis = par.expert_axis
     transport = expert_parallel.resolve_transport(par.ep_transport)
     others = tuple(a for a in par.token_axes() if a != axis)
 
+    def exchange(x, weights, ids, w_gate_up, w_down):
+        return expert_parallel.shard_ffn(x, weights, ids, w_gate_up, w_down, axis=axis, num_shards=par.size(axis),
+                                         transport=transport, impl=None if impl == "ragged_dot" else impl,
+                                         stats_axes=others)
+
     def body(x, weights, ids, w_gate_up, w_down):
         b, t, h = x.shape
-        y, stats = expert_parallel.shard_ffn(
-            x.reshape(b * t, h), weights.reshape(b * t, -1), ids.reshape(b * t, -1), w_gate_up, w_down, axis=axis,
-            num_shards=par.size(axis), transport=transport, impl=None if impl == "ragged_dot" else impl,
-            stats_axes=others)
+        n, k = b * t, ids.shape[-1]
+        x, weights, ids = x.reshape(n, h), weights.reshape(n, k), ids.reshape(n, k)
+        if not token_chunk or n <= token_chunk or n % token_chunk:
+            y, stats = exchange(x, weights, ids, w_gate_up, w_down)
+            return y.reshape(b, t, h), stats
+        # bounded buffers: the tokens go through the exchange `token_chunk` at a time (every shard in step)
+        split = lambda a: a.reshape(n // token_chunk, token_chunk, *a.shape[1:])
+        y, stats = jax.lax.map(lambda c: exchange(*c, w_gate_up, w_down), (split(x), split(weights), split(ids)))
+        stats = {name: (jnp.max(v) if name.startswith("max") else jnp.sum(v)) for name, v in stats.items()}
         return y.reshape(b, t, h), stats
 
     tokens, experts = par.tokens(None), P(axis, None, None)
@@ -79,7 +90,7 @@ def moe_block(p, x, cfg: ModelConfig, valid, parallel: Parallel | None = None):
     if parallel is not None and parallel.expert_axis:
         k = ids.shape[1]
         out, transport = expert_parallel_experts(x, weights.reshape(B, T, k), ids.reshape(B, T, k), w_gate_up,
-                                                 w_down, cfg.moe_impl, parallel)
+                                                 w_down, cfg.moe_impl, parallel, cfg.moe_token_chunk)
         out = out.reshape(B * T, H)
         ep_stats = {"ep_routed_rows": transport["routed_rows"], "ep_transported_rows": transport["transported_rows"]}
     elif parallel is not None and cfg.moe_impl not in ("ragged_dot", "xla"):
