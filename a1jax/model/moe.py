@@ -67,7 +67,9 @@ def expert_parallel_experts(x, weights, ids, w_gate_up, w_down, impl: str, par: 
             return y.reshape(b, t, h), stats
         # bounded buffers: the tokens go through the exchange `token_chunk` at a time (every shard in step)
         split = lambda a: a.reshape(n // token_chunk, token_chunk, *a.shape[1:])
-        y, stats = jax.lax.map(lambda c: exchange(*c, w_gate_up, w_down), (split(x), split(weights), split(ids)))
+        # checkpointed: the backward pass keeps each chunk's inputs, not its worst-case exchange buffers
+        chunk_fn = jax.checkpoint(lambda c: exchange(*c, w_gate_up, w_down))
+        y, stats = jax.lax.map(chunk_fn, (split(x), split(weights), split(ids)))
         stats = {name: (jnp.max(v) if name.startswith("max") else jnp.sum(v)) for name, v in stats.items()}
         return y.reshape(b, t, h), stats
 

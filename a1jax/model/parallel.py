@@ -19,7 +19,8 @@ import dataclasses
 import math
 from typing import Mapping
 
-from jax.sharding import Mesh, PartitionSpec as P
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,3 +61,11 @@ class Parallel:
 
     def token_shards(self) -> int:
         return math.prod(self.size(a) for a in self.token_axes())
+
+
+def constrain_tokens(x, par: "Parallel | None"):
+    """Pins an activation [B, T, ...] to the batch x sequence sharding (MaxText-style activation constraints): the
+    partitioner then never guesses a hidden-dimension sharding for it (e.g. from the fsdp-sharded embedding table)."""
+    if par is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(par.mesh, par.tokens(*([None] * (x.ndim - 2)))))

@@ -18,7 +18,7 @@ from a1jax.model.attention import gated_attention
 from a1jax.model.config import LINEAR, ModelConfig
 from a1jax.model.deltanet import gated_deltanet
 from a1jax.model.layers import rms_norm_1p
-from a1jax.model.parallel import Parallel
+from a1jax.model.parallel import Parallel, constrain_tokens
 from a1jax.model.params import unbox
 
 F32 = jnp.float32
@@ -57,7 +57,7 @@ def decoder_layer(lp, h, layer_type, cfg: ModelConfig, positions, segment_ids, c
         y, stats = moe.moe_block(lp["mlp"], x, cfg, segment_ids != 0, parallel)
     else:
         y, stats = moe.dense_mlp(lp["mlp"], x), None
-    return h + y, stats, new_cache
+    return constrain_tokens(h + y, parallel), stats, new_cache
 
 
 def _run_blocks(blocks, h, cfg: ModelConfig, positions, segment_ids, caches, cache_ctx, parallel):
@@ -158,7 +158,7 @@ def forward(params, tokens, cfg: ModelConfig, *, positions=None, segment_ids=Non
                                                                  (0, cache["index"]))}
         layer_caches = cache["blocks"]
 
-    h = jnp.take(p["embed"], tokens, axis=0).astype(dtype)
+    h = constrain_tokens(jnp.take(p["embed"], tokens, axis=0).astype(dtype), parallel)
     h, stats, new_layer_caches = _run_blocks(p["blocks"], h, cfg, positions, segment_ids, layer_caches, cache_ctx,
                                              parallel)
     h = rms_norm_1p(h, p["final_norm"], cfg.rms_norm_eps)
