@@ -83,43 +83,42 @@ def moe_block(p, x, cfg: ModelConfig, valid, parallel: Parallel | None = None):
     """x [B,T,H] -> (out [B,T,H], stats). `valid` [B,T] marks non-padding tokens for the router statistics."""
     B, T, H = x.shape
     dtype = x.dtype
-    x2 = x.reshape(B * T, H)
-    router_logits = x2 @ p["router"].astype(dtype)  # [N, E] in the activation dtype, as HF
+    # routing stays [B, T, ...] so it keeps the batch x sequence sharding (a flattened [B*T, E] was replicated)
+    router_logits = jnp.einsum("bth,he->bte", x, p["router"].astype(dtype))  # activation dtype, as HF
     weights, ids, probs = route(router_logits, cfg.num_experts_per_tok)
     weights = weights.astype(dtype).astype(F32)  # HF >= 5.6 casts the top-k weights to the logits dtype
     w_gate_up, w_down = p["experts_gate_up"].astype(dtype), p["experts_down"].astype(dtype)
+    k = ids.shape[-1]
     ep_stats = {}
     if parallel is not None and parallel.expert_axis:
-        k = ids.shape[1]
-        out, transport = expert_parallel_experts(x, weights.reshape(B, T, k), ids.reshape(B, T, k), w_gate_up,
-                                                 w_down, cfg.moe_impl, parallel, cfg.moe_token_chunk)
-        out = out.reshape(B * T, H)
+        out, transport = expert_parallel_experts(x, weights, ids, w_gate_up, w_down, cfg.moe_impl, parallel,
+                                                 cfg.moe_token_chunk)
         ep_stats = {"ep_routed_rows": transport["routed_rows"], "ep_transported_rows": transport["transported_rows"]}
     elif parallel is not None and cfg.moe_impl not in ("ragged_dot", "xla"):
         # a Pallas grouped matmul is a custom call the SPMD partitioner cannot split: run it on each device's tokens
-        k, tokens, whole = ids.shape[1], parallel.tokens(None), P()
+        tokens, whole = parallel.tokens(None), P()
         body = lambda x, w, i, wgu, wd: routed_experts(
             x.reshape(-1, H), w.reshape(-1, k), i.reshape(-1, k), wgu, wd, cfg.moe_impl).reshape(x.shape)
         out = jax.shard_map(body, mesh=parallel.mesh, in_specs=(tokens, tokens, tokens, whole, whole),
-                            out_specs=tokens, check_vma=False)(
-            x, weights.reshape(B, T, k), ids.reshape(B, T, k), w_gate_up, w_down).reshape(B * T, H)
+                            out_specs=tokens, check_vma=False)(x, weights, ids, w_gate_up, w_down)
     else:
-        out = routed_experts(x2, weights, ids, w_gate_up, w_down, cfg.moe_impl)
+        out = routed_experts(x.reshape(B * T, H), weights.reshape(B * T, k), ids.reshape(B * T, k), w_gate_up,
+                             w_down, cfg.moe_impl).reshape(B, T, H)
     if "shared_gate_proj" in p:
-        shared = swiglu(x2, p["shared_gate_proj"].astype(dtype), p["shared_up_proj"].astype(dtype),
+        shared = swiglu(x, p["shared_gate_proj"].astype(dtype), p["shared_up_proj"].astype(dtype),
                         p["shared_down_proj"].astype(dtype))
-        out = out + jax.nn.sigmoid(x2 @ p["shared_expert_gate"].astype(dtype)) * shared
-    m = valid.reshape(B * T).astype(F32)
-    counts = jnp.bincount(ids.reshape(-1), weights=jnp.repeat(m, ids.shape[1]), length=cfg.num_experts)
+        out = out + jax.nn.sigmoid(x @ p["shared_expert_gate"].astype(dtype)) * shared
+    m = valid.astype(F32)
+    counts = jnp.zeros((cfg.num_experts,), F32).at[ids].add(jnp.broadcast_to(m[..., None], ids.shape))
     lse = jax.nn.logsumexp(router_logits.astype(F32), axis=-1)
     stats = {
         "expert_counts": counts,  # [E] routed (token, slot) pairs per expert, padding excluded
-        "router_prob_sum": jnp.sum(probs * m[:, None], axis=0),  # [E]
+        "router_prob_sum": jnp.sum(probs * m[..., None], axis=(0, 1)),  # [E]
         "router_z_sum": jnp.sum(jnp.square(lse) * m),  # scalar, for the optional z-loss
         "num_tokens": jnp.sum(m),
         **ep_stats,
     }
-    return out.reshape(B, T, H), stats
+    return out, stats
 
 
 def dense_mlp(p, x):
