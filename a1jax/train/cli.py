@@ -1,4 +1,8 @@
-"""`a1jax train --config experiments/FILE.py[:arg] --workdir DIR [--init_from CKPT] [--config.x.y=value ...]`."""
+"""`a1jax train --config experiments/FILE.py[:arg] --workdir DIR [--init_from CKPT] [--config.x.y=value ...]`.
+
+Run the same command in every process of a multi-process job; `a1jax.distributed` lists the environment variables
+that make the processes one job (A1JAX_COORDINATOR_ADDRESS / A1JAX_NUM_PROCESSES / A1JAX_PROCESS_ID, SLURM, TPU pods).
+"""
 from __future__ import annotations
 
 import logging
@@ -17,8 +21,14 @@ def add_parser(sub):
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from a1jax import distributed
+    distributed.initialize()  # multi-process runs (A1JAX_*, SLURM, TPU pods): before anything touches a device
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
     exp = experiment.validate(config)  # before anything compiles
+    if exp.loop is not None:  # stages 2-3 (teacher_sft, grpo, opd): rollout loops in a1jax/distill
+        from a1jax.distill.teachers import run_stage
+        run_stage(exp, args.workdir, init_from=args.init_from)
+        return 0
     from a1jax.train.loop import train  # imports jax-heavy modules only once the config is known to be valid
     train(exp, args.workdir, init_from=args.init_from)
     return 0

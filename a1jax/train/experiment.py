@@ -96,6 +96,7 @@ class Experiment:
     model: ModelConfig
     data: PipelineConfig
     eval_data: PipelineConfig | None
+    loop: Any = None  # a1jax.distill.settings.LoopSettings for the rollout stages (teacher_sft, grpo, opd)
 
 
 def _field(config, path: str):
@@ -155,10 +156,18 @@ def _pipeline(config, sources_key: str) -> PipelineConfig | None:
 
 
 def validate(config: ml_collections.ConfigDict) -> Experiment:
+    from a1jax.distill import settings, steps as _distill_steps  # noqa: F401 - registers teacher_sft, grpo, opd
     stage = _field(config, "stage")
     _check(stage in STEPS, "stage", stage, f"one of the registered steps {sorted(STEPS)}")
     model = model_config(config)
+    rollout_stage = stage in settings.ROLLOUT_STAGES
     data = _pipeline(config, "sources")
+    if data is None and rollout_stage:  # rows are packed from rollouts, not read from data.sources
+        d = config.data
+        data = PipelineConfig(sources=(), tokenizer=d.get("tokenizer", "qwen3_5"), seq_len=d.seq_len,
+                              batch_size=d.batch_size)
+        _check(2 <= data.seq_len, "data.seq_len", data.seq_len, "an integer >= 2")
+        _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "a positive integer")
     _check(data is not None, "data.sources", None, "at least one source")
     eval_data = _pipeline(config, "eval_sources")
     opt = _field(config, "optimizer")
@@ -176,4 +185,5 @@ def validate(config: ml_collections.ConfigDict) -> Experiment:
     ck = _field(config, "checkpoint")
     _check(ck.every >= 1, "checkpoint.every", ck.every, "a positive integer")
     _check(ck.keep >= 1, "checkpoint.keep", ck.keep, "a positive integer")
-    return Experiment(config=config, model=model, data=data, eval_data=eval_data)
+    loop = settings.from_config(config, batch_size=data.batch_size) if rollout_stage else None
+    return Experiment(config=config, model=model, data=data, eval_data=eval_data, loop=loop)

@@ -1,6 +1,11 @@
 """The training loop, readable top to bottom: set up, restore or initialise, then step, log, evaluate, checkpoint.
 
 Everything impure lives here (I/O, logging, checkpoints, signals, device placement); the math is in steps.py.
+
+Multi-process runs (`a1jax.distributed`): every process runs this same loop. Each loads only the rows of the global
+batch its devices hold (`distributed.data_shard`), and the rows become one global array; process 0 alone prints and
+writes config.json, metrics.jsonl and TensorBoard; every process saves its own data iterator state in each checkpoint;
+SIGTERM on any process stops all of them at the same step, after a checkpoint.
 """
 from __future__ import annotations
 
@@ -8,12 +13,12 @@ import collections
 import json
 import logging
 import os
-import signal
 import time
 
 import jax
 import numpy as np
 
+from a1jax import distributed
 from a1jax.data import pipeline
 from a1jax.train import build, checkpoint, metrics as mt
 from a1jax.train.experiment import Experiment
@@ -26,9 +31,29 @@ class TrainingStopped(RuntimeError):
     """Raised when the NaN/Inf guard skipped too many consecutive updates."""
 
 
-def _global_batch(batch: dict, batch_sharding) -> dict:
-    """Per-process numpy rows -> one global jax.Array per field (multi-host safe)."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
+def _global_batch(batch: dict, batch_sharding, num_shards: int) -> dict:
+    """This process's [B / num_shards, ...] numpy rows -> one global [B, ...] jax.Array per field. The global shape
+    is explicit: processes that share a row block (`distributed.data_shard`) hold the same rows, and jax's inferred
+    shape would count them twice."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v),
+                                                      (np.shape(v)[0] * num_shards, *np.shape(v)[1:]))
+            for k, v in batch.items()}
+
+
+def _data_iterator(config: pipeline.PipelineConfig, batch_sharding):
+    """The iterator of this process's rows, and its (shard index, shard count)."""
+    shard = distributed.data_shard(batch_sharding, (config.batch_size, config.seq_len))
+    return pipeline.make_iterator(config, process_index=shard[0], process_count=shard[1]), shard
+
+
+def _restore_data_state(it, saved: dict, shard: tuple[int, int], path: str):
+    """Puts the iterator where the checkpoint left it; the row split must be the one it was saved with."""
+    saved_shard, state = (tuple(saved["shard"]), saved["iterator"]) if "iterator" in saved else ((0, 1), saved)
+    if saved_shard[1] != shard[1]:
+        raise ValueError(f"{path}: its data iterator states are for the batch split over {saved_shard[1]} row "
+                         f"blocks, this mesh splits it over {shard[1]}; resume on a mesh whose batch axes span the "
+                         f"same number of processes")
+    it.set_state(state)
 
 
 def _init_params_from(path: str, exp: Experiment, abstract_params, shardings):
@@ -68,16 +93,17 @@ def _check_same_model(workdir: str, config):
 
 
 def evaluate(eval_fn, params, exp: Experiment, batch_sharding, max_batches: int, domains: dict) -> dict:
-    it = pipeline.make_iterator(exp.eval_data, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+    it, shard = _data_iterator(exp.eval_data, batch_sharding)
+    multi = jax.process_count() > 1
     nll, dom_nll, dom_tok, n = 0.0, 0.0, 0.0, 0
-    for batch in it:
-        out = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding)))
+    while n < max_batches:
+        batch = next(it, None)
+        if (distributed.any_process(batch is None) if multi else batch is None):  # processes stop together
+            break
+        out = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding, shard[1])))
         nll += float(out["nll_sum"])
         dom_nll, dom_tok = dom_nll + out["domain_nll_sum"], dom_tok + out["domain_tokens"]
         n += 1
-        if n >= max_batches:
-            break
     tokens = float(np.sum(dom_tok))
     result = {"eval/loss": nll / max(tokens, 1.0), "eval/supervised_tokens": tokens}
     for name, i in domains.items():
@@ -86,29 +112,35 @@ def evaluate(eval_fn, params, exp: Experiment, batch_sharding, max_batches: int,
     return result
 
 
-def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
+def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> TrainState:
+    """Trains `exp` in `workdir`, resuming from its newest checkpoint. `devices`: a subset of jax.devices() for the
+    mesh (default: all of them)."""
     config, cfg = exp.config, exp.model
     os.makedirs(workdir, exist_ok=True)
     _check_same_model(workdir, config)
     if jax.process_index() == 0:
         checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-    # --- mesh, optimizer, step -----------------------------------------------------------------------------------
-    it = pipeline.make_iterator(exp.data, process_index=jax.process_index(), process_count=jax.process_count())
-    domains = it.domains
-    built = build.build(exp, num_domains=len(domains))
+    # --- mesh, optimizer, step, this process's data ---------------------------------------------------------------
+    domains = pipeline.domain_table(exp.data)
+    built = build.build(exp, num_domains=len(domains), devices=devices)
     tx, state_sh, batch_sh = built.tx, built.state_shardings, built.batch_sharding
+    it, shard = _data_iterator(exp.data, batch_sh)
     abstract = built.abstract_state
     rng = jax.random.key(config.seed)
 
     # --- restore, or start from a converted checkpoint, or initialise -------------------------------------------
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
-    restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh))
+    try:
+        restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh))
+    except Exception:
+        ckpt.close()
+        raise
     last_saved = None
     if restored is not None:
         step0, state, data_state, _ = restored
-        it.set_state(data_state)
+        _restore_data_state(it, data_state, shard, os.path.join(ckpt.directory, str(step0)))
         last_saved = step0
         log.info("resumed from %s at step %d", ckpt.directory, step0)
     else:
@@ -135,18 +167,21 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
     progress = mt.Progress(total, step)
     flops_per_token = mt.model_flops_per_token(cfg, exp.data.seq_len)
     peak = mt.device_peak_flops() * jax.device_count()
-    stop = {"sigterm": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    stop = distributed.StopSignal()  # SIGTERM: every process stops at the same step
+    sigterm = False
+    # Processes read disjoint records, so with finite epochs they can run out a batch apart: agree every step.
+    agree_on_data = jax.process_count() > 1 and exp.data.num_epochs is not None
+    data_state = {"shard": list(shard), "iterator": it.get_state()}  # before the batch in hand: what a resume reads
     pending, t_window = [], time.perf_counter()
     try:
-        while step < total and not stop["sigterm"]:
-            try:
-                batch = next(it)
-            except StopIteration:
+        while step < total and not (sigterm := stop.requested(step)):
+            batch = next(it, None)
+            if distributed.any_process(batch is None) if agree_on_data else batch is None:
                 _say(f"data exhausted after {step} steps (data.num_epochs={exp.data.num_epochs}, "
                      f"overlong handling: {dict(getattr(it, 'counts', {}))})")
                 break
-            state, m = step_fn(state, _global_batch(batch, batch_sh))
+            data_state = {"shard": list(shard), "iterator": it.get_state()}
+            state, m = step_fn(state, _global_batch(batch, batch_sh, shard[1]))
             step += 1
             pending.append(m)
             if step % config.train.log_every == 0 or step == total:
@@ -181,6 +216,8 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
                 if "expert_counts" in last:
                     scalars.update(mt.expert_load_scalars(last["expert_counts"]))
                     writer.histogram(step, "experts/load", np.asarray(last["expert_counts"]).ravel())
+                if "ep_padding_fraction" in last:  # expert parallel: share of all-to-all rows that were padding
+                    scalars["experts/all_to_all_padding"] = float(last["ep_padding_fraction"])
                 writer.scalars(step, scalars)
                 progress.print(step, scalars["train/loss"], tok_s)
                 t_window = time.perf_counter()
@@ -193,15 +230,15 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "") -> TrainState:
             if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
                 writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
             if step % config.checkpoint.every == 0:
-                ckpt.save(step, state, it.get_state(), config.to_dict())
+                ckpt.save(step, state, data_state, config.to_dict())
                 last_saved = step
-        if stop["sigterm"]:
+        if sigterm:
             log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
         if step != last_saved:
-            ckpt.save(step, state, it.get_state(), config.to_dict(), force=True)
+            ckpt.save(step, state, data_state, config.to_dict(), force=True)
         ckpt.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        stop.close()
         ckpt.close()
         writer.close()
     return state

@@ -1,0 +1,127 @@
+"""Stage 3, the impure outer loop: multi-teacher, domain-routed on-policy distillation (recipe.md §6.4).
+
+Per step:
+  1. draw a domain-balanced batch of train tasks (config.envs.tasks_per_domain per domain; never the test split);
+  2. roll the student out with the rollout engine, each task in its own environment (a1jax.envs Session);
+  3. pack the trajectories into fixed [B, T] rows, B / n_domains rows per domain (loss on the generated tokens,
+     behaviour log-probs shifted onto their positions);
+  4. route each domain's rows to that domain's teacher, which scores the exact token ids in one forward pass
+     (routing.py; a teacher with another tokenizer is aligned through vocab.py; a failed teacher marks its rows
+     invalid and is counted);
+  5. the jitted, pure `opd_step(state, batch, teacher_targets)` (a1jax/distill/steps.py);
+  6. push the new weights to the engine.
+
+Sampling is at temperature 1 with no top-p, top-k or penalties (settings.py rejects anything else for this stage), so
+the behaviour log-probs the engine records are the student's own log-probs at rollout time: the importance ratio
+π_θ/μ in the loss is 1 up to numerics, and differs from it only through the weights having moved since the rollout.
+
+    a1jax train --config experiments/agents_a1_distill.py:tiny --workdir DIR
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import numpy as np
+
+from a1jax.distill import rollouts as R
+from a1jax.distill import routing
+from a1jax.distill.runner import StageRun
+from a1jax.train.experiment import Experiment
+
+log = logging.getLogger("a1jax.distill")
+
+
+def load_teachers(run: StageRun) -> dict[int, object]:
+    """{domain id: teacher} from config.teachers, on the student's mesh."""
+    chunk = run.exp.model.loss_chunk_size
+    return {run.domains[spec.domain]: routing.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
+                                                           rules=run.built.rules)
+            for spec in run.settings.teachers}
+
+
+def opd_batch(run: StageRun, engine, envs: dict, step: int):
+    """Steps 1-3: the student's rollouts of this step, packed domain-balanced. Returns (Packed, trajectories,
+    row_domains)."""
+    s, seed = run.settings, run.exp.config.seed
+    step = 0 if s.envs.fixed_tasks else step
+    items = []
+    for d in s.envs.domains:
+        tasks = R.draw_tasks(envs[d], d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons,
+                             seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
+        items += [(t, envs[d]) for t in tasks]
+    trajs = R.roll_out(engine, run.tok, items, s.rollout, seed=R.step_seed(seed, step, 7919),
+                       domain_ids=run.domains)
+    B, T = run.exp.data.batch_size, run.exp.data.seq_len
+    per = B // len(run.domains)
+    row_domains = [d for d in range(len(run.domains)) for _ in range(per)]
+    packed = R.pack([R.rollout_piece(t) for t in trajs], rows=B, seq_len=T, pad_id=run.tok.pad_id,
+                    row_domains=row_domains)
+    return packed, trajs, row_domains
+
+
+def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) -> dict[str, float]:
+    """Per-domain metrics of one step: reverse KL to the teacher (the step's estimate, on the kept tokens), reward and
+    success of the rollouts, generated tokens, IS nonzero fraction, teacher tail mass, teacher failures."""
+    out = {"train/loss": float(m["loss"]), "train/kl": float(m["kl"]), "train/grad_norm": float(m["grad_norm"]),
+           "train/learning_rate": float(m["learning_rate"]), "train/is_nonzero_frac": float(m["is_nonzero_frac"]),
+           "train/skipped_updates": float(m["skipped"]), "rollout/dropped": float(packed.dropped),
+           "rollout/truncated": float(packed.truncated)}
+    nd = len(names)
+    rew, cnt = R.per_domain([t.reward for t in trajs], [t.domain_id for t in trajs], nd)
+    suc, _ = R.per_domain([float(t.success) for t in trajs], [t.domain_id for t in trajs], nd)
+    gen, _ = R.per_domain([float(sum(t.record["loss_mask"])) for t in trajs], [t.domain_id for t in trajs], nd)
+    for name, d in names.items():
+        out.update({f"kl/{name}": float(m["domain_kl"][d]), f"reward/{name}": rew[d] / max(cnt[d], 1),
+                    f"success/{name}": suc[d] / max(cnt[d], 1), f"tokens/{name}": gen[d],
+                    f"is_nonzero_frac/{name}": float(m["domain_is_nonzero_frac"][d]),
+                    f"tail_mass/{name}": float(m["domain_tail_mass"][d]),
+                    f"entropy/{name}": float(m["domain_entropy"][d]),
+                    f"teacher_failures/{name}": float(tstats.get(d, {}).get("failures", 0)),
+                    f"teacher_invalid_tokens/{name}": float(tstats.get(d, {}).get("invalid_tokens", 0))})
+    return out
+
+
+def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None, teachers: dict | None = None
+            ) -> list[dict]:
+    """Runs stage 3 in `workdir` (resuming from its newest checkpoint) until config.train.steps; returns the
+    scalars of the steps it ran. `teachers` ({domain name: object with .score(batch)}) overrides config.teachers
+    (tests)."""
+    run = StageRun(exp, workdir, init_from=init_from, devices=devices)
+    config, s = exp.config, exp.loop
+    total, history = int(config.train.steps), []
+    try:
+        envs = R.make_envs(s)
+        by_id = (load_teachers(run) if teachers is None else {run.domains[d]: t for d, t in teachers.items()})
+        k = max(getattr(t, "k", 1) for t in by_id.values())
+        engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
+        while run.step < total:
+            t0 = time.perf_counter()
+            packed, trajs, row_domains = opd_batch(run, engine, envs, run.step)
+            t1 = time.perf_counter()
+            targets, tstats = routing.route(by_id, packed.batch, row_domains, k)
+            t2 = time.perf_counter()
+            batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
+            run.state, m = run.step_fn(run.state, batch, targets)
+            m = jax.device_get(m)
+            engine.params = run.engine_params()  # the sampler follows the student
+            run.step += 1
+            t3 = time.perf_counter()
+            scalars = step_scalars(m, trajs, packed, tstats, run.domains)
+            tokens = float(np.sum(packed.batch["segment_ids"] > 0))
+            scalars.update({"perf/rollout_s": t1 - t0, "perf/teacher_s": t2 - t1, "perf/update_s": t3 - t2,
+                            "perf/tokens_per_s": tokens / max(t3 - t0, 1e-9)})
+            history.append({"step": run.step, **scalars})
+            run.writer.scalars(run.step, scalars)
+            if run.step % config.train.log_every == 0 or run.step == total:
+                run.progress.print(run.step, scalars["train/loss"], scalars["perf/tokens_per_s"])
+                kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
+                               for n in run.domains)
+                print(f"    {kl}", flush=True)
+            if run.step % config.checkpoint.every == 0:
+                run.save(run.step)
+        run.finish(run.step)
+    finally:
+        run.close()
+    return history

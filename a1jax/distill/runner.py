@@ -1,0 +1,121 @@
+"""Set-up shared by the rollout-stage loops (opd.py, teachers.py): mesh and jitted step, restore or initialise,
+checkpoints, metrics, and the sampler's copy of the weights. The loops themselves stay readable top to bottom.
+
+Checkpoints are the stage-1 trainer's (a1jax.train.checkpoint.Checkpointer: params, optimizer state, step, rng); the
+"data" item is {"step": n}: a step's tasks and samples are functions of (seed, step), so nothing else is needed to
+resume exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from a1jax import model
+from a1jax.data import tokenizers
+from a1jax.train import build, checkpoint, metrics as mt, steps
+from a1jax.train.experiment import Experiment
+from a1jax.train.state import TrainState
+
+log = logging.getLogger("a1jax.distill")
+
+
+def load_init_params(path: str):
+    """(cfg, unboxed params) of a training workdir (newest checkpoint) or a converted checkpoint directory."""
+    from a1jax.rollout.cli import load_model
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"init_from {path!r}: no such directory (a training workdir or a converted "
+                                f"checkpoint)")
+    return load_model(path)
+
+
+class StageRun:
+    """One rollout-stage run in `workdir`: `state`, `step`, `step_fn(state, *arrays)`, `engine_params()`,
+    `save(step)`, `close()`; `writer` (TensorBoard + metrics.jsonl) and `progress` (the console line)."""
+
+    def __init__(self, exp: Experiment, workdir: str, *, init_from: str = "", devices=None):
+        from a1jax.train.loop import _check_same_model
+        self.exp, self.workdir, self.settings = exp, workdir, exp.loop
+        config = exp.config
+        os.makedirs(workdir, exist_ok=True)
+        _check_same_model(workdir, config)
+        if jax.process_index() == 0:
+            checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+        self.domains = {d: i for i, d in enumerate(self.settings.envs.domains)}
+        self.built = build.build(exp, num_domains=len(self.domains), devices=devices)
+        self.tok = tokenizers.load(exp.data.tokenizer)
+        self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                            async_save=config.checkpoint.async_save)
+        abstract = checkpoint.abstract_with_shardings(self.built.abstract_state, self.built.state_shardings)
+        restored = self.ckpt.restore_latest(abstract)
+        if restored is not None:
+            self.step, self.state, _, _ = restored
+            self.resumed = True
+            log.info("resumed from %s at step %d", self.ckpt.directory, self.step)
+        else:
+            self.resumed = False
+            self.state = self.built.init_state(jax.random.key(config.seed))
+            init_from = init_from or self.settings.init_from
+            if init_from:
+                self.state = self._with_params_from(init_from)
+            self.step = 0
+        self.last_saved = self.step if restored is not None else None
+        self.writer = mt.MetricWriter(workdir)
+        self.progress = mt.Progress(int(config.train.steps), self.step)
+        self._jitted = {}
+
+    def _with_params_from(self, path: str) -> TrainState:
+        cfg, values = load_init_params(path)
+        abstract = self.built.abstract_state.params
+        want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), model.unbox(abstract))
+        got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), values)
+        if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+            raise ValueError(f"init_from {path}: its model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                             f"vocab {cfg.vocab_size}) does not match config.model")
+        from a1jax.model.params import box_like
+        params = jax.device_put(box_like(values, abstract), self.built.state_shardings.params)
+        params = jax.tree.map(jnp.copy, params)  # own buffers: the step donates them, the caller may keep `values`
+        s = self.state
+        log.info("initialised params from %s", path)
+        return TrainState(step=s.step, params=params, opt_state=jax.jit(self.built.tx.init)(params), rng=s.rng,
+                          skipped_total=s.skipped_total, skipped_consecutive=s.skipped_consecutive)
+
+    def _sharding(self, x):
+        spec = self.built.batch_sharding.spec
+        return NamedSharding(self.built.mesh, P(*spec[:np.ndim(x)]) if np.ndim(x) < len(spec) else
+                             P(*spec, *([None] * (np.ndim(x) - len(spec)))))
+
+    def step_fn(self, state, *arrays):
+        """The stage's jitted step on numpy dicts (batch [, teacher targets]); [B] and [B, T, K] arrays get the
+        batch sharding on their leading axes. Compiled once per set of keys and shapes."""
+        key = tuple(tuple(sorted((k, np.shape(v)) for k, v in a.items())) for a in arrays)
+        if key not in self._jitted:
+            fn = functools.partial(steps.get_step(self.exp.config.stage), self.built.ctx)
+            shardings = tuple({k: self._sharding(v) for k, v in a.items()} for a in arrays)
+            self._jitted[key] = jax.jit(fn, in_shardings=(self.built.state_shardings, *shardings),
+                                        out_shardings=(self.built.state_shardings, None), donate_argnums=0)
+        placed = [{k: jax.device_put(np.asarray(v), self._sharding(v)) for k, v in a.items()} for a in arrays]
+        return self._jitted[key](state, *placed)
+
+    def engine_params(self):
+        """The sampler's copy of the current weights (one device: the in-process engine decodes on one device; at
+        scale the sampler is a separate inference service that receives these weights)."""
+        return jax.device_put(model.unbox(self.state.params), jax.devices()[0])
+
+    def save(self, step: int, *, force: bool = False):
+        if self.ckpt.save(step, self.state, {"step": int(step)}, self.exp.config.to_dict(), force=force):
+            self.last_saved = step
+
+    def finish(self, step: int):
+        if step != self.last_saved:
+            self.save(step, force=True)
+        self.ckpt.wait()
+
+    def close(self):
+        self.ckpt.close()
+        self.writer.close()

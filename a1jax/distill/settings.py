@@ -1,0 +1,182 @@
+"""The config sections of the rollout stages ("teacher_sft", "grpo", "opd"), validated up front.
+
+    config.envs      domains, horizons, tasks_per_domain (per step), task_seed, options {domain: {factory kwargs}},
+                     fixed_tasks (every step rolls out step 0's tasks with step 0's sampler seed: a debugging check)
+    config.rollout   engine and sampling: batch_size, max_len, max_new_tokens, max_turns, max_tokens,
+                     enable_thinking, temperature, top_p, top_k, presence_penalty, group_size (grpo)
+    config.teachers  (opd) one dict per domain: domain, and workdir (a frozen a1jax training workdir, the default
+                     path) or url (an HTTP prompt-logprobs endpoint); k (top-k), tokenizer (default: the student's),
+                     timeout (HTTP seconds), kxm ("mask" | "chain", cross-tokenizer k:m groups)
+    config.expert_iteration  (teacher_sft) rollout_every (steps between rollout rounds), rollout_fraction (max share
+                     of a batch's rows given to accepted rollouts; the rest are the domain's expert demonstrations),
+                     demos (how many demonstrations the domain's expert writes up front)
+    config.init_from the checkpoint to start from (a training workdir or a converted directory); `--init_from` wins
+
+The loss options stay where their steps read them (`config.distill`, `config.grpo`: a1jax/distill/steps.py).
+Every error names the field and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
+KXM = ("mask", "chain")
+
+
+@dataclasses.dataclass(frozen=True)
+class Envs:
+    domains: tuple[str, ...]
+    horizons: tuple[int, ...] = (1,)
+    tasks_per_domain: int = 4
+    task_seed: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
+    fixed_tasks: bool = False  # every step re-draws step 0's tasks and sampler seed (overfit-one-batch checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    batch_size: int = 8
+    max_len: int = 8192
+    max_new_tokens: int = 256
+    max_turns: int = 4
+    max_tokens: int = 2048
+    enable_thinking: bool = True
+    # Stage 3 samples at T = 1 with no filters or penalties (see opd.py); stage 2 may sample as it likes.
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    group_size: int = 4  # grpo: rollouts per task
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    domain: str
+    workdir: str = ""
+    url: str = ""
+    k: int = 16
+    tokenizer: str = ""
+    timeout: float = 60.0
+    kxm: str = "mask"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertIteration:
+    rollout_every: int = 10
+    rollout_fraction: float = 0.5
+    demos: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    envs: Envs
+    rollout: Rollout
+    teachers: tuple[TeacherSpec, ...] = ()
+    expert_iteration: ExpertIteration = ExpertIteration()
+    init_from: str = ""
+
+
+def _plain(x: Any) -> Any:
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
+def _section(config, name: str, cls, required: bool = False) -> Any:
+    raw = _plain(config.get(name))
+    if raw is None:
+        if required:
+            raise ValueError(f"config.{name} is missing (stage {config.stage!r} needs it)")
+        return cls()
+    if not isinstance(raw, dict):
+        raise ValueError(f"config.{name}: expected a dict of fields, got {type(raw).__name__}")
+    return _build(f"config.{name}", cls, raw)
+
+
+def _build(where: str, cls, raw: dict) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+    kw = {}
+    for k, v in raw.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kw[k] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _check(cond: bool, where: str, value, expected: str):
+    if not cond:
+        raise ValueError(f"{where}={value!r}: expected {expected}")
+
+
+def from_config(config, *, batch_size: int) -> LoopSettings:
+    """The typed loop settings of a rollout stage; `batch_size` is config.data.batch_size (rows per step)."""
+    from a1jax.envs import registry
+    stage = config.stage
+    if "domains" not in (_plain(config.get("envs")) or {}):
+        raise ValueError(f"config.envs.domains is missing (stage {stage!r} rolls out in environments)")
+    envs = _section(config, "envs", Envs, required=True)
+    known = registry.names()
+    _check(bool(envs.domains) and all(d in known for d in envs.domains), "config.envs.domains", envs.domains,
+           f"a non-empty list of domains from {known}")
+    _check(len(set(envs.domains)) == len(envs.domains), "config.envs.domains", envs.domains, "no repeats")
+    _check(bool(envs.horizons) and all(isinstance(h, int) and h >= 1 for h in envs.horizons),
+           "config.envs.horizons", envs.horizons, "a non-empty list of positive integers")
+    _check(envs.tasks_per_domain >= 1, "config.envs.tasks_per_domain", envs.tasks_per_domain, "a positive integer")
+    _check(isinstance(envs.options, dict) and set(envs.options) <= set(envs.domains), "config.envs.options",
+           envs.options, "a dict {domain: {factory options}} over config.envs.domains")
+    ro = _section(config, "rollout", Rollout)
+    for name in ("batch_size", "max_len", "max_new_tokens", "max_turns", "max_tokens", "group_size"):
+        _check(isinstance(getattr(ro, name), int) and getattr(ro, name) >= 1, f"config.rollout.{name}",
+               getattr(ro, name), "a positive integer")
+    _check(ro.max_new_tokens < ro.max_len, "config.rollout.max_new_tokens", ro.max_new_tokens,
+           f"less than config.rollout.max_len={ro.max_len}")
+    if stage == "opd":
+        # On-policy distillation needs the behaviour log-probs to be the student's own (recipe.md §2.8).
+        _check(ro.temperature == 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,
+               "config.rollout (temperature, top_p, top_k, presence_penalty)",
+               (ro.temperature, ro.top_p, ro.top_k, ro.presence_penalty),
+               "(1.0, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution")
+        _check(batch_size % len(envs.domains) == 0, "config.data.batch_size", batch_size,
+               f"a multiple of the {len(envs.domains)} domains (domain-balanced rows)")
+    if stage in ("teacher_sft", "grpo"):
+        _check(len(envs.domains) == 1, "config.envs.domains", envs.domains,
+               f"exactly one domain for stage {stage!r} (one teacher per domain)")
+    if stage == "grpo":
+        n = envs.tasks_per_domain * ro.group_size
+        _check(batch_size >= n, "config.data.batch_size", batch_size,
+               f">= envs.tasks_per_domain x rollout.group_size = {n} (one trajectory per row)")
+    teachers = ()
+    if stage == "opd":
+        raw = _plain(config.get("teachers"))
+        _check(isinstance(raw, (list, tuple)) and len(raw) > 0, "config.teachers", raw,
+               "a non-empty list of dicts (domain, workdir or url, k)")
+        teachers = tuple(_build(f"config.teachers[{i}]", TeacherSpec, dict(_plain(t))) for i, t in enumerate(raw))
+        for i, t in enumerate(teachers):
+            where = f"config.teachers[{i}]"
+            _check(t.domain in envs.domains, f"{where}.domain", t.domain, f"one of config.envs.domains "
+                                                                         f"{list(envs.domains)}")
+            _check(bool(t.workdir) != bool(t.url), f"{where}.workdir/url", (t.workdir, t.url),
+                   "exactly one of a teacher workdir or an HTTP url")
+            _check(t.k >= 1, f"{where}.k", t.k, "a positive integer")
+            _check(t.kxm in KXM, f"{where}.kxm", t.kxm, f"one of {KXM}")
+        doms = [t.domain for t in teachers]
+        missing = sorted(set(envs.domains) - set(doms))
+        _check(not missing and len(set(doms)) == len(doms), "config.teachers", doms,
+               f"exactly one teacher per domain of config.envs.domains (missing: {missing})")
+    ei = _section(config, "expert_iteration", ExpertIteration)
+    _check(ei.rollout_every >= 1, "config.expert_iteration.rollout_every", ei.rollout_every, "a positive integer")
+    _check(0.0 <= ei.rollout_fraction <= 1.0, "config.expert_iteration.rollout_fraction", ei.rollout_fraction,
+           "a number in [0, 1]")
+    if stage == "teacher_sft" and ei.rollout_fraction > 0:
+        _check(int(ei.rollout_fraction * batch_size) >= 1, "config.expert_iteration.rollout_fraction",
+               ei.rollout_fraction, f"0, or at least one row of config.data.batch_size={batch_size} for rollouts")
+    _check(ei.demos >= (1 if stage == "teacher_sft" else 0), "config.expert_iteration.demos", ei.demos,
+           "a positive integer (the demonstrations the rollouts are mixed with)")
+    init_from = config.get("init_from", "") or ""
+    _check(isinstance(init_from, str), "config.init_from", init_from, "a path (or empty)")
+    return LoopSettings(envs=envs, rollout=ro, teachers=teachers, expert_iteration=ei, init_from=init_from)

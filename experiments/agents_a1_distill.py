@@ -1,0 +1,81 @@
+"""Agents-A1 stage 3: multi-teacher, domain-routed on-policy distillation of the six domain teachers into the
+student (recipe.md §2.6, §6.4; the loss options are config.distill, a1jax/distill/steps.py OPDOptions).
+
+    a1jax train --config experiments/agents_a1_distill.py --workdir /shared/fs/agents_a1_distill
+    a1jax train --config experiments/agents_a1_distill.py:tiny --workdir workdirs/quickstart/distill   # CPU recipe
+
+Args (comma-separated): tiny (the CPU variant), root (tiny: the recipe's workdir root, default workdirs/quickstart),
+domains (tiny: colon-separated; default search:scientific_agents), init (the student's start; default the stage-1
+workdir), steps.
+
+Full size: Qwen3.5-35B-A3B student on TPU v5p-512 (256 chips), six in-process teachers (the stage-2 workdirs
+/shared/fs/agents_a1_teacher_<domain>, frozen, on the same mesh), salient top-64 reverse KL with a tail bucket,
+per-domain token-mean then equal domain weights, IS weights truncated to [0.2, 5]. Not run at this size yet.
+Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores, 20 steps of 6 tasks per
+domain. Expected: the per-domain reverse KL to the teachers falls, and the student's held-out success approaches the
+teachers' (`python -m a1jax.distill.report`). Not yet measured at these settings (see README.md).
+Stage: config.stage = "opd" (steps.opd_step, with the routed teacher targets as its third argument). Sampling is at
+T = 1 without filters or penalties, so behaviour log-probs are the student's own (settings.py enforces it).
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
+                                               os.path.join(REPO, "experiments", "recipe_tiny_sft.py"))
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+SIX = ("search", "engineering", "science", "instruction_following", "tool_calling", "scientific_agents")
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    a = tiny.parse_arg(arg, {"tiny": False, "root": "workdirs/quickstart", "domains": "", "init": "", "steps": ""})
+    c = ml_collections.ConfigDict()
+    c.stage = "opd"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict()
+    c.data.tokenizer = "qwen3_5"
+    c.distill = ml_collections.ConfigDict(dict(
+        estimator="salient", direction="reverse", mode="tail", include_sampled=True, is_low=0.2, is_high=5.0,
+        norm="domain", domain_weighting="fixed", sft_coef=0.0, reward_coef=0.0))
+    c.rollout = ml_collections.ConfigDict(dict(  # T = 1, no filters, no penalties: behaviour = student
+        batch_size=8, max_len=16384, max_new_tokens=96, max_turns=3, max_tokens=1536, enable_thinking=True,
+        temperature=1.0, top_p=1.0, top_k=0, presence_penalty=0.0, group_size=1))
+    c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=10, keep=2, async_save=True))
+    if a["tiny"]:
+        root = tiny.root_dir(a["root"])
+        domains = a["domains"].split(":") if a["domains"] else list(tiny.DOMAINS)
+        tiny.tiny_model(c)
+        c.init_from = a["init"] or os.path.join(root, "sft")
+        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 2 * len(domains)
+        c.envs = ml_collections.ConfigDict(dict(domains=domains, horizons=[1], tasks_per_domain=6, task_seed=2,
+                                                options={}))
+        c.teachers = [dict(domain=d, workdir=os.path.join(root, f"teacher_{d}"), k=16) for d in domains]
+        c.optimizer = ml_collections.ConfigDict(dict(
+            learning_rate=1e-3, warmup_steps=2, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+            b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 20), microbatches=1, log_every=5,
+                                                 z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
+        return c
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "qwen35_35b_a3b"
+    c.model.overrides = ml_collections.ConfigDict(dict(
+        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
+        moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2))
+    c.sharding_rules = ml_collections.ConfigDict()
+    c.init_from = a["init"] or "/shared/fs/agents_a1_sft"
+    c.data.seq_len, c.data.batch_size = 65536, 66  # 11 rows per domain
+    c.envs = ml_collections.ConfigDict(dict(domains=list(SIX), horizons=[1, 2, 4, 8, 16, 32], tasks_per_domain=16,
+                                            task_seed=2, options={}))
+    c.teachers = [dict(domain=d, workdir=f"/shared/fs/agents_a1_teacher_{d}", k=64) for d in SIX]
+    c.rollout.update(dict(batch_size=96, max_len=262144, max_new_tokens=4096, max_turns=100, max_tokens=65536))
+    c.optimizer = ml_collections.ConfigDict(dict(  # MOPD's range (recipe.md §2.6)
+        learning_rate=1e-6, warmup_steps=10, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 300), microbatches=6, log_every=1,
+                                             z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=10))
+    return c

@@ -1,0 +1,85 @@
+"""Agents-A1 stage 2: one domain teacher, initialised from the stage-1 checkpoint (recipe.md §1.3: the public
+multi-teacher recipes train each teacher from the shared SFT checkpoint on its own domain).
+
+    a1jax train --config experiments/agents_a1_teacher.py:domain=search --workdir /shared/fs/agents_a1_teacher_search
+    a1jax train --config experiments/agents_a1_teacher.py:tiny,domain=scientific_agents \
+        --workdir workdirs/quickstart/teacher_scientific_agents          # the tiny CPU recipe (launch/quickstart.sh)
+
+Args (comma-separated): domain (one of a1jax.envs.names(); required), tiny (the CPU variant), rl (GRPO instead of
+expert iteration), root (tiny: the recipe's workdir root, default workdirs/quickstart), init (the stage-1 workdir;
+default ROOT/sft for tiny, /shared/fs/agents_a1_sft otherwise), steps.
+
+Full size: Qwen3.5-35B-A3B on TPU v5p-512 (256 chips; same mesh as agents_a1_sft.py), 32K-token rows, 64 rows per
+step, rollouts up to 100 turns / 128K tokens. Not run at this size yet: times and results are not measured.
+Tiny: the tiny recipe model on 2 CPU cores; expert iteration (verified rollouts mixed with the domain's expert
+demonstrations) for 30 steps at 2 x 2,048 tokens (3 rollout rounds of 8 tasks). Expected: the teacher's success on
+its domain's held-out horizon-1 tasks rises above the stage-1 student's (`python -m a1jax.distill.report` prints
+both). Not yet measured at these settings (see README.md).
+Stage: config.stage = "teacher_sft" (steps.teacher_sft_step) or, with `rl`, "grpo" (steps.grpo_step).
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
+                                               os.path.join(REPO, "experiments", "recipe_tiny_sft.py"))
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    a = tiny.parse_arg(arg, {"domain": "", "tiny": False, "rl": False, "root": "workdirs/quickstart", "init": "",
+                             "steps": ""})
+    if not a["domain"]:
+        raise ValueError("experiments/agents_a1_teacher.py: pass the domain, e.g. ':domain=search' or "
+                         "':tiny,domain=search'")
+    c = ml_collections.ConfigDict()
+    c.stage = "grpo" if a["rl"] else "teacher_sft"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict()
+    c.data.tokenizer = "qwen3_5"
+    c.envs = ml_collections.ConfigDict(dict(domains=[a["domain"]], horizons=[1], tasks_per_domain=8, task_seed=1,
+                                            options={}))
+    c.rollout = ml_collections.ConfigDict(dict(
+        batch_size=8, max_len=16384, max_new_tokens=96, max_turns=3, max_tokens=1536, enable_thinking=True,
+        temperature=1.0, top_p=1.0, top_k=0, presence_penalty=0.0, group_size=4))
+    c.expert_iteration = ml_collections.ConfigDict(dict(rollout_every=10, rollout_fraction=0.5, demos=200))
+    c.grpo = ml_collections.ConfigDict(dict(loss_type="ppo", eps_low=0.2, eps_high=0.28, kl_coef=0.0, norm="token"))
+    c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2, async_save=True))
+    if a["tiny"]:
+        root = tiny.root_dir(a["root"])
+        tiny.tiny_model(c)
+        c.init_from = a["init"] or os.path.join(root, "sft")
+        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 2 if not a["rl"] else 16
+        if a["rl"]:
+            c.data.seq_len = 1024
+        c.optimizer = ml_collections.ConfigDict(dict(
+            learning_rate=1e-3, warmup_steps=2, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+            b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 30), microbatches=1, log_every=5,
+                                                 z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
+        if a["rl"]:
+            c.envs.tasks_per_domain = 4
+        return c
+    # Full size: the stage-1 model and mesh (agents_a1_sft.py), rollouts at the Agents-A1 eval budget.
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "qwen35_35b_a3b"
+    c.model.overrides = ml_collections.ConfigDict(dict(
+        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
+        moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2))
+    c.sharding_rules = ml_collections.ConfigDict()
+    c.init_from = a["init"] or "/shared/fs/agents_a1_sft"
+    c.data.seq_len, c.data.batch_size = 32768, 64
+    c.envs.horizons, c.envs.tasks_per_domain = [1, 2, 4, 8, 16], 32
+    c.rollout.update(dict(batch_size=64, max_len=262144, max_new_tokens=4096, max_turns=100, max_tokens=131072,
+                          temperature=0.85, top_p=0.95, top_k=20, presence_penalty=1.1, group_size=8))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=2e-6, warmup_steps=10, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 500), microbatches=4, log_every=1,
+                                             z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=10))
+    return c

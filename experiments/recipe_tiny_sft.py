@@ -1,0 +1,83 @@
+"""The tiny CPU recipe, stage 1: SFT on expert demonstrations of the recipe's domains plus the shipped trajectories.
+
+    a1jax envs demos --domain search --n 400 --horizon 1 --out workdirs/quickstart/demos/search.jsonl
+    a1jax envs demos --domain scientific_agents --n 400 --horizon 1 \
+        --out workdirs/quickstart/demos/scientific_agents.jsonl
+    a1jax train --config experiments/recipe_tiny_sft.py:root=workdirs/quickstart --workdir workdirs/quickstart/sft
+
+Hardware: CPU, 2 cores; 120 steps of 2 x 2,048 tokens (expected time: not yet measured on an unloaded machine).
+`bash launch/quickstart.sh` runs this as step 1 of the whole recipe (then agents_a1_teacher.py:tiny,domain=D for each
+domain, then agents_a1_distill.py:tiny). Args (comma-separated key=value): root (where the demos are and the later
+stages look; default workdirs/quickstart), domains (colon-separated), steps.
+The model is the quickstart's tiny Qwen3.5-MoE (4 layers, 8 experts top-2, hidden 64) with the real 248,320-token
+vocabulary, which dominates its cost; TINY_MODEL here is the one all tiny recipe stages share.
+"""
+import os
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOMAINS = ("search", "scientific_agents")  # two short-horizon domains a tiny model can learn in minutes
+TINY_MODEL = dict(
+    vocab_size=248320, hidden_size=64, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=64,
+    shared_expert_intermediate_size=64, loss_chunk_size=128, deltanet_chunk_size=64, max_position_embeddings=16384)
+SEQ_LEN = 2048
+
+
+def parse_arg(arg: str, defaults: dict) -> dict:
+    """'a=1,b=x' (and bare flags like 'tiny') -> dict over `defaults`; unknown keys are an error."""
+    out = dict(defaults)
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        key, eq, value = part.partition("=")
+        if key not in out:
+            raise ValueError(f"experiment arg {part!r}: unknown key {key!r}; known: {sorted(out)}")
+        out[key] = value if eq else True
+    return out
+
+
+def root_dir(root: str) -> str:
+    return root if os.path.isabs(root) else os.path.join(REPO, root)
+
+
+def tiny_model(c: ml_collections.ConfigDict) -> None:
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"
+    c.model.overrides = ml_collections.ConfigDict(dict(TINY_MODEL))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1, sequence=1))
+    c.sharding_rules = ml_collections.ConfigDict()
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    a = parse_arg(arg, {"root": "workdirs/quickstart", "domains": ":".join(DOMAINS), "steps": "120"})
+    root = root_dir(a["root"])
+    c = ml_collections.ConfigDict()
+    c.stage = "sft"
+    c.seed = 0
+    tiny_model(c)
+    c.data = ml_collections.ConfigDict()
+    c.data.base_dir = REPO
+    c.data.sources = [dict(paths=[os.path.join(root, "demos", f"{d}.jsonl")], weight=2.0)
+                      for d in a["domains"].split(":")] + [
+        dict(paths=["data/quickstart/tau_bench_airline.jsonl", "data/quickstart/toolbench.jsonl",
+                    "data/quickstart/swe_agent.jsonl"], weight=0.5)]
+    c.data.eval_sources = []
+    c.data.tokenizer = "qwen3_5"
+    c.data.seq_len = SEQ_LEN
+    c.data.batch_size = 2
+    c.data.eval_batch_size = 2
+    c.data.packing = "first_fit"
+    c.data.overlong = "split"
+    c.data.supervise = "all"
+    c.data.num_epochs = None
+    c.data.seed = 0
+    c.data.cache_dir = os.path.join(REPO, ".cache", "tokens")
+    c.data.domains = tuple(a["domains"].split(":")) + ("customer_service", "engineering", "general_agentic")
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=3e-3, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01,
+        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=int(a["steps"]), microbatches=1, log_every=10, z_loss_coef=0.0, mtp_loss_coef=0.0,
+        max_consecutive_skips=5))
+    c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=True))
+    return c
