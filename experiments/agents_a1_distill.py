@@ -65,10 +65,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.overrides = ml_collections.ConfigDict(dict(
         dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
         moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2))
+    # 64 batch shards (fsdp x expert); each of the 3 microbatches of 64 rows puts one row on each
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=8, expert=8, tensor=1, sequence=4))
     c.sharding_rules = ml_collections.ConfigDict()
     c.init_from = a["init"] or "/shared/fs/agents_a1_sft"
-    c.data.seq_len, c.data.batch_size = 65536, 66  # 11 rows per domain
+    c.data.seq_len, c.data.batch_size = 65536, 192  # 32 rows per domain
     c.envs = ml_collections.ConfigDict(dict(domains=list(SIX), horizons=[1, 2, 4, 8, 16, 32], tasks_per_domain=16,
                                             task_seed=2, options={}))
     c.teachers = [dict(domain=d, workdir=f"/shared/fs/agents_a1_teacher_{d}", k=64) for d in SIX]
@@ -76,6 +77,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(  # MOPD's range (recipe.md §2.6)
         learning_rate=1e-6, warmup_steps=10, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
         b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
-    c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 300), microbatches=6, log_every=1,
+    c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 300), microbatches=3, log_every=1,
                                              z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=10))
     return c

@@ -70,10 +70,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.overrides = ml_collections.ConfigDict(dict(
         dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
         moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=16, expert=8, tensor=1, sequence=2))
+    # 64 batch shards (fsdp x expert); each microbatch of 64 rows puts one row on each (a1jax plan checks this)
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=8, expert=8, tensor=1, sequence=4))
     c.sharding_rules = ml_collections.ConfigDict()
     c.init_from = a["init"] or "/shared/fs/agents_a1_sft"
-    c.data.seq_len, c.data.batch_size = 32768, 64
+    c.data.seq_len, c.data.batch_size = 32768, 256
     c.envs.horizons, c.envs.tasks_per_domain = [1, 2, 4, 8, 16], 32
     c.rollout.update(dict(batch_size=64, max_len=262144, max_new_tokens=4096, max_turns=100, max_tokens=131072,
                           temperature=0.85, top_p=0.95, top_k=20, presence_penalty=1.1, group_size=8))
