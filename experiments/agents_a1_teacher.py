@@ -9,8 +9,8 @@ Args (comma-separated): domain (one of a1jax.envs.names(); required), tiny (the 
 expert iteration), root (tiny: the recipe's workdir root, default workdirs/quickstart), init (the stage-1 workdir;
 default ROOT/sft for tiny, /shared/fs/agents_a1_sft otherwise), steps.
 
-Full size: Qwen3.5-35B-A3B on TPU v5p-512 (256 chips; same mesh as agents_a1_sft.py), 32K-token rows, 64 rows per
-step, rollouts up to 100 turns / 128K tokens. Not run at this size yet: times and results are not measured.
+Full size: Qwen3.5-35B-A3B on TPU v5p-512 (256 chips; same mesh as agents_a1_sft.py), 32K-token rows, 256 rows per
+step (4 microbatches), rollouts up to 100 turns / 128K tokens. Not run at this size yet: times and results are not measured.
 Tiny: the tiny recipe model on 2 CPU cores; expert iteration (verified rollouts mixed with the domain's expert
 demonstrations) for 30 steps at 2 x 2,048 tokens (3 rollout rounds of 8 tasks). Expected: the teacher's success on
 its domain's held-out horizon-1 tasks rises above the stage-1 student's (`python -m a1jax.distill.report` prints
