@@ -31,7 +31,7 @@ from a1jax.envs.base import Task
 from a1jax.rollout.toolcalls import ToolCall
 
 CATEGORIES = ("simple_python", "parallel_multiple")
-BFCL_ROOT = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eval" / "bfcl"
+BFCL_ROOT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "eval" / "bfcl"  # shipped copy (PROVENANCE.md)
 _PY_TYPES = {"integer": int, "float": float, "string": str, "boolean": bool, "array": list, "tuple": list,
              "dict": dict}
 

@@ -370,7 +370,7 @@ def make() -> InstructionFollowing:
 
 
 # ------------------------------------------------------------------------------------------------ eval sets
-EVAL_ROOT = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eval"
+EVAL_ROOT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "eval"  # shipped copies (PROVENANCE.md)
 IFEVAL_FILE = "ifeval/en_input_data.jsonl"
 IFBENCH_FILE = "ifbench/IFBench_test.jsonl"
 
