@@ -21,7 +21,9 @@ colon="${DOMAINS// /:}"
 start=$(date +%s)
 stamp() { echo; echo "=== $1 ($(( $(date +%s) - start ))s elapsed)"; }
 
-"$A1JAX" summary --preset qwen35_35b_a3b | head -3
+mkdir -p "$WORKDIR"
+"$A1JAX" summary --preset qwen35_35b_a3b > "$WORKDIR/summary_35b_a3b.txt"  # the full model's layout
+head -n 3 "$WORKDIR/summary_35b_a3b.txt"
 
 stamp "0. expert demonstrations"
 mkdir -p "$WORKDIR/demos"
