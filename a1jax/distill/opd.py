@@ -119,8 +119,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                 kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
                                for n in run.domains)
                 print(f"    {kl}", flush=True)
-            if run.step % config.checkpoint.every == 0:
-                run.save(run.step)
+            run.save_if_due()
         run.finish(run.step)
     finally:
         run.close()

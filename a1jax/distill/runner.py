@@ -111,6 +111,11 @@ class StageRun:
         if self.ckpt.save(step, self.state, {"step": int(step)}, self.exp.config.to_dict(), force=force):
             self.last_saved = step
 
+    def save_if_due(self):
+        """Saves at every `config.checkpoint.every` steps (call once per finished step)."""
+        if self.step % self.exp.config.checkpoint.every == 0:
+            self.save(self.step)
+
     def finish(self, step: int):
         if step != self.last_saved:
             self.save(step, force=True)

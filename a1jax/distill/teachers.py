@@ -104,8 +104,7 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
                  f"{domain}: rollout success {round_scalars[f'rollout/{domain}/success']:.2f}, "
                  f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted")
             history.append({"step": run.step, **scalars})
-            if run.step % config.checkpoint.every == 0:
-                run.save(run.step)
+            run.save_if_due()
         run.finish(run.step)
     finally:
         run.close()
@@ -149,8 +148,7 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
                  time.perf_counter() - t0, f"{domain}: reward {scalars[f'rollout/{domain}/reward']:.3f} "
                                            f"success {scalars[f'rollout/{domain}/success']:.2f} "
                                            f"clip {scalars[f'clip_frac/{domain}']:.3f}")
-            if run.step % config.checkpoint.every == 0:
-                run.save(run.step)
+            run.save_if_due()
         run.finish(run.step)
     finally:
         run.close()
