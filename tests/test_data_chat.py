@@ -219,3 +219,21 @@ def test_reference_renderer_reads_the_official_template_shipped_in_the_package()
     # sha256 of the official Qwen3.5-35B-A3B chat_template.jinja (shared/data/tokenizers/qwen3_5/PROVENANCE.md)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == \
         "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715"
+
+
+def test_thinking_model_prompt_is_a_token_prefix_of_the_training_tokens(qwen3_5):
+    """A model trained on whole-trajectory tokenizations continues `enable_thinking="model"` prompts in distribution:
+    the prompt's tokens are exactly the training tokens before the first supervised one. The template's default
+    prompt (`<think>\\n`) is not, when the reasoning is empty: training has the one token `\\n\\n` there."""
+    for reasoning in ("", "Look it up."):
+        record = {"id": "r", "domain": "d", "messages": [{"role": "user", "content": "Write a haiku."},
+                               {"role": "assistant", "content": "Snow.", "reasoning_content": reasoning}]}
+        t = tokenize_trajectory(record, qwen3_5)
+        first = int(np.argmax(np.asarray(t["loss_mask"]) == 1))
+        prompt = qwen3_5.encode(render(record["messages"][:1], add_generation_prompt=True, enable_thinking="model"))
+        assert list(t["tokens"][:first]) == prompt
+        default = qwen3_5.encode(render(record["messages"][:1], add_generation_prompt=True))
+        if not reasoning:
+            assert list(t["tokens"][:len(default)]) != default
+    with pytest.raises(ValueError, match="enable_thinking='yes'"):
+        render([{"role": "user", "content": "x"}], add_generation_prompt=True, enable_thinking="yes")

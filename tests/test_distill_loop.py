@@ -253,3 +253,17 @@ def test_a_teacher_with_another_tokenizer_is_aligned_onto_the_students_positions
     # Where a position is aligned 1:1, the teacher's next token, mapped into the student's vocabulary, is the
     # student's own target: the projection lands on the position that predicts it.
     assert np.mean(got["topk_ids"][..., 0][v] == b["targets"][v]) > 0.95
+
+
+def test_report_decodes_with_the_recipes_own_domains_and_rollout_settings(tmp_path):
+    from a1jax.distill import report
+    with pytest.raises(FileNotFoundError, match="distill/config.json"):
+        report.recipe_settings(str(tmp_path))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = experiment.load(os.path.join(repo, "experiments", "agents_a1_distill.py") +
+                        ":tiny,domains=instruction_following:tool_calling")
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "config.json").write_text(c.to_json())
+    domains, ro = report.recipe_settings(str(tmp_path))
+    assert domains == ["instruction_following", "tool_calling"]
+    assert ro.enable_thinking == "model" and ro.max_new_tokens == c.rollout.max_new_tokens

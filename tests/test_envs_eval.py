@@ -170,6 +170,7 @@ def test_evaluate_function_for_trainers_logs_scalars_at_the_given_step(ckpt_and_
     (["--horizons", "1,x"], "--horizons='1,x'"),
     (["--n", "0"], "--n=0"),
     (["--web-evals", "imaginary"], "unknown set(s) ['imaginary']"),
+    (["--thinking", "maybe"], "--thinking='maybe': expected one of ['model', 'off', 'on']"),
 ])
 def test_eval_cli_reports_bad_flags(ckpt_and_config, flags, message, capsys):
     ckpt, exp = ckpt_and_config

@@ -226,3 +226,14 @@ def test_multi_turn_cache_scoring_equals_a_full_forward_with_and_without_cache_r
         tight = results[500][rid]
         assert tight["token_ids"] == ids
         assert max(abs(a - b) for a, b in zip(tight["logprobs_t1"], rec["logprobs_t1"])) < 2e-4
+
+
+def test_thinking_model_prompt_stops_at_the_assistant_header_and_the_model_opens_its_think_block(tok):
+    cfg = RolloutConfig(enable_thinking="model")
+    (a,) = list(Rollout(ScriptedEngine(tok), tok, _env, cfg).run([_task("task-a")]))
+    prompt = render(a["messages"][:2], a["tools"], add_generation_prompt=True, enable_thinking="model")
+    n = len(tok.encode(prompt))
+    assert prompt.endswith("<|im_start|>assistant\n") and a["token_ids"][:n] == tok.encode(prompt)
+    assert a["loss_mask"][n] == 1 and tok.decode(a["token_ids"][n:n + 1]) == "<think>"
+    assert a["messages"][2]["reasoning_content"] == "I should look up alpha."
+    assert a["messages"][-1] == {"role": "assistant", "content": "The answer is 42.", "reasoning_content": "Done."}

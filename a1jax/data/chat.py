@@ -28,6 +28,12 @@ from a1jax.data.tokenizers import Tokenizer
 
 ROLE_IDS = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 SUPERVISE_MODES = ("all", "after_last_query")
+# enable_thinking for a generation prompt: True (the template's `<|im_start|>assistant\n<think>\n`), False (an empty
+# think block, `<think>\n\n</think>\n\n`), or "model": the prompt stops at `<|im_start|>assistant\n` and the model
+# writes its own `<think>` block. "model" is what a1jax-trained models see in training: the whole trajectory is
+# tokenized at once, so an empty think block is the tokens `<think>`, `\n\n`, `</think>`, which a prompt ending in
+# `<think>`, `\n` can never continue (the rendered text splits the `\n\n` token).
+THINKING_MODES = (True, False, "model")
 
 _TOOLS_HEADER = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
 _TOOLS_INSTRUCTIONS = (
@@ -132,8 +138,10 @@ def _tool_calls_text(calls: Any, content: str) -> str:
 
 
 def render_spans(messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                 add_generation_prompt: bool = False, enable_thinking: bool = True) -> Rendered:
+                 add_generation_prompt: bool = False, enable_thinking: bool | str = True) -> Rendered:
     """`render`, plus the character spans of every turn and which of them are supervised."""
+    if not (isinstance(enable_thinking, bool) or enable_thinking == "model"):
+        raise ValueError(f"enable_thinking={enable_thinking!r}: expected one of {THINKING_MODES}")
     if not messages:
         raise ValueError("No messages provided.")
     w = _Writer()
@@ -185,13 +193,14 @@ def render_spans(messages: Sequence[dict], tools: Sequence[dict] | None = None, 
         else:
             raise ValueError("Unexpected message role.")
     if add_generation_prompt:
-        prompt = "<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if enable_thinking is False else "<think>\n")
+        think = {False: "<think>\n\n</think>\n\n", "model": ""}.get(enable_thinking, "<think>\n")
+        prompt = "<|im_start|>assistant\n" + think
         w.emit(prompt, turn=turn, role="assistant", message=-1)
     return Rendered("".join(w.parts), tuple(w.spans), last_query)
 
 
 def render(messages: Sequence[dict], tools: Sequence[dict] | None = None, *, add_generation_prompt: bool = False,
-           enable_thinking: bool = True) -> str:
+           enable_thinking: bool | str = True) -> str:
     """The Qwen3.5 chat-template rendering of `messages` (and `tools`), byte for byte.
 
     Tool-call arguments may be objects or JSON-object strings (the OpenAI wire format); strings are decoded first,

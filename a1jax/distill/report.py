@@ -1,7 +1,7 @@
 """The recipe's scoreboard: per domain, the student's held-out success before and after distillation, the domain
 teacher's success, and the student->teacher reverse KL on the student's own trajectories.
 
-    python -m a1jax.distill.report --root workdirs/quickstart [--domains search,scientific_agents] [--n 32]
+    python -m a1jax.distill.report --root workdirs/quickstart [--domains D1,D2] [--n 32]
 
 ROOT holds the recipe's training workdirs: sft/ (stage 1 = the student before), teacher_<domain>/ (stage 2) and
 distill/ (stage 3 = the student after). Success comes from the environments' own verifiers on the *test* split
@@ -88,10 +88,26 @@ def rollouts_on_test(cfg, params, tok, domain: str, *, n: int, horizons, ro: Rol
     return evaluate.summarize(rows)[domain], trajs
 
 
-def build_report(root: str, domains, *, n: int = 32, horizons=(1,), ro: Rollout | None = None) -> dict:
+def recipe_settings(root: str) -> tuple[list[str], Rollout]:
+    """The distilled domains and the rollout settings of ROOT/distill/config.json, so the scoreboard decodes as the
+    recipe did (same budgets, same thinking prompt; greedy sampling is applied on top)."""
+    path = os.path.join(root, "distill", "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no distillation workdir config (run stage 3 first)")
+    with open(path) as f:
+        config = json.load(f)
+    fields = {f.name for f in dataclasses.fields(Rollout)}
+    ro = Rollout(**{k: v for k, v in (config.get("rollout") or {}).items() if k in fields})
+    return list(config.get("envs", {}).get("domains", [])), ro
+
+
+def build_report(root: str, domains=None, *, n: int = 32, horizons=(1,), ro: Rollout | None = None) -> dict:
+    """`domains` and `ro` default to the recipe's own (`recipe_settings`)."""
     from a1jax.data import tokenizers
     from a1jax.rollout.cli import load_model
-    ro = ro or Rollout(batch_size=8, max_len=16384, max_new_tokens=96, max_turns=3, max_tokens=1536)
+    if domains is None or ro is None:
+        recipe_domains, recipe_ro = recipe_settings(root)
+        domains, ro = domains or recipe_domains, ro or recipe_ro
     tok = tokenizers.load("qwen3_5")
     paths = {"before": os.path.join(root, "sft"), "after": os.path.join(root, "distill")}
     paths.update({f"teacher_{d}": os.path.join(root, f"teacher_{d}") for d in domains})
@@ -129,12 +145,12 @@ def table(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the recipe's workdir root (sft/, teacher_<d>/, distill/)")
-    p.add_argument("--domains", default="search,scientific_agents")
+    p.add_argument("--domains", default="", help="comma-separated (default: the domains ROOT/distill distilled)")
     p.add_argument("--n", type=int, default=32, help="test tasks per domain and horizon")
     p.add_argument("--horizons", default="1")
     args = p.parse_args(argv)
-    domains = [d for d in args.domains.split(",") if d]
-    bad = [d for d in domains if d not in registry.names()]
+    domains = [d for d in args.domains.split(",") if d] or None
+    bad = [d for d in domains or () if d not in registry.names()]
     if bad:
         p.error(f"--domains: unknown domain(s) {bad}; known: {registry.names()}")
     horizons = tuple(int(h) for h in args.horizons.split(","))

@@ -12,26 +12,17 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from a1jax import model
 from a1jax.data import tokenizers
 from a1jax.train import build, checkpoint, metrics as mt, steps
+from a1jax.train.checkpoint import load_init_params
 from a1jax.train.experiment import Experiment
 from a1jax.train.state import TrainState
 
 log = logging.getLogger("a1jax.distill")
-
-
-def load_init_params(path: str):
-    """(cfg, unboxed params) of a training workdir (newest checkpoint) or a converted checkpoint directory."""
-    from a1jax.rollout.cli import load_model
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"init_from {path!r}: no such directory (a training workdir or a converted "
-                                f"checkpoint)")
-    return load_model(path)
 
 
 class StageRun:
@@ -71,15 +62,8 @@ class StageRun:
 
     def _with_params_from(self, path: str) -> TrainState:
         cfg, values = load_init_params(path)
-        abstract = self.built.abstract_state.params
-        want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), model.unbox(abstract))
-        got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), values)
-        if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
-            raise ValueError(f"init_from {path}: its model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-                             f"vocab {cfg.vocab_size}) does not match config.model")
-        from a1jax.model.params import box_like
-        params = jax.device_put(box_like(values, abstract), self.built.state_shardings.params)
-        params = jax.tree.map(jnp.copy, params)  # own buffers: the step donates them, the caller may keep `values`
+        params = checkpoint.place_init_params(path, cfg, values, self.built.abstract_state.params,
+                                              self.built.state_shardings.params)
         s = self.state
         log.info("initialised params from %s", path)
         return TrainState(step=s.step, params=params, opt_state=jax.jit(self.built.tx.init)(params), rng=s.rng,

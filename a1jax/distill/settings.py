@@ -41,7 +41,7 @@ class Rollout:
     max_new_tokens: int = 256
     max_turns: int = 4
     max_tokens: int = 2048
-    enable_thinking: bool = True
+    enable_thinking: bool | str = True  # True, False or "model" (a1jax.data.chat.THINKING_MODES)
     # Stage 3 samples at T = 1 with no filters or penalties (see opd.py); stage 2 may sample as it likes.
     temperature: float = 1.0
     top_p: float = 1.0
@@ -135,6 +135,8 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
                getattr(ro, name), "a positive integer")
     _check(ro.max_new_tokens < ro.max_len, "config.rollout.max_new_tokens", ro.max_new_tokens,
            f"less than config.rollout.max_len={ro.max_len}")
+    _check(isinstance(ro.enable_thinking, bool) or ro.enable_thinking == "model", "config.rollout.enable_thinking",
+           ro.enable_thinking, 'True, False or "model"')
     if stage == "opd":
         # On-policy distillation needs the behaviour log-probs to be the student's own (recipe.md §2.8).
         _check(ro.temperature == 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,

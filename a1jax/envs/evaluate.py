@@ -34,7 +34,8 @@ WEB_EVALS = {"browsecomp": "browsecomp.standardized_data.jsonl",
              "browsecomp_200": "browsecomp_200.standardized_data.jsonl",
              "seal-0": "seal-0.standardized_data.jsonl", "xbench": "xbench.standardized_data.jsonl"}
 CONFIG_KEYS = ("domains", "n", "horizons", "batch_size", "max_len", "max_new_tokens", "max_turns", "max_tokens",
-               "task_seed", "temperature")
+               "task_seed", "temperature", "thinking")
+THINKING = {"on": True, "off": False, "model": "model"}  # --thinking -> RolloutConfig.enable_thinking
 
 
 def eval_tasks(env, *, n: int, horizons: Iterable[int], seed: int = 0, split: str = "test") -> list[Task]:
@@ -244,6 +245,9 @@ def add_parser(sub) -> None:
     p.add_argument("--web-dir", default=None, help="folder holding the Agents-A1 *.standardized_data.jsonl files")
     p.add_argument("--search-url", default=None, help="HTTP search service for --web-evals (see search.py)")
     p.add_argument("--tokenizer", default=None, help="overrides config.data.tokenizer")
+    p.add_argument("--thinking", default=None, metavar="{on,off,model}",
+                   help="generation prompt: on = the template's '<think>\\n' (default), off = an empty think block, "
+                        "model = the model opens its own (what a1jax-trained models saw in training)")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -265,7 +269,7 @@ def settings(args, config) -> dict:
     if unknown:
         raise ValueError(f"config.envs_eval: unknown key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
     s = {"domains": registry.names(), "n": 8, "horizons": list(DEFAULT_HORIZONS), "batch_size": 8, "max_len": 32768,
-         "max_new_tokens": 4096, "max_turns": 100, "max_tokens": 131072, "task_seed": 0, **conf}
+         "max_new_tokens": 4096, "max_turns": 100, "max_tokens": 131072, "task_seed": 0, "thinking": "on", **conf}
     for key in CONFIG_KEYS:
         if getattr(args, key, None) is not None:
             s[key] = getattr(args, key)
@@ -279,6 +283,8 @@ def settings(args, config) -> dict:
     for key in ("n", "batch_size", "max_len", "max_new_tokens", "max_turns", "max_tokens"):
         if not isinstance(s[key], int) or s[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')}={s[key]!r}: expected a positive integer")
+    if s["thinking"] not in THINKING:
+        raise ValueError(f"--thinking={s['thinking']!r}: expected one of {sorted(THINKING)}")
     if any(h < 1 for h in s["horizons"]):
         raise ValueError(f"--horizons={s['horizons']}: expected positive integers")
     return s
@@ -306,7 +312,8 @@ def run(args) -> int:
                          batch_size=s["batch_size"], max_len=s["max_len"], max_new_tokens=s["max_new_tokens"])
     out = args.out or os.path.join(args.checkpoint, "eval")
     result = evaluate_engine(engine, tok, domains=s["domains"], n=s["n"], horizons=s["horizons"], seed=s["task_seed"],
-                             rollout_cfg=RolloutConfig(max_turns=s["max_turns"], max_tokens=s["max_tokens"]),
+                             rollout_cfg=RolloutConfig(max_turns=s["max_turns"], max_tokens=s["max_tokens"],
+                                                       enable_thinking=THINKING[s["thinking"]]),
                              web_evals=web, web_dir=args.web_dir, search_backend=backend, out_dir=out)
     print(table(result))
     print(f"wrote {out}/eval.json, {out}/trajectories.jsonl and TensorBoard scalars ({result['wall_s']:.0f}s)",

@@ -28,7 +28,7 @@ FORCED_FINAL_MESSAGE = ("You have reached the maximum context length for this ta
 class RolloutConfig:
     max_turns: int = 100  # model calls per trajectory
     max_tokens: int = 131072  # per-trajectory token budget (prompt + all turns)
-    enable_thinking: bool = True
+    enable_thinking: bool | str = True  # True, False or "model" (a1jax.data.chat.THINKING_MODES)
     forced_final_message: str = FORCED_FINAL_MESSAGE
 
 
@@ -49,7 +49,7 @@ class _Row:
     started: float = 0.0
 
 
-def _suffix(messages: list, *, enable_thinking: bool) -> str:
+def _suffix(messages: list, *, enable_thinking: bool | str) -> str:
     """The template's text for `messages` (tool results / user turns) plus the generation prompt, after a turn that
     ended with <|im_end|>: rendered after a placeholder query and cut off, so the template stays the one source."""
     head = [{"role": "user", "content": "."}]
@@ -58,10 +58,12 @@ def _suffix(messages: list, *, enable_thinking: bool) -> str:
     return "\n" + full[len(before):]  # "\n" closes the assistant turn, as the template writes it
 
 
-def _assistant_message(text: str, tools, call_ids: Iterator[str]):
+def _assistant_message(text: str, tools, call_ids: Iterator[str], *, model_opens_think: bool = False):
     reasoning, sep, rest = text.partition("</think>")
     if not sep:
         reasoning, rest = "", text
+    if model_opens_think:  # enable_thinking="model": the prompt stopped before <think>, the model wrote it
+        reasoning = reasoning.lstrip().removeprefix("<think>")
     content, calls = parse_tool_calls(rest.lstrip("\n"), tools)
     msg = {"role": "assistant", "content": content.strip(), "reasoning_content": reasoning.strip()}
     if calls and all(isinstance(c, ToolCall) for c in calls):
@@ -170,7 +172,8 @@ class Rollout:
                 "finish_reason": out["finish_reason"]}
         row.turns.append(turn)
         text = self.tok.decode([t for t in toks if t not in self.stop_ids])
-        msg, calls = _assistant_message(text, row.task.get("tools"), call_ids)
+        msg, calls = _assistant_message(text, row.task.get("tools"), call_ids,
+                                        model_opens_think=self.cfg.enable_thinking == "model")
         row.messages.append(msg)
         if out["finish_reason"] == "context":
             return "context"

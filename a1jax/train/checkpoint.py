@@ -185,3 +185,28 @@ def load_trained_params(workdir: str, step: int | None = None):
     finally:
         ckpt.close()
     return cfg, state.params
+
+
+def load_init_params(path: str):
+    """(ModelConfig, unboxed params) to start a run from: a training workdir (its newest checkpoint) or a converted
+    checkpoint directory (`a1jax convert --from-hf`)."""
+    from a1jax.rollout.cli import load_model
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"init_from {path!r}: no such directory (a training workdir or a converted "
+                                f"checkpoint)")
+    return load_model(path)
+
+
+def place_init_params(path: str, cfg, values, abstract_params, shardings):
+    """`values` (from `path`) checked against the experiment's (boxed) abstract params and placed with `shardings`,
+    in buffers of their own (the train step donates them)."""
+    import jax.numpy as jnp
+
+    from a1jax.model import unbox
+    from a1jax.model.params import box_like
+    want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), unbox(abstract_params))
+    got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), values)
+    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+        raise ValueError(f"init_from {path}: its model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                         f"vocab {cfg.vocab_size}, {cfg.num_experts} experts) does not match config.model")
+    return jax.tree.map(jnp.copy, jax.device_put(box_like(values, abstract_params), shardings))

@@ -56,18 +56,6 @@ def _restore_data_state(it, saved: dict, shard: tuple[int, int], path: str):
     it.set_state(state)
 
 
-def _init_params_from(path: str, exp: Experiment, abstract_params, shardings):
-    """Params of a converted HF checkpoint (`a1jax convert --from-hf`), checked against the experiment's model."""
-    from a1jax.convert import load_params
-    cfg, params = load_params(path)
-    want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), abstract_params)
-    got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)
-    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
-        raise ValueError(f"--init_from {path}: its model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-                         f"{cfg.num_experts} experts) does not match config.model")
-    return jax.device_put(params, shardings)
-
-
 def _say(msg: str):
     if jax.process_index() == 0:
         print(msg, flush=True)
@@ -146,7 +134,8 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
     else:
         state = built.init_state(rng)
         if init_from:
-            params = _init_params_from(init_from, exp, abstract.params, state_sh.params)
+            params = checkpoint.place_init_params(init_from, *checkpoint.load_init_params(init_from), abstract.params,
+                                                  state_sh.params)
             state = TrainState(step=state.step, params=params, opt_state=jax.jit(tx.init)(params), rng=state.rng,
                                skipped_total=state.skipped_total, skipped_consecutive=state.skipped_consecutive)
             log.info("initialised params from %s", init_from)
