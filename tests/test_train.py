@@ -269,22 +269,26 @@ def test_quickstart_runs_a_few_steps_and_writes_metrics(tmp_path):
     assert saved["model"]["overrides"]["hidden_size"] == 32
     cfg, params = checkpoint.load_trained_params(str(tmp_path))  # what `a1jax rollout --checkpoint WORKDIR` reads
     assert cfg.hidden_size == 32 and params["embed"].value.shape == (cfg.vocab_size, 32)
+    cfg, values = checkpoint.load_init_params(str(tmp_path))  # what `--init_from WORKDIR` reads: the same, unboxed
+    np.testing.assert_array_equal(values["embed"], params["embed"].value)
 
 
 def test_init_from_a_converted_checkpoint_checks_the_model(tmp_path):
     from a1jax.convert import save_params
-    from a1jax.train.loop import _init_params_from
     exp = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
                                                          ["--config.model.overrides.hidden_size=16"]))
     params = jax.device_get(model.init(exp.model, jax.random.key(3)))
     save_params(str(tmp_path / "ckpt"), exp.model, params)
     abstract = model.abstract_params(exp.model, include_mtp=False)
     shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-    loaded = _init_params_from(str(tmp_path / "ckpt"), exp, abstract, shardings)
+    path = str(tmp_path / "ckpt")
+    loaded = checkpoint.place_init_params(path, *checkpoint.load_init_params(path), abstract, shardings)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     other = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
                                                            ["--config.model.overrides.hidden_size=32"]))
     with pytest.raises(ValueError, match="does not match config.model"):
-        _init_params_from(str(tmp_path / "ckpt"), other, model.abstract_params(other.model, include_mtp=False),
-                          shardings)
+        checkpoint.place_init_params(path, *checkpoint.load_init_params(path),
+                                     model.abstract_params(other.model, include_mtp=False), shardings)
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        checkpoint.load_init_params(str(tmp_path / "missing"))

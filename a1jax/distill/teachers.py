@@ -101,7 +101,7 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
                        **round_scalars}
             tokens = float(np.sum(batch["segment_ids"] > 0))
             _log(run, scalars, scalars["train/loss"], tokens, time.perf_counter() - t0,
-                 f"{domain}: rollout success {round_scalars[f'rollout/{domain}/success']:.2f}, "
+                 f"{domain}: last rollout round: success {round_scalars[f'rollout/{domain}/success']:.2f}, "
                  f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted")
             history.append({"step": run.step, **scalars})
             run.save_if_due()
