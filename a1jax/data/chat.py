@@ -35,6 +35,12 @@ SUPERVISE_MODES = ("all", "after_last_query")
 # `<think>`, `\n` can never continue (the rendered text splits the `\n\n` token).
 THINKING_MODES = (True, False, "model")
 
+
+def check_thinking(value, where: str = "enable_thinking") -> None:
+    """Raises ValueError naming `where` unless `value` is one of THINKING_MODES."""
+    if not (isinstance(value, bool) or value == "model"):
+        raise ValueError(f"{where}={value!r}: expected one of {THINKING_MODES}")
+
 _TOOLS_HEADER = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
 _TOOLS_INSTRUCTIONS = (
     "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n<tool_call>\n"
@@ -140,8 +146,7 @@ def _tool_calls_text(calls: Any, content: str) -> str:
 def render_spans(messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
                  add_generation_prompt: bool = False, enable_thinking: bool | str = True) -> Rendered:
     """`render`, plus the character spans of every turn and which of them are supervised."""
-    if not (isinstance(enable_thinking, bool) or enable_thinking == "model"):
-        raise ValueError(f"enable_thinking={enable_thinking!r}: expected one of {THINKING_MODES}")
+    check_thinking(enable_thinking)
     if not messages:
         raise ValueError("No messages provided.")
     w = _Writer()

@@ -21,10 +21,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from a1jax import model
-from a1jax.distill import rollouts as R
+from a1jax.distill import rollouts as R, settings
 from a1jax.distill.settings import Rollout
 from a1jax.envs import evaluate, registry
 from a1jax.rollout.sampling import SamplingParams
@@ -95,10 +96,9 @@ def recipe_settings(root: str) -> tuple[list[str], Rollout]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no distillation workdir config (run stage 3 first)")
     with open(path) as f:
-        config = json.load(f)
-    fields = {f.name for f in dataclasses.fields(Rollout)}
-    ro = Rollout(**{k: v for k, v in (config.get("rollout") or {}).items() if k in fields})
-    return list(config.get("envs", {}).get("domains", [])), ro
+        config = ml_collections.ConfigDict(json.load(f))
+    s = settings.from_config(config, batch_size=int(config.data.batch_size))
+    return list(s.envs.domains), s.rollout
 
 
 def build_report(root: str, domains=None, *, n: int = 32, horizons=(1,), ro: Rollout | None = None) -> dict:

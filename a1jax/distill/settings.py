@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from a1jax.data.chat import check_thinking
+
 ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
 KXM = ("mask", "chain")
 
@@ -135,8 +137,7 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
                getattr(ro, name), "a positive integer")
     _check(ro.max_new_tokens < ro.max_len, "config.rollout.max_new_tokens", ro.max_new_tokens,
            f"less than config.rollout.max_len={ro.max_len}")
-    _check(isinstance(ro.enable_thinking, bool) or ro.enable_thinking == "model", "config.rollout.enable_thinking",
-           ro.enable_thinking, 'True, False or "model"')
+    check_thinking(ro.enable_thinking, "config.rollout.enable_thinking")
     if stage == "opd":
         # On-policy distillation needs the behaviour log-probs to be the student's own (recipe.md §2.8).
         _check(ro.temperature == 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,

@@ -15,7 +15,8 @@ def add_parser(sub):
                        epilog="Any --config.FIELD=VALUE flag overrides a field of the experiment config.")
     p.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:ARG")
     p.add_argument("--workdir", required=True, help="checkpoints, config.json, metrics.jsonl and TensorBoard logs")
-    p.add_argument("--init_from", default="", help="start from a training workdir (its newest checkpoint) or a converted checkpoint (a1jax convert --from-hf)")
+    p.add_argument("--init_from", default="", help="start from a training workdir (its newest checkpoint) or a "
+                                                   "converted checkpoint (a1jax convert --from-hf)")
     p.set_defaults(func=run, accepts_config_overrides=True)
 
 
