@@ -17,12 +17,18 @@ import os
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Two horizon-1 domains with short prompts. instruction_following is the one a tiny model learns on a CPU budget
-# (its checks need the instruction's type, not copying); tool_calling also needs the arguments copied exactly.
-DOMAINS = ("instruction_following", "tool_calling")
+# Three domains: two single-call ones (instruction_following needs the instruction's type; tool_calling needs the
+# arguments copied exactly from the request) and search at horizon 2: two dependent searches, the second query built
+# from what the first one returned, then the answer.
+DOMAINS = ("instruction_following", "tool_calling", "search")
+HORIZONS = {"instruction_following": 1, "tool_calling": 1, "search": 2}
+# The compact Qwen3.5 vocabulary (a1jax/data/tokenizers/compact.py: its bytes, special tokens and the recipe
+# corpus's 3,807 most frequent tokens; lossless, same chat template) instead of 248,320 rows, so the budget goes into
+# the body and more steps.
+TOKENIZER = "qwen3_5_compact"
 TINY_MODEL = dict(
-    vocab_size=248320, hidden_size=64, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=64,
-    shared_expert_intermediate_size=64, loss_chunk_size=128, deltanet_chunk_size=64, max_position_embeddings=16384)
+    vocab_size=4096, hidden_size=128, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=128,
+    shared_expert_intermediate_size=128, loss_chunk_size=256, deltanet_chunk_size=64, max_position_embeddings=16384)
 SEQ_LEN = 2048
 
 
@@ -42,6 +48,8 @@ def root_dir(root: str) -> str:
 
 
 def tiny_model(c: ml_collections.ConfigDict) -> None:
+    """The model, vocabulary and mesh every tiny recipe stage shares."""
+    c.data.tokenizer = TOKENIZER
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"
     c.model.overrides = ml_collections.ConfigDict(dict(TINY_MODEL))
@@ -55,15 +63,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "sft"
     c.seed = 0
-    tiny_model(c)
     c.data = ml_collections.ConfigDict()
+    tiny_model(c)
     c.data.base_dir = REPO
     c.data.sources = [dict(paths=[os.path.join(root, "demos", f"{d}.jsonl")], weight=2.0)
                       for d in a["domains"].split(":")] + [
         dict(paths=["data/quickstart/tau_bench_airline.jsonl", "data/quickstart/toolbench.jsonl",
                     "data/quickstart/swe_agent.jsonl"], weight=0.5)]
     c.data.eval_sources = []
-    c.data.tokenizer = "qwen3_5"
     c.data.seq_len = SEQ_LEN
     c.data.batch_size = 2
     c.data.eval_batch_size = 2

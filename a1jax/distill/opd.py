@@ -20,43 +20,74 @@ the behaviour log-probs the engine records are the student's own log-probs at ro
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import jax
 import numpy as np
 
 from a1jax.distill import rollouts as R
-from a1jax.distill import routing
+from a1jax.distill import gate, routing
+from a1jax.distill.settings import TeacherSpec
 from a1jax.distill.runner import StageRun
 from a1jax.train.experiment import Experiment
 
 log = logging.getLogger("a1jax.distill")
 
 
-def load_teachers(run: StageRun) -> dict[int, object]:
-    """{domain id: teacher} from config.teachers, on the student's mesh."""
+def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
+    """{domain id: teacher} from config.teachers (those of `domains`, default all), on the student's mesh."""
     chunk = run.exp.model.loss_chunk_size
     return {run.domains[spec.domain]: routing.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
                                                            rules=run.built.rules)
-            for spec in run.settings.teachers}
+            for spec in run.settings.teachers if domains is None or spec.domain in domains}
 
 
-def opd_batch(run: StageRun, engine, envs: dict, step: int):
-    """Steps 1-3: the student's rollouts of this step, packed domain-balanced. Returns (Packed, trajectories,
-    row_domains)."""
+def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
+    """The domains whose teacher passes the check of gate.py (on the validation split, before distilling; a resumed
+    run reads the verdicts it wrote). One line per domain; gate/* scalars at step 0. `teachers` (tests: in-memory
+    teacher objects) are not rolled out: the check is skipped for them."""
+    s = run.settings
+    specs = {t.domain: t for t in s.teachers}
+    if teachers is not None:  # in-memory teachers: nothing to roll out
+        specs = {d: TeacherSpec(domain=d, url="in-memory") for d in teachers}
+    verdicts = gate.check(run.workdir, run.exp.model, run.engine_params(), run.tok, specs, s.envs, s.rollout,
+                          s.gate)
+    kept = [d for d in s.envs.domains if verdicts[d]["distilled"]]
+    scalars = {}
+    for d in s.envs.domains:
+        v = verdicts[d]
+        print(f"teacher check  {d}: {'distilled' if v['distilled'] else 'LEFT OUT'} ({v['reason']})", flush=True)
+        scalars[f"gate/{d}/distilled"] = float(v["distilled"])
+        for who in ("student", "teacher"):
+            if v[who] is not None:
+                scalars[f"gate/{d}/{who}_success"] = float(v[who])
+    if not run.resumed:
+        run.writer.scalars(0, scalars)
+    if not kept:
+        raise SystemExit(f"a1jax train: stage 3 has nothing to distil: no domain's teacher beats the student on the "
+                         f"validation split (see {os.path.join(run.workdir, gate.FILE)}); improve the teachers, or "
+                         f"set config.gate.keep=['all'] to distil anyway")
+    return kept
+
+
+def opd_batch(run: StageRun, engine, envs: dict, step: int, domains=None):
+    """Steps 1-3: the student's rollouts of this step in `domains` (default: all), packed domain-balanced.
+    Returns (Packed, trajectories, row_domains)."""
     s, seed = run.settings, run.exp.config.seed
+    domains = list(domains or s.envs.domains)
     step = 0 if s.envs.fixed_tasks else step
     items = []
-    for d in s.envs.domains:
-        tasks = R.draw_tasks(envs[d], d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons,
+    for d in domains:
+        tasks = R.draw_tasks(envs[d], d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
         items += [(t, envs[d]) for t in tasks]
     trajs = R.roll_out(engine, run.tok, items, s.rollout, seed=R.step_seed(seed, step, 7919),
                        domain_ids=run.domains)
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
-    per = B // len(run.domains)
-    row_domains = [d for d in range(len(run.domains)) for _ in range(per)]
-    packed = R.pack([R.rollout_piece(t) for t in trajs], rows=B, seq_len=T, pad_id=run.tok.pad_id,
+    per = B // len(domains)
+    row_domains = [run.domains[d] for d in domains for _ in range(per)]
+    packed = R.pack([R.rollout_piece(t) for t in trajs], rows=len(row_domains), seq_len=T, pad_id=run.tok.pad_id,
                     row_domains=row_domains)
     return packed, trajs, row_domains
 
@@ -68,7 +99,7 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
            "train/learning_rate": float(m["learning_rate"]), "train/is_nonzero_frac": float(m["is_nonzero_frac"]),
            "train/skipped_updates": float(m["skipped"]), "rollout/dropped": float(packed.dropped),
            "rollout/truncated": float(packed.truncated)}
-    nd = len(names)
+    nd = max(names.values()) + 1
     rew, cnt = R.per_domain([t.reward for t in trajs], [t.domain_id for t in trajs], nd)
     suc, _ = R.per_domain([float(t.success) for t in trajs], [t.domain_id for t in trajs], nd)
     gen, _ = R.per_domain([float(sum(t.record["loss_mask"])) for t in trajs], [t.domain_id for t in trajs], nd)
@@ -93,12 +124,14 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
     total, history = int(config.train.steps), []
     try:
         envs = R.make_envs(s)
-        by_id = (load_teachers(run) if teachers is None else {run.domains[d]: t for d, t in teachers.items()})
+        kept = distilled_domains(run, teachers)
+        by_id = (load_teachers(run, kept) if teachers is None else
+                 {run.domains[d]: t for d, t in teachers.items() if d in kept})
         k = max(getattr(t, "k", 1) for t in by_id.values())
         engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         while run.step < total:
             t0 = time.perf_counter()
-            packed, trajs, row_domains = opd_batch(run, engine, envs, run.step)
+            packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
             t1 = time.perf_counter()
             targets, tstats = routing.route(by_id, packed.batch, row_domains, k)
             t2 = time.perf_counter()
@@ -108,7 +141,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             engine.params = run.engine_params()  # the sampler follows the student
             run.step += 1
             t3 = time.perf_counter()
-            scalars = step_scalars(m, trajs, packed, tstats, run.domains)
+            scalars = step_scalars(m, trajs, packed, tstats, {d: run.domains[d] for d in kept})
             tokens = float(np.sum(packed.batch["segment_ids"] > 0))
             scalars.update({"perf/rollout_s": t1 - t0, "perf/teacher_s": t2 - t1, "perf/update_s": t3 - t2,
                             "perf/tokens_per_s": tokens / max(t3 - t0, 1e-9)})
@@ -117,7 +150,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             if run.step % config.train.log_every == 0 or run.step == total:
                 run.progress.print(run.step, scalars["train/loss"], scalars["perf/tokens_per_s"])
                 kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
-                               for n in run.domains)
+                               for n in kept)
                 print(f"    {kl}", flush=True)
             run.save_if_due()
         run.finish(run.step)

@@ -1,14 +1,16 @@
 """The recipe's scoreboard: per domain, the student's held-out success before and after distillation, the domain
 teacher's success, and the student->teacher reverse KL on the student's own trajectories.
 
-    python -m a1jax.distill.report --root workdirs/quickstart [--domains D1,D2] [--n 32]
+    python -m a1jax.distill.report --root workdirs/quickstart [--domains D1,D2] [--n 128]
 
 ROOT holds the recipe's training workdirs: sft/ (stage 1 = the student before), teacher_<domain>/ (stage 2) and
 distill/ (stage 3 = the student after). Success comes from the environments' own verifiers on the *test* split
 (a1jax/envs/evaluate.py: eval_tasks, score, summarize), with greedy decoding. KL(student || teacher) is exact over
 the whole vocabulary, at every position the student generated in those test rollouts (per-token mean), computed in
-chunks of positions (never [T, V]). The target (issue 10): after >= 0.9 x teacher in every distilled domain.
-Writes ROOT/report.json.
+chunks of positions (never [T, V]). Every success figure carries its 95% Wilson interval. The targets, per domain:
+the teacher beats the student by >= 0.2, and after distillation the student reaches >= 0.9 x its teacher and has
+gained at least half of the student-teacher gap. Domains that stage 3's teacher check left out (gate.py) are marked.
+Writes ROOT/report.json and ROOT/report.png (the figure).
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ import ml_collections
 import numpy as np
 
 from a1jax import model
-from a1jax.distill import rollouts as R, settings
+from a1jax.distill import gate, rollouts as R, settings
 from a1jax.distill.settings import Rollout
+from a1jax.train import vocabulary
 from a1jax.envs import evaluate, registry
 from a1jax.rollout.sampling import SamplingParams
 
@@ -78,86 +81,157 @@ def mean_kl(student, teacher, trajs, tok, seq_len: int) -> float:
     return total / max(count, 1)
 
 
-def rollouts_on_test(cfg, params, tok, domain: str, *, n: int, horizons, ro: Rollout, seed: int = 0):
+def rollouts_on_test(cfg, params, tok, domain: str, *, n: int, horizons, ro: Rollout, seed: int = 0,
+                     options: dict | None = None):
     """Greedy rollouts of (cfg, params) on `n` test tasks per horizon of `domain`: (summary dict, trajectories)."""
-    env = registry.get(domain)
-    tasks = evaluate.eval_tasks(env, n=n, horizons=horizons, seed=seed, split="test")
-    ro = dataclasses.replace(ro, max_len=min(ro.max_len, cfg.max_position_embeddings))  # the engine's bound
-    engine = R.make_engine(cfg, params, tok, ro, sampling=SamplingParams.greedy())
-    trajs = R.roll_out(engine, tok, [(t, env) for t in tasks], ro, seed=seed, domain_ids={domain: 0})
-    rows = evaluate.score(((t.task, t.record) for t in trajs), {t.id: env for t in tasks})
-    return evaluate.summarize(rows)[domain], trajs
+    return gate.greedy_success(cfg, params, tok, domain, ro, n=n, horizons=horizons, split="test", seed=seed,
+                               options=options)
 
 
-def recipe_settings(root: str) -> tuple[list[str], Rollout]:
-    """The distilled domains and the rollout settings of ROOT/distill/config.json, so the scoreboard decodes as the
-    recipe did (same budgets, same thinking prompt; greedy sampling is applied on top)."""
+def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a success rate (successes of n trials)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _distill_settings(root: str):
     path = os.path.join(root, "distill", "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no distillation workdir config (run stage 3 first)")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    s = settings.from_config(config, batch_size=int(config.data.batch_size))
+    return config, settings.from_config(config, batch_size=int(config.data.batch_size))
+
+
+def recipe_settings(root: str) -> tuple[list[str], Rollout]:
+    """The distilled domains and the rollout settings of ROOT/distill/config.json, so the scoreboard decodes as the
+    recipe did (same budgets, same thinking prompt; greedy sampling is applied on top)."""
+    _, s = _distill_settings(root)
     return list(s.envs.domains), s.rollout
 
 
-def build_report(root: str, domains=None, *, n: int = 32, horizons=(1,), ro: Rollout | None = None) -> dict:
-    """`domains` and `ro` default to the recipe's own (`recipe_settings`)."""
+def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Rollout | None = None) -> dict:
+    """`domains`, `horizons` (per domain) and `ro` default to the recipe's own (ROOT/distill/config.json). Per domain:
+    success (with its 95% Wilson interval) of the student before and after distillation and of the domain's teacher,
+    the reverse KL before and after, whether stage 3's teacher check let the domain be distilled, and the recipe's
+    targets."""
     from a1jax.data import tokenizers
     from a1jax.rollout.cli import load_model
-    if domains is None or ro is None:
-        recipe_domains, recipe_ro = recipe_settings(root)
-        domains, ro = domains or recipe_domains, ro or recipe_ro
-    tok = tokenizers.load("qwen3_5")
+    config, s = _distill_settings(root)
+    domains, ro = domains or list(s.envs.domains), ro or s.rollout
+    tok = tokenizers.load(config.data.tokenizer)
     paths = {"before": os.path.join(root, "sft"), "after": os.path.join(root, "distill")}
     paths.update({f"teacher_{d}": os.path.join(root, f"teacher_{d}") for d in domains})
     models = {}
     for name, path in paths.items():
         if not os.path.isdir(os.path.join(path, "checkpoints")):
             raise FileNotFoundError(f"{path}: no training workdir (run the stage that writes it first)")
+        vocabulary.check(path, tok, name)
         models[name] = load_model(path)
+    verdicts = gate.distilled(os.path.join(root, "distill")) or {}
     seq_len = ro.max_tokens + ro.max_new_tokens
-    report = {"n": n, "horizons": list(horizons), "domains": {}}
+    report = {"n": n, "horizons": {d: list(horizons or s.envs.horizons_of(d)) for d in domains}, "domains": {}}
     for d in domains:
         row, trajs = {}, {}
         for name in ("before", "after", f"teacher_{d}"):
-            summary, trajs[name] = rollouts_on_test(*models[name], tok, d, n=n, horizons=horizons, ro=ro)
-            row[name.split("_")[0] if name.startswith("teacher") else name] = summary["success_rate"]
+            summary, trajs[name] = rollouts_on_test(*models[name], tok, d, n=n, horizons=report["horizons"][d], ro=ro,
+                                                    options=s.envs.options.get(d))
+            key = "teacher" if name.startswith("teacher") else name
+            row[key] = summary["success_rate"]
+            row[f"{key}_ci"] = wilson(summary["success_rate"] * summary["n"], summary["n"])
+            row["n"] = summary["n"]
         row["kl_before"] = mean_kl(models["before"], models[f"teacher_{d}"], trajs["before"], tok, seq_len)
         row["kl_after"] = mean_kl(models["after"], models[f"teacher_{d}"], trajs["after"], tok, seq_len)
         row["ratio"] = row["after"] / row["teacher"] if row["teacher"] > 0 else float("nan")
-        row["meets_target"] = bool(row["teacher"] > 0 and row["after"] >= TARGET * row["teacher"])
+        row["distilled"] = verdicts.get(d, {}).get("distilled", True)
+        row["gate"] = verdicts.get(d)
+        gap = row["teacher"] - row["before"]
+        row["targets"] = {"teacher_beats_student_by_0.2": bool(gap >= 0.2),
+                          "after_ge_0.9_teacher": bool(row["teacher"] > 0 and row["after"] >= TARGET * row["teacher"]),
+                          "closes_half_the_gap": bool(gap > 0 and row["after"] - row["before"] >= 0.5 * gap)}
+        row["meets_target"] = all(row["targets"].values())
         report["domains"][d] = row
     return report
 
 
+def _ci(r: dict, key: str) -> str:
+    lo, hi = r[f"{key}_ci"]
+    return f"{r[key]:.3f} [{lo:.2f},{hi:.2f}]"
+
+
 def table(report: dict) -> str:
-    lines = [f"{'domain':<20}{'student before':>15}{'student after':>14}{'teacher':>9}{'after/teacher':>14}"
-             f"{'KL(s||t) before':>16}{'after':>8}  target (after >= {TARGET:.0%} of teacher)"]
+    lines = [f"{'domain':<22}{'distilled':>9}  {'student before':>20}  {'student after':>20}  {'teacher':>20}"
+             f"{'after/teacher':>14}{'KL before':>10}{'KL after':>9}  targets"]
     for d, r in report["domains"].items():
-        lines.append(f"{d:<20}{r['before']:>15.3f}{r['after']:>14.3f}{r['teacher']:>9.3f}{r['ratio']:>14.2f}"
-                     f"{r['kl_before']:>16.3f}{r['kl_after']:>8.3f}  {'met' if r['meets_target'] else 'NOT met'}")
-    lines.append(f"(held-out test tasks: {report['n']} per domain and horizon {report['horizons']}, greedy decoding; "
-                 f"KL per generated token, full vocabulary, on the student's own test trajectories)")
+        t = r["targets"]
+        marks = " ".join(f"{name}:{'met' if ok else 'NOT met'}" for name, ok in
+                         (("gap>=0.2", t["teacher_beats_student_by_0.2"]), ("after>=0.9t", t["after_ge_0.9_teacher"]),
+                          ("half-gap", t["closes_half_the_gap"])))
+        lines.append(f"{d:<22}{'yes' if r['distilled'] else 'NO':>9}  {_ci(r, 'before'):>20}  {_ci(r, 'after'):>20}  "
+                     f"{_ci(r, 'teacher'):>20}{r['ratio']:>14.2f}{r['kl_before']:>10.3f}{r['kl_after']:>9.3f}  {marks}")
+    horizons = ", ".join(f"{d} {h}" for d, h in report["horizons"].items())
+    lines.append(f"(held-out test tasks: {report['n']} per domain and horizon ({horizons}), greedy decoding; "
+                 f"[95% Wilson interval]; KL(student || teacher) per generated token, full vocabulary, on the student's "
+                 f"own test trajectories; targets: teacher - before >= 0.2, after >= {TARGET:.0%} of teacher, "
+                 f"after - before >= half the gap)")
+    left_out = [d for d, r in report["domains"].items() if not r["distilled"]]
+    if left_out:
+        lines.append(f"left out of distillation by the teacher check (validation split): {', '.join(left_out)}")
     return "\n".join(lines)
+
+
+def figure(report: dict, path: str) -> None:
+    """A PNG beside report.json: per domain, student before, student after and teacher, with 95% Wilson intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    domains = list(report["domains"])
+    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(domains), 3.6), dpi=120)
+    series = (("before", "student before", "#9e9e9e"), ("after", "student after", "#1f77b4"),
+              ("teacher", "teacher", "#ff7f0e"))
+    width = 0.26
+    for j, (key, label, colour) in enumerate(series):
+        xs = np.arange(len(domains)) + (j - 1) * width
+        ys = [report["domains"][d][key] for d in domains]
+        lo = [ys[i] - report["domains"][d][f"{key}_ci"][0] for i, d in enumerate(domains)]
+        hi = [report["domains"][d][f"{key}_ci"][1] - ys[i] for i, d in enumerate(domains)]
+        ax.bar(xs, ys, width, label=label, color=colour, yerr=[lo, hi], capsize=3, ecolor="black")
+    ax.set_xticks(np.arange(len(domains)),
+                  [d + ("" if report["domains"][d]["distilled"] else "\n(not distilled)") for d in domains])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success on held-out test tasks")
+    ax.set_title(f"Multi-teacher on-policy distillation, tiny recipe ({report['n']} test tasks per domain, 95% CI)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the recipe's workdir root (sft/, teacher_<d>/, distill/)")
     p.add_argument("--domains", default="", help="comma-separated (default: the domains ROOT/distill distilled)")
-    p.add_argument("--n", type=int, default=32, help="test tasks per domain and horizon")
-    p.add_argument("--horizons", default="1")
+    p.add_argument("--n", type=int, default=128, help="test tasks per domain and horizon")
+    p.add_argument("--horizons", default="", help="comma-separated, for every domain (default: the recipe's own)")
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d] or None
     bad = [d for d in domains or () if d not in registry.names()]
     if bad:
         p.error(f"--domains: unknown domain(s) {bad}; known: {registry.names()}")
-    horizons = tuple(int(h) for h in args.horizons.split(","))
+    horizons = tuple(int(h) for h in args.horizons.split(",") if h) or None
     report = build_report(args.root, domains, n=args.n, horizons=horizons)
     with open(os.path.join(args.root, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    figure(report, os.path.join(args.root, "report.png"))
     print(table(report))
+    print(f"wrote {os.path.join(args.root, 'report.json')} and {os.path.join(args.root, 'report.png')}")
     return 0
 
 

@@ -178,6 +178,8 @@ def make_teacher(spec, student_tok, *, chunk: int, mesh=None, rules=None):
         from a1jax.distill.teacher import HttpTeacher
         http = HttpTeacher(spec.url, spec.timeout, k=spec.k)
         return http if aligner is None else AlignedTeacher(HttpSequences(http), aligner, kxm=spec.kxm)
+    from a1jax.train import vocabulary
+    vocabulary.check(spec.workdir, tok, f"teacher of {spec.domain}")
     local = LocalTeacher(spec.workdir, k=spec.k, chunk=chunk, mesh=mesh, rules=rules)
     return local if aligner is None else AlignedTeacher(local, aligner, kxm=spec.kxm)
 

@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from a1jax import model
 from a1jax.data import tokenizers
-from a1jax.train import build, checkpoint, metrics as mt, steps
+from a1jax.train import build, checkpoint, metrics as mt, steps, vocabulary
 from a1jax.train.checkpoint import load_init_params
 from a1jax.train.experiment import Experiment
 from a1jax.train.state import TrainState
@@ -35,6 +35,7 @@ class StageRun:
         config = exp.config
         os.makedirs(workdir, exist_ok=True)
         _check_same_model(workdir, config)
+        vocabulary.guard(workdir, init_from or self.settings.init_from, exp.data.tokenizer)
         if jax.process_index() == 0:
             checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
         self.domains = {d: i for i, d in enumerate(self.settings.envs.domains)}

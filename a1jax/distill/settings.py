@@ -1,6 +1,7 @@
 """The config sections of the rollout stages ("teacher_sft", "grpo", "opd"), validated up front.
 
     config.envs      domains, horizons, tasks_per_domain (per step), task_seed, options {domain: {factory kwargs}},
+                     domain_horizons {domain: [h, ...]} (a domain's own horizons instead of `horizons`),
                      fixed_tasks (every step rolls out step 0's tasks with step 0's sampler seed: a debugging check)
     config.rollout   engine and sampling: batch_size, max_len, max_new_tokens, max_turns, max_tokens,
                      enable_thinking, temperature, top_p, top_k, presence_penalty, group_size (grpo)
@@ -10,6 +11,7 @@
     config.expert_iteration  (teacher_sft) rollout_every (steps between rollout rounds), rollout_fraction (max share
                      of a batch's rows given to accepted rollouts; the rest are the domain's expert demonstrations),
                      demos (how many demonstrations the domain's expert writes up front)
+    config.gate      (opd) tasks, margin, keep: the teacher check before distilling (gate.py)
     config.init_from the checkpoint to start from (a training workdir or a converted directory); `--init_from` wins
 
 The loss options stay where their steps read them (`config.distill`, `config.grpo`: a1jax/distill/steps.py).
@@ -21,6 +23,8 @@ import dataclasses
 from typing import Any
 
 from a1jax.data.chat import check_thinking
+
+from a1jax.distill.gate import Gate
 
 ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
 KXM = ("mask", "chain")
@@ -34,6 +38,11 @@ class Envs:
     task_seed: int = 0
     options: dict = dataclasses.field(default_factory=dict)
     fixed_tasks: bool = False  # every step re-draws step 0's tasks and sampler seed (overfit-one-batch checks)
+    domain_horizons: dict = dataclasses.field(default_factory=dict)  # {domain: [h, ...]} overrides `horizons`
+
+    def horizons_of(self, domain: str) -> tuple[int, ...]:
+        """The task horizons of `domain`: its entry in domain_horizons, else `horizons`."""
+        return tuple(self.domain_horizons.get(domain, self.horizons))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +86,7 @@ class LoopSettings:
     teachers: tuple[TeacherSpec, ...] = ()
     expert_iteration: ExpertIteration = ExpertIteration()
     init_from: str = ""
+    gate: Gate = Gate()
 
 
 def _plain(x: Any) -> Any:
@@ -128,6 +138,10 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
     _check(len(set(envs.domains)) == len(envs.domains), "config.envs.domains", envs.domains, "no repeats")
     _check(bool(envs.horizons) and all(isinstance(h, int) and h >= 1 for h in envs.horizons),
            "config.envs.horizons", envs.horizons, "a non-empty list of positive integers")
+    _check(isinstance(envs.domain_horizons, dict) and set(envs.domain_horizons) <= set(envs.domains) and all(
+        isinstance(hs, (list, tuple)) and hs and all(isinstance(h, int) and h >= 1 for h in hs)
+        for hs in envs.domain_horizons.values()), "config.envs.domain_horizons", envs.domain_horizons,
+        "a dict {domain of config.envs.domains: non-empty list of positive horizons}")
     _check(envs.tasks_per_domain >= 1, "config.envs.tasks_per_domain", envs.tasks_per_domain, "a positive integer")
     _check(isinstance(envs.options, dict) and set(envs.options) <= set(envs.domains), "config.envs.options",
            envs.options, "a dict {domain: {factory options}} over config.envs.domains")
@@ -182,4 +196,12 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
            "a positive integer (the demonstrations the rollouts are mixed with)")
     init_from = config.get("init_from", "") or ""
     _check(isinstance(init_from, str), "config.init_from", init_from, "a path (or empty)")
-    return LoopSettings(envs=envs, rollout=ro, teachers=teachers, expert_iteration=ei, init_from=init_from)
+    gate = _section(config, "gate", Gate)
+    _check(isinstance(gate.tasks, int) and gate.tasks >= 0, "config.gate.tasks", gate.tasks,
+           "a non-negative integer (validation tasks per domain; 0 turns the teacher check off)")
+    _check(isinstance(gate.margin, (int, float)) and 0.0 <= gate.margin < 1.0, "config.gate.margin", gate.margin,
+           "a number in [0, 1)")
+    _check(all(d == "all" or d in envs.domains for d in gate.keep), "config.gate.keep", gate.keep,
+           f"domains of config.envs.domains {list(envs.domains)}, or 'all'")
+    return LoopSettings(envs=envs, rollout=ro, teachers=teachers, expert_iteration=ei, init_from=init_from,
+                        gate=gate)

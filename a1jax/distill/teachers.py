@@ -72,13 +72,15 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
     total = int(config.train.steps)
     try:
         env = R.make_envs(s)[domain]
-        demos = demonstration_pieces(env, domain, run.tok, n=s.expert_iteration.demos, horizons=s.envs.horizons,
+        demos = demonstration_pieces(env, domain, run.tok, n=s.expert_iteration.demos, horizons=s.envs.horizons_of(domain),
                                      seed=R.step_seed(s.envs.task_seed, 0, 104729))
         engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         while run.step < total:
             t0 = time.perf_counter()
-            if accepted is None or run.step % s.expert_iteration.rollout_every == 0:
-                tasks = R.draw_tasks(env, domain, n=s.envs.tasks_per_domain, horizons=s.envs.horizons,
+            if n_roll_rows == 0:  # plain SFT on the domain's demonstrations: nothing to roll out
+                accepted = []
+            elif accepted is None or run.step % s.expert_iteration.rollout_every == 0:
+                tasks = R.draw_tasks(env, domain, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(domain),
                                      seed=R.step_seed(s.envs.task_seed, run.step))
                 trajs = R.roll_out(engine, run.tok, [(t, env) for t in tasks], s.rollout,
                                    seed=R.step_seed(config.seed, run.step, 7919), domain_ids={domain: 0})
@@ -102,7 +104,7 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
             tokens = float(np.sum(batch["segment_ids"] > 0))
             _log(run, scalars, scalars["train/loss"], tokens, time.perf_counter() - t0,
                  f"{domain}: last rollout round: success {round_scalars[f'rollout/{domain}/success']:.2f}, "
-                 f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted")
+                 f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted" if round_scalars else "")
             history.append({"step": run.step, **scalars})
             run.save_if_due()
         run.finish(run.step)
@@ -123,7 +125,7 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
         engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         while run.step < total:
             t0 = time.perf_counter()
-            tasks = R.draw_tasks(env, domain, n=s.envs.tasks_per_domain, horizons=s.envs.horizons,
+            tasks = R.draw_tasks(env, domain, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(domain),
                                  seed=R.step_seed(s.envs.task_seed, run.step))
             items = [(dataclasses.replace(t, id=f"{t.id}#g{j}"), env) for t in tasks for j in range(G)]
             trajs = R.roll_out(engine, run.tok, items, s.rollout, seed=R.step_seed(config.seed, run.step, 7919),

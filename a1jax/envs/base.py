@@ -50,7 +50,7 @@ class Environment(Protocol):
     name: str  # the domain name, also the registry key
 
     def tasks(self, split: str, seed: int, *, n: int, horizon: int | None = None) -> Iterator[Task]:
-        """`n` tasks, deterministic in (split, seed, horizon). split is "train" or "test" (disjoint)."""
+        """`n` tasks, deterministic in (split, seed, horizon). split is "train", "valid" or "test" (disjoint)."""
         ...
 
     def reset(self, task: Task) -> Any: ...

@@ -287,8 +287,31 @@ def _is_bfcl(task: Task) -> bool:
     return "ground_truth" in task.answer
 
 
+# The API each tool belongs to; tool_set="apis" lists only the APIs a task's requests use.
+APIS = {"get_balance": "bank", "deposit": "bank", "transfer": "bank", "get_stock": "inventory",
+        "add_stock": "inventory", "remove_stock": "inventory", "create_event": "calendar",
+        "cancel_event": "calendar", "list_events": "calendar", "book_flight": "travel"}
+TOOL_SETS = ("all", "apis")
+
+
+def task_tools(turns, tool_set: str) -> list[dict]:
+    """The tool schemas a task shows: all ten, or ("apis") every tool of the APIs its expert calls touch."""
+    if tool_set == "all":
+        return TOOL_SCHEMAS
+    used = {APIS[c.name] for t in turns for c in t}
+    return [s for s in TOOL_SCHEMAS if APIS[s["function"]["name"]] in used]
+
+
 class ToolCalling:
+    """tool_set: "all" (every task shows the ten tools, about 1,000 tokens of schema) or "apis" (only the tools of
+    the APIs the request touches, e.g. the three bank tools: the model still picks the tool and copies its
+    arguments, at a fraction of the prompt; the tiny CPU recipe uses it)."""
     name = NAME
+
+    def __init__(self, tool_set: str = "all"):
+        if tool_set not in TOOL_SETS:
+            raise ValueError(f"tool_calling: tool_set={tool_set!r}; expected one of {TOOL_SETS}")
+        self.tool_set = tool_set
 
     def tasks(self, split: str, seed: int, *, n: int, horizon: int | None = None) -> Iterator[Task]:
         check_request(NAME, split, n, horizon, MAX_HORIZON)
@@ -307,7 +330,7 @@ class ToolCalling:
                       "turns": [[[c.name, c.arguments] for c in t] for t in turns]}
             tag = "mix" if horizon is None else f"h{horizon}"  # ids unique within (domain, split, seed)
             yield Task(id=f"{NAME}/{split}/s{seed}/{tag}/{i}", domain=NAME,
-                       messages=[{"role": "user", "content": prompt}], tools=TOOL_SCHEMAS,
+                       messages=[{"role": "user", "content": prompt}], tools=task_tools(turns, self.tool_set),
                        horizon=sum(len(t) for t in turns), answer=answer,
                        metadata={"turns": len(turns), "parallel": any(len(t) > 1 for t in turns)})
             i += 1
@@ -364,5 +387,5 @@ class ToolCalling:
 
 
 @register(NAME)
-def make() -> ToolCalling:
-    return ToolCalling()
+def make(tool_set: str = "all") -> ToolCalling:
+    return ToolCalling(tool_set)

@@ -17,8 +17,9 @@ from typing import Any, Callable, Sequence
 from a1jax.envs.base import Session, StepResult, Task
 from a1jax.rollout.toolcalls import ToolCall
 
-SPLITS = ("train", "test")
-TEST_FRACTION = 0.2  # of the task keys; the rest are train
+SPLITS = ("train", "valid", "test")
+TEST_FRACTION = 0.2  # of the task keys
+VALID_FRACTION = 0.1  # of the task keys (model selection, e.g. stage 3's teacher check); the rest are train
 
 
 class ToolError(ValueError):
@@ -161,9 +162,10 @@ def rng_for(*key) -> random.Random:
 
 
 def split_of(key: str) -> str:
-    """"test" for a fixed TEST_FRACTION of task keys, "train" for the rest: disjoint by construction."""
+    """"test" for a fixed TEST_FRACTION of task keys, "valid" for the next VALID_FRACTION, "train" for the rest:
+    disjoint by construction."""
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
-    return "test" if h < TEST_FRACTION else "train"
+    return "test" if h < TEST_FRACTION else "valid" if h < TEST_FRACTION + VALID_FRACTION else "train"
 
 
 def sample_in_split(make: Callable[[random.Random], tuple[str, Any]], split: str, rng: random.Random,

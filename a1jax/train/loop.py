@@ -20,7 +20,7 @@ import numpy as np
 
 from a1jax import distributed
 from a1jax.data import pipeline
-from a1jax.train import build, checkpoint, metrics as mt
+from a1jax.train import build, checkpoint, metrics as mt, vocabulary
 from a1jax.train.experiment import Experiment
 from a1jax.train.state import TrainState
 
@@ -106,6 +106,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
     config, cfg = exp.config, exp.model
     os.makedirs(workdir, exist_ok=True)
     _check_same_model(workdir, config)
+    vocabulary.guard(workdir, init_from, exp.data.tokenizer)
     if jax.process_index() == 0:
         checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
 

@@ -1,4 +1,4 @@
-"""Tokenizers: `load("qwen3_5" | "qwen3" | "mistral_v3" | PATH) -> Tokenizer`.
+"""Tokenizers: `load("qwen3_5" | "qwen3_5_compact" | "qwen3" | "mistral_v3" | PATH) -> Tokenizer`.
 
 The named tokenizers are built from files shipped inside the package (`a1jax/assets/tokenizers/<name>/`, each with
 its PROVENANCE.md), so nothing outside the installed package is read at run time. A PATH is a folder (or file) in
@@ -8,6 +8,10 @@ one of the shipped layouts:
   vocab.json + merges.txt + tokenizer_config.json   Qwen2/Qwen3-style byte-level BPE
   tokenizer.json                             any byte-level BPE HF tokenizer
   *.model / *.model.v*                       SentencePiece (Mistral)
+  compact.json                               a compact vocabulary over another tokenizer (compact.py)
+
+"qwen3_5_compact" is Qwen3.5 restricted to 4,096 ids (its bytes, its special tokens and the recipe corpus's most
+frequent tokens; anything else is spelled in bytes): the tiny recipe's vocabulary (tokenizers/compact.py).
 
 Building Qwen3.5 takes ~3 s (its 500k merges are derived from the ranks), so tokenizers are cached per process.
 """
@@ -19,9 +23,10 @@ from pathlib import Path
 
 from a1jax.data.tokenizers.base import Tokenizer
 from a1jax.data.tokenizers.bpe import build_from_tokenizer_json, build_qwen2_style, build_tiktoken_ranks
+from a1jax.data.tokenizers.compact import load_compact
 from a1jax.data.tokenizers.spm import build_sentencepiece
 
-NAMES = ("qwen3_5", "qwen3", "mistral_v3")
+NAMES = ("qwen3_5", "qwen3_5_compact", "qwen3", "mistral_v3")
 
 __all__ = ["NAMES", "Tokenizer", "asset_dir", "load"]
 
@@ -48,10 +53,14 @@ def _load_path(path: Path) -> Tokenizer:
     if path.is_file():
         if path.name == "tokenizer.json":
             return build_from_tokenizer_json(path)
+        if path.name == "compact.json":
+            return load_compact(path, load)
         if ".model" in path.name:
             return build_sentencepiece(path)
         raise ValueError(f"{path}: not a tokenizer file (expected tokenizer.json or a SentencePiece *.model)")
     files = {p.name for p in path.iterdir()}
+    if "compact.json" in files:
+        return load_compact(path / "compact.json", load)
     ranks = sorted(path.glob("*.tiktoken"))
     if len(ranks) == 1 and "special_tokens.json" in files:
         return build_tiktoken_ranks(ranks[0], path / "special_tokens.json")
