@@ -402,3 +402,9 @@ def test_pipeline_logs_the_first_skipped_locations(tmp_path, tokenizer, caplog):
     text = caplog.text
     assert "skipped 8 records" in text
     assert all(f"{path}:{n}: not valid JSON" in text for n in range(2, 7)) and f"{path}:7:" not in text
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "mistral_v3"])
+def test_vocab_size_read_from_the_files_matches_the_built_tokenizer(tokenizer, name):
+    built = tokenizer if name == "qwen3_5" else tokenizers.load(name)
+    assert tokenizers.vocab_size(name) == built.vocab_size
