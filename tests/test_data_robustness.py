@@ -37,7 +37,8 @@ def schema_record(i):
 
 
 def tau_entry(i):
-    return {"task_id": i, "trial": 0, "reward": 1.0, "info": {"task": {"user_id": "u"}}, "traj": copy.deepcopy(MESSAGES)}
+    return {"task_id": i, "trial": 0, "reward": 1.0, "info": {"task": {"user_id": "u"}},
+            "traj": copy.deepcopy(MESSAGES)}
 
 
 def toolbench_answer(i):
@@ -206,7 +207,8 @@ def test_fuzzed_tau_bench_jsonl_through_the_importer(tmp_path, tokenizer, fmt, m
     _check_jsonl_outcome(path, kept_lines, skips, valid, bad, N_PER_ENTRY_POINT + 1)
 
 
-@pytest.mark.parametrize("fmt, make, suffix", [("toolbench", toolbench_answer, ".json"), ("swe_agent", swe_traj, ".traj"),
+@pytest.mark.parametrize("fmt, make, suffix", [("toolbench", toolbench_answer, ".json"),
+                                               ("swe_agent", swe_traj, ".traj"),
                                                ("tau_bench", lambda i: [tau_entry(i)], ".json")])
 def test_fuzzed_documents_through_each_importer_and_the_cli(tmp_path, tokenizer, fmt, make, suffix, capsys):
     rng = random.Random(SEED + 2)

@@ -18,7 +18,8 @@ QUICKSTART = os.path.join(REPO, "experiments", "quickstart.py")
 def shipped_specs(root):
     """Every shipped experiment file with each of its documented args (root: a recipe root holding the demos)."""
     e = lambda name: os.path.join(REPO, "experiments", name)
-    specs = [e("quickstart.py"), e("quickstart.py") + ":smoke", e("quickstart_8cpu.py"), e("quickstart_8cpu.py") + ":smoke",
+    specs = [e("quickstart.py"), e("quickstart.py") + ":smoke", e("quickstart_8cpu.py"),
+             e("quickstart_8cpu.py") + ":smoke",
              e("agents_a1_sft.py"), e("agents_a1_sft.py") + ":v5p-512", e("agents_a1_sft.py") + ":h100-64",
              e("agents_a1_distill.py"), e("agents_a1_distill.py") + f":tiny,root={root}",
              e("recipe_tiny_sft.py") + f":root={root}"]

@@ -23,7 +23,7 @@ from a1jax.model import presets
 from a1jax.model.config import ModelConfig
 from a1jax import sharding
 from a1jax.data import tokenizers
-from a1jax.train import config_schema, optim
+from a1jax.train import config_schema
 from a1jax.train.steps import STEPS
 
 
