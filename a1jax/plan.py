@@ -462,7 +462,7 @@ def add_parser(sub):
 def run(args) -> int:
     from a1jax.train import experiment
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
-    exp = experiment.validate(config)
+    exp = experiment.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
     kind = args.device_kind or DEFAULT_KIND[args.platform]
     device_table(kind, HBM_BYTES)  # an unknown kind fails before any work
     n = args.devices or required_devices(config)

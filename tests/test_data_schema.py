@@ -79,7 +79,8 @@ USER = {"role": "user", "content": "hi"}
     (_record([{"role": "user", "content": "<tool_response>\nout\n</tool_response>"}]),
      schema.NO_USER_QUERY, "no user message with a real query (the Qwen3.5 template needs one)"),
     (_record([USER], tools=[{"type": "function"}]),
-     schema.BAD_TOOLS, "tools[0] must be {'type': 'function', 'function': {'name': ...}}"),
+     schema.BAD_TOOLS, "tools[0] must be {'type': 'function', 'function': {'name': str, 'description'?: str, "
+     "'parameters'?: object}}, got {'type': 'function'}"),
     (_record([USER], domain=""), schema.BAD_FIELD, "field 'domain' must be a non-empty string, got ''"),
     (_record([USER, {"role": "assistant", "content": "x", "reasoning_content": ["a"]}]),
      schema.NON_STRING_CONTENT, "message 1: reasoning_content must be a string or null, got list"),

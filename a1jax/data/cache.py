@@ -10,6 +10,10 @@ them and a new entry is built. An entry holds
   offsets.npy    int64[R + 1]   record r is [offsets[r], offsets[r + 1])
   records.json   ids, domains, source path, tokenizer name, the skip report of records that failed validation
 
+The key is the file's content, not its path, so two files with the same name and bytes share an entry; the skip
+report's `file:line` locations are rewritten to the path being loaded, never the path the entry was built from.
+Every load logs the file's skips (counts per reason and the first few locations) to the `a1jax.data` logger.
+
 Arrays are memory-mapped, so a run touches only the records it reads. Entries are written to a temporary folder
 and renamed into place, so concurrent processes (several hosts sharing a file system) never see half an entry.
 """
@@ -31,7 +35,7 @@ from a1jax.data.chat import tokenize_trajectory
 from a1jax.data.records import SkipReport, read_records
 from a1jax.data.tokenizers import Tokenizer
 
-CACHE_VERSION = "a1jax-token-cache-1"
+CACHE_VERSION = "a1jax-token-cache-2"  # 2: stricter validation (schema.load_json, duplicate ids)
 DEFAULT_CACHE_DIR = os.environ.get("A1JAX_DATA_CACHE", "~/.cache/a1jax/data")
 _ARRAYS = ("tokens", "loss_mask", "turn_ids", "offsets")
 
@@ -76,10 +80,10 @@ class TokenCache:
         return np.diff(self.offsets)
 
 
-def _read_entry(folder: Path) -> TokenCache:
+def _read_entry(folder: Path, source: Path) -> TokenCache:
     meta = json.loads((folder / "records.json").read_text())
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    skips = SkipReport(counts=collections.Counter(meta["skips"]["counts"]), examples=meta["skips"]["examples"])
+    skips = SkipReport.from_json(meta["skips"]).rebased(meta["source"], str(source))
     return TokenCache(path=folder, ids=meta["ids"], domains=meta["domains"], skips=skips, **arrays)
 
 
@@ -103,7 +107,7 @@ def _write_entry(folder: Path, source: Path, tokenizer: Tokenizer, supervise: st
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         meta = {"source": str(source), "tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint,
                 "supervise": supervise, "ids": ids, "domains": domains,
-                "skips": {"counts": dict(skips.counts), "examples": skips.examples}}
+                "skips": skips.to_json()}
         (tmp / "records.json").write_text(json.dumps(meta, ensure_ascii=False))
         tmp.chmod(0o755)  # mkdtemp makes it private; other users of a shared cache must read it
         try:
@@ -113,7 +117,6 @@ def _write_entry(folder: Path, source: Path, tokenizer: Tokenizer, supervise: st
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    skips.log(str(source))
 
 
 def load_or_build(source: str | Path, tokenizer: Tokenizer, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
@@ -128,8 +131,9 @@ def load_or_build(source: str | Path, tokenizer: Tokenizer, *, cache_dir: str | 
     if not (folder / "records.json").exists():
         log.info("tokenizing %s with %s into %s", source, tokenizer.name, folder)
         _write_entry(folder, source, tokenizer, supervise, strict)
-    entry = _read_entry(folder)
+    entry = _read_entry(folder, source)
     if strict and entry.skips.total:  # the entry was built by a lenient run; strict mode must still stop
-        first = next(iter(entry.skips.examples.values()))[0]
-        raise ValueError(first)
+        raise ValueError(entry.skips.first[0] if entry.skips.first
+                         else next(iter(entry.skips.examples.values()))[0])
+    entry.skips.log(str(source))
     return entry

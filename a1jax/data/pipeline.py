@@ -53,6 +53,7 @@ import numpy as np
 from a1jax.data import packing, tokenizers
 from a1jax.data.cache import DEFAULT_CACHE_DIR, TokenCache, load_or_build
 from a1jax.data.chat import SUPERVISE_MODES
+from a1jax.data.records import SkipReport
 
 log = logging.getLogger("a1jax.data")
 MAX_SEQ_LEN = 262_144
@@ -143,6 +144,10 @@ def load_sources(config: PipelineConfig) -> tuple[list[list[TokenCache]], dict[s
     tokenizer = tokenizers.load(config.tokenizer)
     caches = [[load_or_build(p, tokenizer, cache_dir=config.cache_dir, supervise=config.supervise,
                              strict=config.strict) for p in source.paths] for source in config.sources]
+    skips = SkipReport()
+    for cache in (c for source_caches in caches for c in source_caches):
+        skips.merge(cache.skips)
+    skips.log(f"pipeline ({sum(len(s.paths) for s in config.sources)} files)")
     found = set()
     for source, source_caches in zip(config.sources, caches):
         found |= {source.domain} if source.domain else {d for c in source_caches for d in c.domains}

@@ -23,12 +23,18 @@ A tool message answers a call of the nearest assistant message before it (only t
 each call id is answered at most once. The Qwen3.5 template needs at least one real user query (a user message that
 is not wholly a `<tool_response>`), so a record without one is invalid too.
 
+Values: JSON text is read with `load_json`, which refuses what Python's json module would let through or crash on
+(NaN / Infinity, integers longer than 4,300 digits, nesting deeper than MAX_DEPTH, invalid UTF-8), and every string
+of a record must be valid Unicode (no lone UTF-16 surrogates such as "\\ud800", which could not be written back as
+UTF-8). Records built in memory go through the same value checks (`check_values`).
+
 Validation never repairs a record: it accepts it or raises `RecordError` with a reason code (the key that skip counts
 are grouped by) and a human-readable detail naming the message and field.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -54,6 +60,10 @@ UNMATCHED_TOOL_RESULT = "tool result with no matching call"
 NO_USER_QUERY = "no user query"
 BAD_TOOLS = "bad tools"
 UNSUPPORTED_RECORD = "unsupported record"  # importers: a source record that has no faithful conversion
+BAD_VALUE = "bad value"  # nesting deeper than MAX_DEPTH, a lone surrogate, NaN / Infinity, a non-string key
+DUPLICATE_ID = "duplicate id"  # readers: an id seen earlier in the same file (or import run)
+
+MAX_DEPTH = 100  # nesting levels of objects and lists a record may have (tool parameter schemas nest a few)
 
 
 class RecordError(ValueError):
@@ -65,6 +75,64 @@ class RecordError(ValueError):
         self.detail = detail
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (non-finite numbers are not allowed)")
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON text (str, or bytes that must be UTF-8) -> value, or `RecordError(INVALID_JSON / BAD_VALUE)`; never
+    anything else. The value passed `check_values`."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(INVALID_JSON, f"not valid UTF-8 (byte {e.start}: {e.object[e.start:e.start + 1]!r})"
+                              ) from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise RecordError(INVALID_JSON, f"not valid JSON ({e.msg} at char {e.pos}"
+                                        + (f", line {e.lineno})" if e.lineno > 1 else ")")) from None
+    except RecursionError:
+        raise RecordError(BAD_VALUE, f"not readable JSON: nested deeper than Python's recursion limit "
+                                     f"(at most {MAX_DEPTH} levels are allowed)") from None
+    except ValueError as e:  # NaN / Infinity (above), integers beyond Python's int-string limit
+        raise RecordError(INVALID_JSON, f"not valid JSON ({str(e).split(';')[0]})") from None
+    check_values(value)
+    return value
+
+
+def check_values(value: Any, where: str = "") -> None:
+    """Raise `RecordError(BAD_VALUE)` for nesting deeper than MAX_DEPTH, a string with a lone surrogate, a
+    non-finite float, a non-string object key or a non-JSON type; iterative, so any depth is safe to check."""
+    stack = [(value, where, 0)]
+    while stack:
+        node, at, depth = stack.pop()
+        if isinstance(node, str):
+            if not node.isascii():
+                try:
+                    node.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise RecordError(BAD_VALUE, f"{at or 'value'}: string has a lone UTF-16 surrogate "
+                                                 f"{node[e.start]!r} at char {e.start}") from None
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise RecordError(BAD_VALUE, f"{at or 'value'}: {node} is not a finite number")
+        elif isinstance(node, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise RecordError(BAD_VALUE, f"{at or 'value'}: nested deeper than {MAX_DEPTH} levels")
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if not isinstance(k, str):
+                        raise RecordError(BAD_VALUE, f"{at or 'value'}: object key {k!r} is not a string")
+                    stack.append((k, f"{at}.{k}" if at else k, depth + 1))
+                    stack.append((v, f"{at}.{k}" if at else k, depth + 1))
+            else:
+                stack += [(v, f"{at}[{i}]", depth + 1) for i, v in enumerate(node)]
+        elif not (node is None or isinstance(node, (bool, int))):
+            raise RecordError(BAD_VALUE, f"{at or 'value'}: {type(node).__name__} is not a JSON type")
+
+
 def parse_arguments(arguments: Any) -> dict:
     """Tool-call arguments as a dict: objects pass through, strings must hold a JSON object (OpenAI wire format)."""
     if isinstance(arguments, dict):
@@ -73,10 +141,9 @@ def parse_arguments(arguments: Any) -> dict:
         raise RecordError(UNPARSEABLE_ARGUMENTS, f"arguments must be a JSON object or a string holding one, "
                                                  f"got {type(arguments).__name__}")
     try:
-        parsed = json.loads(arguments)
-    except json.JSONDecodeError as e:
-        raise RecordError(UNPARSEABLE_ARGUMENTS, f"arguments are not valid JSON ({e.msg} at char {e.pos}): "
-                                                 f"{arguments[:80]!r}") from None
+        parsed = load_json(arguments)
+    except RecordError as e:
+        raise RecordError(UNPARSEABLE_ARGUMENTS, f"arguments are {e.detail}: {arguments[:80]!r}") from None
     if not isinstance(parsed, dict):
         raise RecordError(UNPARSEABLE_ARGUMENTS, f"arguments must decode to a JSON object, got "
                                                  f"{type(parsed).__name__}: {arguments[:80]!r}")
@@ -100,6 +167,7 @@ def validate_record(record: Any) -> None:
     """Raise `RecordError` for the first schema violation in `record`; return None if it is valid."""
     if not isinstance(record, dict):
         raise RecordError(INVALID_JSON, f"a record must be a JSON object, got {type(record).__name__}")
+    check_values(record)
     for field in ("id", "source", "domain"):
         if not isinstance(record.get(field), str) or not record[field]:
             raise RecordError(BAD_FIELD, f"field {field!r} must be a non-empty string, got {record.get(field)!r}")
@@ -120,10 +188,36 @@ def validate_record(record: Any) -> None:
 def _validate_tools(tools: Any) -> None:
     if not isinstance(tools, list):
         raise RecordError(BAD_TOOLS, f"field 'tools' must be a list, got {type(tools).__name__}")
+    names = set()
     for i, tool in enumerate(tools):
+        shape = f"tools[{i}] must be {{'type': 'function', 'function': {{'name': str, 'description'?: str, " \
+                f"'parameters'?: object}}}}"
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            raise RecordError(BAD_TOOLS, f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}")
+        if not isinstance(function, dict) or set(tool) != {"type", "function"}:
+            raise RecordError(BAD_TOOLS, f"{shape}, got {_short(tool)}")
+        if tool["type"] != "function":
+            raise RecordError(BAD_TOOLS, f"tools[{i}].type={tool['type']!r}: expected 'function'")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise RecordError(BAD_TOOLS, f"tools[{i}].function.name={name!r}: expected a non-empty string")
+        if name in names:
+            raise RecordError(BAD_TOOLS, f"tools[{i}].function.name={name!r}: a second tool with this name")
+        names.add(name)
+        unknown = sorted(set(function) - {"name", "description", "parameters"})
+        if unknown:
+            raise RecordError(BAD_TOOLS, f"tools[{i}].function: unknown field(s) {unknown} (allowed: name, "
+                                         f"description, parameters)")
+        if not isinstance(function.get("description", ""), str):
+            raise RecordError(BAD_TOOLS, f"tools[{i}].function.description: expected a string, got "
+                                         f"{type(function['description']).__name__}")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise RecordError(BAD_TOOLS, f"tools[{i}].function.parameters: expected a JSON-schema object, got "
+                                         f"{type(function['parameters']).__name__}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _validate_messages(messages: list) -> None:
@@ -140,6 +234,8 @@ def _validate_messages(messages: list) -> None:
             if field not in _MESSAGE_FIELDS[role]:
                 raise RecordError(UNKNOWN_FIELD, f"{where}: unknown field {field!r} for role {role!r} "
                                                  f"(allowed: {', '.join(sorted(_MESSAGE_FIELDS[role]))})")
+        if "name" in message and (not isinstance(message["name"], str) or not message["name"]):
+            raise RecordError(BAD_FIELD, f"{where}: name={_short(message['name'])}: expected a non-empty string")
         content = message.get("content")
         if not (isinstance(content, str) or (role == "assistant" and content is None)):
             kind = "missing" if "content" not in message else type(content).__name__
@@ -183,11 +279,20 @@ def _validate_tool_calls(calls: Any, where: str) -> set[str]:
             raise RecordError(e.reason, f"{at}: {e.detail}") from None
         if not isinstance(call.get("id"), str) or not call["id"]:
             raise RecordError(BAD_TOOL_CALL, f"{at}: missing string 'id'")
+        unknown = sorted(set(call) - {"id", "type", "function"})
+        if unknown:
+            raise RecordError(BAD_TOOL_CALL, f"{at}: unknown field(s) {unknown} (allowed: id, type, function)")
+        if call.get("type", "function") != "function":
+            raise RecordError(BAD_TOOL_CALL, f"{at}: type={_short(call['type'])}: expected 'function'")
         if call["id"] in ids:
             raise RecordError(BAD_TOOL_CALL, f"{at}: duplicate call id {call['id']!r}")
         ids.add(call["id"])
         if not isinstance(function.get("name"), str) or not function["name"]:
             raise RecordError(BAD_TOOL_CALL, f"{at}: function.name must be a non-empty string")
+        unknown = sorted(set(function) - {"name", "arguments"})
+        if unknown:
+            raise RecordError(BAD_TOOL_CALL, f"{at}: function has unknown field(s) {unknown} (allowed: name, "
+                                             f"arguments)")
         if "arguments" not in function:
             raise RecordError(UNPARSEABLE_ARGUMENTS, f"{at}: function.arguments is missing")
         try:

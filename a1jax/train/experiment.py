@@ -2,13 +2,17 @@
 
 An experiment file is an ml_collections config whose `get_config(arg)` returns the whole experiment (see
 experiments/quickstart.py for every field). `validate` turns it into typed objects (ModelConfig, PipelineConfig,
-...) before anything compiles, so that a mistake is reported as the field it is in.
+...) before anything compiles, so that a mistake is reported as the field it is in: first every field's name, type
+and range (config_schema.py: an unknown field is an error), then the checks across fields (the model's vocabulary
+against the tokenizer's, MTP loss against MTP layers, microbatches against the batch, the batch and sequence
+against the mesh axes that do not depend on the device count), then the stage's own sections.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -17,7 +21,9 @@ import ml_collections
 from a1jax.data.pipeline import PipelineConfig, Source
 from a1jax.model import presets
 from a1jax.model.config import ModelConfig
-from a1jax.train import optim
+from a1jax import sharding
+from a1jax.data import tokenizers
+from a1jax.train import config_schema
 from a1jax.train.steps import STEPS
 
 
@@ -134,7 +140,7 @@ def _pipeline(config, sources_key: str) -> PipelineConfig | None:
     base = d.get("base_dir", "") or ""
     sources = []
     for i, s in enumerate(raw):
-        paths = s.get("paths") if isinstance(s, dict) else None
+        paths = s.get("paths") if isinstance(s, (dict, ml_collections.ConfigDict)) else None
         _check(bool(paths) and not isinstance(paths, str), f"data.{sources_key}[{i}].paths", paths,
                "a non-empty list of JSONL paths")
         paths = tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in paths)
@@ -155,8 +161,39 @@ def _pipeline(config, sources_key: str) -> PipelineConfig | None:
     return pcfg
 
 
-def validate(config: ml_collections.ConfigDict) -> Experiment:
-    from a1jax.distill import settings, steps as _distill_steps  # noqa: F401 - registers teacher_sft, grpo, opd
+def _static_mesh_checks(config, model: ModelConfig, data: PipelineConfig, eval_data: PipelineConfig | None,
+                        microbatches: int) -> None:
+    """The mesh checks that do not need the device count (build.py repeats them on the real mesh)."""
+    sizes = {a: int(config.mesh.get(a, 1)) for a in sharding.MESH_AXES}
+    auto = [a for a, n in sizes.items() if n == -1]
+    _check(len(auto) <= 1, "mesh", dict(sizes), "at most one axis of size -1")
+    mesh = type("StaticMesh", (), {"shape": sizes})()
+    if sizes["expert"] > 0 and sizes["tensor"] > 0:
+        try:
+            sharding.check_model_fits_mesh(model, mesh)
+        except ValueError as e:
+            raise ValueError(f"config.mesh: {e}") from None
+    if sizes["sequence"] > 0:
+        sharding.check_sequence_fits_mesh(data.seq_len, model, mesh)
+    rules = sharding.merged_rules(dict(config.get("sharding_rules", {}) or {}))
+    batch_axes = rules.get("batch")
+    batch_axes = [a for a in (batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)) if a]
+    if all(sizes[a] > 0 for a in batch_axes):
+        ways = math.prod(sizes[a] for a in batch_axes)
+        rows = data.batch_size // microbatches
+        _check(rows % ways == 0, "data.batch_size", data.batch_size,
+               f"a multiple of train.microbatches={microbatches} x the {ways} batch shards of the mesh "
+               f"({' x '.join(f'{a}={sizes[a]}' for a in batch_axes)})")
+        if eval_data is not None:
+            _check(eval_data.batch_size % ways == 0, "data.eval_batch_size", eval_data.batch_size,
+                   f"a multiple of the {ways} batch shards of the mesh")
+
+
+def validate(config: ml_collections.ConfigDict, *, check_vocabulary: bool = True) -> Experiment:
+    """The typed experiment, or ValueError naming the field. `check_vocabulary=False` (a1jax plan, which compiles
+    shapes and never reads a token) skips the model-vocabulary-against-tokenizer check."""
+    from a1jax.distill import settings, steps as distill_steps  # registers teacher_sft, grpo, opd
+    config_schema.check(config)  # every field: known, typed, in range
     stage = _field(config, "stage")
     _check(stage in STEPS, "stage", stage, f"one of the registered steps {sorted(STEPS)}")
     model = model_config(config)
@@ -166,24 +203,24 @@ def validate(config: ml_collections.ConfigDict) -> Experiment:
         d = config.data
         data = PipelineConfig(sources=(), tokenizer=d.get("tokenizer", "qwen3_5"), seq_len=d.seq_len,
                               batch_size=d.batch_size)
-        _check(2 <= data.seq_len, "data.seq_len", data.seq_len, "an integer >= 2")
-        _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "a positive integer")
     _check(data is not None, "data.sources", None, "at least one source")
     eval_data = _pipeline(config, "eval_sources")
-    opt = _field(config, "optimizer")
-    _check(opt.schedule in optim.SCHEDULES, "optimizer.schedule", opt.schedule, f"one of {optim.SCHEDULES}")
-    _check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "a positive number")
-    _check(0 <= opt.warmup_steps, "optimizer.warmup_steps", opt.warmup_steps, "a non-negative integer")
-    _check(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "a number in [0, 1]")
-    train = _field(config, "train")
-    _check(train.steps > 0, "train.steps", train.steps, "a positive integer")
-    _check(train.microbatches >= 1 and data.batch_size % train.microbatches == 0, "train.microbatches",
-           train.microbatches, f"a positive divisor of data.batch_size={data.batch_size}")
-    _check(train.log_every >= 1, "train.log_every", train.log_every, "a positive integer")
-    _check(train.max_consecutive_skips >= 1, "train.max_consecutive_skips", train.max_consecutive_skips,
-           "a positive integer")
-    ck = _field(config, "checkpoint")
-    _check(ck.every >= 1, "checkpoint.every", ck.every, "a positive integer")
-    _check(ck.keep >= 1, "checkpoint.keep", ck.keep, "a positive integer")
+    train = config.train
+    _check(data.batch_size % train.microbatches == 0, "train.microbatches", train.microbatches,
+           f"a positive divisor of data.batch_size={data.batch_size}")
+    if check_vocabulary:
+        try:
+            n_tokens = tokenizers.vocab_size(data.tokenizer)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"config.data.tokenizer={data.tokenizer!r}: {e}") from None
+        _check(model.vocab_size >= n_tokens, "model.overrides.vocab_size", model.vocab_size,
+               f">= the {n_tokens} token ids of config.data.tokenizer={data.tokenizer!r} (a smaller embedding table "
+               f"makes every loss NaN)")
+    for where, coef in (("train.mtp_loss_coef", train.mtp_loss_coef), ("model.overrides.mtp_loss_coef",
+                                                                        model.mtp_loss_coef)):
+        _check(coef == 0 or model.mtp_num_hidden_layers > 0, where, coef,
+               "0 when the model has no MTP layers (model.overrides.mtp_num_hidden_layers=0)")
+    _static_mesh_checks(config, model, data, eval_data, train.microbatches)
+    distill_steps.options_from_config(config)  # config.distill / config.grpo ranges, up front
     loop = settings.from_config(config, batch_size=data.batch_size) if rollout_stage else None
     return Experiment(config=config, model=model, data=data, eval_data=eval_data, loop=loop)

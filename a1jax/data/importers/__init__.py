@@ -6,7 +6,9 @@ Each format module has `EXTENSIONS` (what a folder given as IN is searched for, 
 `convert_file(path, domain) -> iterator of (where, record | RecordError)`. Conversion never guesses: a source record
 with no faithful conversion comes back as a `RecordError` (reason "unsupported record" or a schema reason) and is
 reported like any other bad record. Locations: `file:LINE` for JSONL, `file:[i]` for the i-th entry of a JSON list,
-`file` for one-record files.
+`file` for one-record files (the document is the record). A record whose id an earlier record of the same run
+already used is skipped as "duplicate id". Input files are read as bytes and parsed with `schema.load_json`, so
+invalid UTF-8, NaN, huge integers or deep nesting are that record's error, never an exception.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Iterable, Iterator
 
 from a1jax.data.importers import swe_agent, tau_bench, toolbench
 from a1jax.data.records import SkipReport, check
-from a1jax.data.schema import RecordError
+from a1jax.data.schema import DUPLICATE_ID, RecordError
 
 FORMATS = {"tau_bench": tau_bench, "toolbench": toolbench, "swe_agent": swe_agent}
 
@@ -51,8 +53,12 @@ def import_records(fmt: str, paths: Iterable[str | Path], *, domain: str, strict
     module = FORMATS[fmt]
     skips = SkipReport() if skips is None else skips
     n = 0
+    seen: set[str] = set()
     for path in expand_inputs(paths, module.EXTENSIONS):
         for where, converted in module.convert_file(path, domain):
+            if isinstance(converted, dict) and converted["id"] in seen:
+                converted = RecordError(DUPLICATE_ID, f"id {converted['id']!r} was already used by an earlier "
+                                                      f"record of this import")
             if isinstance(converted, RecordError):
                 if strict:
                     raise ValueError(f"{where}: {converted.detail}")
@@ -61,6 +67,7 @@ def import_records(fmt: str, paths: Iterable[str | Path], *, domain: str, strict
             if tools is not None:
                 converted["tools"] = tools
             if check(converted, where, strict=strict, skips=skips):
+                seen.add(converted["id"])
                 yield converted
                 n += 1
                 if limit is not None and n >= limit:

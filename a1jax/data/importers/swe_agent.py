@@ -47,12 +47,16 @@ def convert_traj(data: Any, path: Path, domain: str) -> dict | RecordError:
     history = data.get("history") if isinstance(data, dict) else None
     if not isinstance(history, list) or not history:
         return RecordError(UNSUPPORTED_RECORD, "not a SWE-agent trajectory (no non-empty 'history' list)")
-    native = any(isinstance(m, dict) and m.get("tool_calls") for m in history)
+    bad = next((i for i, m in enumerate(history) if not isinstance(m, dict)), None)
+    if bad is not None:
+        return RecordError(UNSUPPORTED_RECORD, f"history[{bad}]: expected a message object, got "
+                                               f"{type(history[bad]).__name__}")
+    native = any(m.get("tool_calls") for m in history)
     converted = _native(history) if native else _text_actions(history)
     if isinstance(converted, RecordError):
         return converted
     messages, demo_turns = converted
-    info = data.get("info") or {}
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
     metadata = {"action_style": "native" if native else "text", "exit_status": info.get("exit_status"),
                 "demonstration_turns": demo_turns}
     return {
@@ -71,10 +75,15 @@ def _native(history: list) -> tuple[list, list] | RecordError:
         role = m.get("role")
         if role == "tool":
             ids = m.get("tool_call_ids") or []
+            if not isinstance(ids, list):
+                return RecordError(UNSUPPORTED_RECORD, f"message {i}: tool_call_ids must be a list, got "
+                                                       f"{type(ids).__name__}")
             if len(ids) != 1:
                 return RecordError(UNSUPPORTED_RECORD, f"message {i}: a tool message answering {len(ids)} calls")
             messages.append({"role": "tool", "content": m.get("content"), "tool_call_id": ids[0]})
         elif role == "assistant" and m.get("tool_calls"):
+            if not isinstance(m["tool_calls"], list) or not all(isinstance(c, dict) for c in m["tool_calls"]):
+                return RecordError(UNSUPPORTED_RECORD, f"message {i}: tool_calls must be a list of objects")
             calls = [{"id": c.get("id"), "type": "function", "function": c.get("function")} for c in m["tool_calls"]]
             messages.append({"role": "assistant", "content": m.get("content"), "tool_calls": calls})
         else:

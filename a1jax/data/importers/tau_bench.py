@@ -11,29 +11,31 @@ tool: ..." transcript whose tool calls are lost; they have no faithful conversio
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from a1jax.data.schema import INVALID_JSON, UNSUPPORTED_RECORD, RecordError
+from a1jax.data.importers._json import read_document
+from a1jax.data.schema import UNSUPPORTED_RECORD, RecordError, load_json
 
 EXTENSIONS = (".json", ".jsonl")
 
 
 def convert_file(path: Path, domain: str) -> Iterator[tuple[str, dict | RecordError]]:
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line_no, line in enumerate(f, 1):
                 if line.strip():
                     yield f"{path}:{line_no}", _convert_line(line, path, f"line{line_no}", domain)
         return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        yield str(path), RecordError(INVALID_JSON, f"not valid JSON ({e.msg} at char {e.pos})")
+        data = read_document(path)
+    except RecordError as e:
+        yield str(path), e
         return
     if isinstance(data, dict):
         yield str(path), convert_entry(data, path, "0", domain)
+    elif isinstance(data, list) and not data:
+        yield str(path), RecordError(UNSUPPORTED_RECORD, "an empty JSON list: no trajectories in this file")
     elif isinstance(data, list):
         for i, entry in enumerate(data):
             yield f"{path}:[{i}]", convert_entry(entry, path, str(i), domain)
@@ -41,11 +43,11 @@ def convert_file(path: Path, domain: str) -> Iterator[tuple[str, dict | RecordEr
         yield str(path), RecordError(UNSUPPORTED_RECORD, f"expected a JSON list of trajectories, got {type(data).__name__}")
 
 
-def _convert_line(line: str, path: Path, key: str, domain: str) -> dict | RecordError:
+def _convert_line(line: bytes, path: Path, key: str, domain: str) -> dict | RecordError:
     try:
-        entry = json.loads(line)
-    except json.JSONDecodeError as e:
-        return RecordError(INVALID_JSON, f"not valid JSON ({e.msg} at char {e.pos})")
+        entry = load_json(line)
+    except RecordError as e:
+        return e
     return convert_entry(entry, path, key, domain)
 
 
@@ -57,10 +59,15 @@ def convert_entry(entry: Any, path: Path, key: str, domain: str) -> dict | Recor
     if not isinstance(entry, dict) or not isinstance(entry.get("traj"), list):
         return RecordError(UNSUPPORTED_RECORD, "not a tau-bench result (expected an object with a 'traj' list)")
     task_id, trial = entry.get("task_id"), entry.get("trial")
+    for field, value in (("task_id", task_id), ("trial", trial)):
+        if not (value is None or isinstance(value, (str, int)) and not isinstance(value, bool)):
+            return RecordError(UNSUPPORTED_RECORD, f"'{field}' must be an integer or a string, got "
+                                                   f"{type(value).__name__}")
     name = f"task{task_id}/trial{trial}" if task_id is not None else f"entry{key}"
-    task = (entry.get("info") or {}).get("task") or {}
+    info = entry.get("info")
+    task = info.get("task") if isinstance(info, dict) else None
     metadata = {"task_id": task_id, "trial": trial, "reward": entry.get("reward")}
-    if "user_id" in task:
+    if isinstance(task, dict) and "user_id" in task:
         metadata["user_id"] = task["user_id"]
     return {
         "id": f"tau_bench/{path.stem}/{name}",

@@ -37,17 +37,27 @@ def convert_answer(data: Any, path: Path, domain: str) -> dict | RecordError:
     conversations = generation.get("train_messages")
     if not conversations:
         return RecordError(UNSUPPORTED_RECORD, f"no train_messages: the search found no training conversation "
-                                               f"(valid_data={generation.get('valid_data')})")
+                                               f"(valid_data={generation.get('valid_data')!r:.80})")
+    if not isinstance(conversations, list) or not isinstance(conversations[-1], list):
+        return RecordError(UNSUPPORTED_RECORD, "answer_generation.train_messages must be a list of conversations "
+                                               "(lists of messages)")
+    functions = generation.get("function", [])
+    if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
+        return RecordError(UNSUPPORTED_RECORD, "answer_generation.function must be a list of function schemas "
+                                               "(objects)")
     messages, retry_turns = [], []
     pending: dict | None = None  # the last call not answered yet
     n_calls = 0
     for i, message in enumerate(conversations[-1]):
+        if not isinstance(message, dict):
+            return RecordError(UNSUPPORTED_RECORD, f"message {i}: expected an object, got {type(message).__name__}")
         role = message.get("role")
         if role == "function":
             if pending is None or pending["function"]["name"] != message.get("name"):
                 expected = pending["function"]["name"] if pending else "none"
-                return RecordError(UNMATCHED_TOOL_RESULT, f"message {i}: result of function {message.get('name')!r} "
-                                                          f"does not answer the pending call ({expected})")
+                return RecordError(UNMATCHED_TOOL_RESULT, f"message {i}: result of function "
+                                                          f"{message.get('name')!r:.80} does not answer the pending "
+                                                          f"call ({expected})")
             messages.append({"role": "tool", "name": message["name"], "content": message.get("content"),
                              "tool_call_id": pending["id"]})
             pending = None
@@ -57,8 +67,11 @@ def convert_answer(data: Any, path: Path, domain: str) -> dict | RecordError:
             retry_turns.append(i)
         if role == "assistant" and message.get("function_call"):
             call = message["function_call"]
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                return RecordError(UNSUPPORTED_RECORD, f"message {i}: function_call must be an object with a string "
+                                                       f"'name'")
             pending = {"id": f"call_{n_calls}", "type": "function",
-                       "function": {"name": call.get("name"), "arguments": call.get("arguments")}}
+                       "function": {"name": call["name"], "arguments": call.get("arguments")}}
             n_calls += 1
             converted["tool_calls"] = [pending]
         else:
@@ -70,7 +83,7 @@ def convert_answer(data: Any, path: Path, domain: str) -> dict | RecordError:
         "source": f"toolbench:{group}/{path.name}",
         "domain": domain,
         "messages": messages,
-        "tools": [{"type": "function", "function": f} for f in generation.get("function", [])],
+        "tools": [{"type": "function", "function": f} for f in functions],
         "metadata": {"query": generation.get("query"), "finish_type": generation.get("finish_type"),
                      "win": data.get("win"), "dfs_retry_turns": retry_turns},
     }

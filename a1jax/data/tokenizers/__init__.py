@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import json
 from pathlib import Path
 
 from a1jax.data.tokenizers.base import Tokenizer
@@ -28,7 +29,7 @@ from a1jax.data.tokenizers.spm import build_sentencepiece
 
 NAMES = ("qwen3_5", "qwen3_5_compact", "qwen3", "mistral_v3")
 
-__all__ = ["NAMES", "Tokenizer", "asset_dir", "load"]
+__all__ = ["NAMES", "Tokenizer", "asset_dir", "load", "vocab_size"]
 
 
 def asset_dir(name: str) -> Path:
@@ -46,6 +47,24 @@ def load(name_or_path: str | Path) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"tokenizer {name_or_path!r} is neither one of {', '.join(NAMES)} nor an existing path")
     return _load_path(path.resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def vocab_size(name_or_path: str | Path) -> int:
+    """`load(name_or_path).vocab_size`, read from the files without building the tokenizer for the shipped BPE
+    layouts (added tokens continue the base ids, which the builders check), so config validation stays fast."""
+    path = asset_dir(name_or_path) if isinstance(name_or_path, str) and name_or_path in NAMES else \
+        Path(name_or_path).expanduser()
+    if path.is_dir():
+        ranks = sorted(path.glob("*.tiktoken"))
+        if len(ranks) == 1 and (path / "special_tokens.json").is_file():
+            with open(ranks[0], "rb") as f:
+                base = sum(1 for line in f if line.strip())
+            return base + len(json.loads((path / "special_tokens.json").read_text())["added_tokens"])
+        if all((path / f).is_file() for f in ("vocab.json", "merges.txt", "tokenizer_config.json")):
+            config = json.loads((path / "tokenizer_config.json").read_text())
+            return len(json.loads((path / "vocab.json").read_text())) + len(config.get("added_tokens_decoder", {}))
+    return load(name_or_path).vocab_size
 
 
 @functools.lru_cache(maxsize=8)
