@@ -168,7 +168,8 @@ def bwrap_problem(python: str = sys.executable) -> str | None:
     if shutil.which("bwrap") is None:
         return "no `bwrap` on PATH (apt-get install bubblewrap)"
     try:
-        r = run_python("print('ok')", backend="bwrap", python=python, timeout_s=20)
+        r = _execute("print('ok')", "bwrap", python=python, timeout_s=20.0, memory_mb=512, max_output=10_000, stdin="",
+                     allow_processes=False, max_processes=16, file_mb=16, scratch_mb=64)
     except (OSError, ValueError) as e:
         return f"{type(e).__name__}: {e}"
     if r.stdout.strip() != "ok":
@@ -207,7 +208,13 @@ def run_python(code: str, *, timeout_s: float = 10.0, memory_mb: int = 512, max_
                file_mb: int = 16, scratch_mb: int = 64, backend: str = "auto",
                python: str = sys.executable) -> SandboxResult:
     """Runs `code` as the main module of a fresh `python -I -S`; see the module docstring."""
-    backend = resolve_backend(backend, python) if backend != "bwrap" else backend
+    return _execute(code, resolve_backend(backend, python), python=python, timeout_s=timeout_s, memory_mb=memory_mb,
+                    max_output=max_output, stdin=stdin, allow_processes=allow_processes,
+                    max_processes=max_processes, file_mb=file_mb, scratch_mb=scratch_mb)
+
+
+def _execute(code: str, backend: str, *, python: str, timeout_s: float, memory_mb: int, max_output: int, stdin: str,
+             allow_processes: bool, max_processes: int, file_mb: int, scratch_mb: int) -> SandboxResult:
     host = tempfile.mkdtemp(prefix="a1jax_sandbox_")  # bwrap: only stdout/stderr/main.py, not visible inside
     try:
         code_path = os.path.join(host, "main.py")
