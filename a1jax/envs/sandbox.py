@@ -11,7 +11,8 @@ says which backend ran (`result.backend`).
 - a file system of its own: a size-limited tmpfs scratch at /scratch (the working directory, also /tmp and HOME)
   holding main.py, and read-only binds of only /usr (with /bin, /lib, /lib64 links) and the interpreter's install
   prefix (sys.base_prefix, e.g. pyenv's; never the virtual environment, the project, /work or a home folder);
-  the rest of the root is an empty read-only tmpfs: no /etc, no project files, nothing to write outside /scratch;
+  the rest of the root is an empty read-only tmpfs (and /dev a read-only one with null, zero, urandom, ...): no
+  /etc, no project files, nothing to write outside /scratch;
 - an empty environment (--clearenv) but PATH, LANG, HOME, TMPDIR and PYTHONHASHSEED; --new-session,
   --die-with-parent;
 - a user of its own: run as root, bwrap keeps only CAP_SETUID/CAP_SETGID and the prelude drops to a fresh uid per
@@ -158,7 +159,7 @@ def bwrap_argv(exe: str, prefix: str, code_fd: int, *, scratch_bytes: int, as_ro
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(scratch_bytes), "--tmpfs", SCRATCH,
              "--perms", "0644", "--file", str(code_fd), f"{SCRATCH}/main.py",
-             "--symlink", SCRATCH, "/tmp", "--chdir", SCRATCH, "--remount-ro", "/"]
+             "--symlink", SCRATCH, "/tmp", "--chdir", SCRATCH, "--remount-ro", "/dev", "--remount-ro", "/"]
     return argv + [exe]
 
 
