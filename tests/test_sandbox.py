@@ -68,7 +68,8 @@ def test_new_processes_are_refused_by_default(attempt, backend):
 
 def test_processes_when_allowed_stay_inside_and_are_capped_by_nproc():
     code = ("import os, time, json\nkids, err = 0, ''\nfor _ in range(12):\n    try:\n        pid = os.fork()\n"
-            "    except OSError as e:\n        err = str(e); break\n    if pid == 0:\n        time.sleep(3); os._exit(0)\n"
+            "    except OSError as e:\n        err = str(e); break\n"
+            "    if pid == 0:\n        time.sleep(3); os._exit(0)\n"
             "    kids += 1\nprint(json.dumps([kids, err, os.getpid(), os.getppid()]))")
     kids, err, pid, ppid = report(run(code, allow_processes=True, max_processes=4))
     assert kids <= 3 and "Resource temporarily unavailable" in err
@@ -107,13 +108,15 @@ def test_no_network_even_for_a_fresh_interpreter_without_the_audit_hook():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    probe = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\n"
+    probe = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+             f"    print('connected')\n"
              f"except OSError as e:\n    print(type(e).__name__)\n"
              f"try:\n    socket.getaddrinfo('example.com', 80); print('resolved')\nexcept OSError as e:\n"
              f"    print(type(e).__name__)\nprint(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev')"
              f".readlines()[2:]))")
     try:
-        r = run(f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-c', {probe!r}])", allow_processes=True)
+        r = run(f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-c', {probe!r}])",
+                allow_processes=True)
     finally:
         server.close()
     assert r.stdout.split("\n")[:3] == ["ConnectionRefusedError", "gaierror", "['lo']"], r.stderr

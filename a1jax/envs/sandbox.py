@@ -154,7 +154,8 @@ def bwrap_argv(exe: str, prefix: str, code_fd: int, *, scratch_bytes: int, as_ro
         elif os.path.isdir(f"/{link}"):
             argv += ["--ro-bind", f"/{link}", f"/{link}"]
     if not prefix.startswith("/usr/"):
-        parents = [d for d in _parents(prefix) if d != "/"]  # searchable by the call's uid (bwrap would copy /root's 0700)
+        # its parents searchable by the call's uid (bwrap would copy the mode of /root, 0700)
+        parents = [d for d in _parents(prefix) if d != "/"]
         argv += [a for d in parents for a in ("--perms", "0755", "--dir", d)] + ["--ro-bind", prefix, prefix]
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(scratch_bytes), "--tmpfs", SCRATCH,
