@@ -23,11 +23,11 @@ audit hook below as its only guard; it cannot hide the file system, /proc or the
 code or inside a container or VM without a network.
 
 Both backends, before the user's code: RLIMIT_AS (memory; a large allocation raises MemoryError), RLIMIT_CPU,
-RLIMIT_FSIZE (bytes per written file, stdout and stderr included), RLIMIT_NPROC, RLIMIT_CORE = 0 (soft = hard, so
-the code cannot raise them); `python -I -S` (the standard library only); a Python audit hook (PEP 578) that refuses
-sockets, ctypes and, unless allow_processes, new processes (a convenience that keeps calls single-process; under
-bwrap the namespaces are the boundary); the wall time: the whole process group is killed at `timeout_s`; stdout and
-stderr come back truncated to `max_output` characters each.
+RLIMIT_FSIZE (bytes per written file, stdout and stderr included), RLIMIT_CORE = 0 and, under bwrap only,
+RLIMIT_NPROC (soft = hard, so the code cannot raise them); `python -I -S` (the standard library only); a Python
+audit hook (PEP 578) that refuses sockets, ctypes and, unless allow_processes, new processes (a convenience that
+keeps calls single-process; under bwrap the namespaces are the boundary); the wall time: the whole process group is
+killed at `timeout_s`; stdout and stderr come back truncated to `max_output` characters each.
 """
 from __future__ import annotations
 
@@ -99,11 +99,14 @@ def _read_truncated(path: str, limit: int) -> str:
     return text[:limit] + f"\n... [output truncated: {size} bytes in all]"
 
 
-def _limits(memory_bytes: int, cpu_s: int, file_bytes: int, processes: int) -> list[tuple[int, int]]:
+def _limits(memory_bytes: int, cpu_s: int, file_bytes: int, processes: int | None) -> list[tuple[int, int]]:
     """Set by the prelude before the user's code (soft = hard, so the code cannot raise them again). Not in a
-    preexec_fn: that forces fork() of this (possibly large) process instead of vfork, doubling the cost of a call."""
-    return [(resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_FSIZE, file_bytes),
-            (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_CORE, 0)]
+    preexec_fn: that forces fork() of this (possibly large) process instead of vfork, doubling the cost of a call.
+    RLIMIT_NPROC counts every process of the uid (of the user namespace), so only bwrap, which gives the call a uid
+    or a namespace of its own, sets it (`processes` None: not set)."""
+    limits = [(resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_FSIZE, file_bytes),
+              (resource.RLIMIT_CORE, 0)]
+    return limits + ([(resource.RLIMIT_NPROC, processes)] if processes is not None else [])
 
 
 def _kill_group(pgid: int) -> None:
@@ -230,7 +233,8 @@ def _execute(code: str, backend: str, *, python: str, timeout_s: float, memory_m
             f"os.setgroups([])\nos.setresgid({drop_to}, {drop_to}, {drop_to})\n"
             f"os.setresuid({drop_to}, {drop_to}, {drop_to})\n")
         prelude = _PRELUDE.format(allow_processes=bool(allow_processes), drop=drop,
-                                  limits=_limits(memory_mb << 20, int(timeout_s) + 1, file_mb << 20, max_processes))
+                                  limits=_limits(memory_mb << 20, int(timeout_s) + 1, file_mb << 20,
+                                                 max_processes if backend == "bwrap" else None))
         with open(out_path, "wb") as out, open(err_path, "wb") as err, open(code_path, "rb") as code_file:
             if backend == "bwrap":
                 exe, prefix = interpreter(python)
