@@ -18,8 +18,21 @@ a1jax_find_python312() {
   return 1
 }
 
+a1jax_ensure_bwrap() {  # bubblewrap: the sandbox for model-written code (a1jax/envs/sandbox.py)
+  command -v bwrap >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "a1jax: installing bubblewrap (the sandbox for model-written code)" >&2
+    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null; then
+      return 0
+    fi
+  fi
+  echo "a1jax: WARNING: no bubblewrap (bwrap); model-written code (engineering domain) will run in the" \
+       "best-effort 'subprocess' sandbox. Install the 'bubblewrap' package." >&2
+}
+
 a1jax_setup_venv() {  # $1 = extras, e.g. "test"
   local extras="${1:-}" py
+  a1jax_ensure_bwrap
   if [ ! -x "$A1JAX_VENV/bin/python" ]; then
     py="$(a1jax_find_python312)"
     "$py" -m venv "$A1JAX_VENV"

@@ -155,7 +155,7 @@ def test_bm25_ranks_the_document_with_rarer_matching_terms_first():
     assert index.top("zebra", 3) == []
 
 
-# --- sandbox --------------------------------------------------------------------------------------------------------
+# --- sandbox (the best-effort "subprocess" backend where a test reads host paths or pids; bwrap: test_sandbox.py) --
 
 def _alive(pid):
     try:
@@ -167,7 +167,7 @@ def _alive(pid):
 
 
 def test_sandbox_runs_code_in_a_scratch_dir_that_is_removed():
-    r = run_python("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())")
+    r = run_python("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())", backend="subprocess")
     assert r.exit_status == 0 and not r.timed_out
     scratch = r.stdout.strip()
     assert "a1jax_sandbox_" in scratch and not os.path.exists(scratch)
@@ -177,7 +177,7 @@ def test_sandbox_kills_the_process_group_at_the_time_limit_and_removes_the_scrat
     code = ("import os, time\nprint(os.getcwd(), flush=True)\nprint(os.getpid(), flush=True)\n"
             "if os.fork() == 0:\n    print(os.getpid(), flush=True)\n    time.sleep(60)\ntime.sleep(60)")
     start = time.time()
-    r = run_python(code, timeout_s=1.0, allow_processes=True)
+    r = run_python(code, timeout_s=1.0, allow_processes=True, backend="subprocess")  # bwrap: tests/test_sandbox.py
     assert r.timed_out and r.exit_status == -9
     assert time.time() - start < 10
     scratch, *pids = r.stdout.split()

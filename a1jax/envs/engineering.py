@@ -13,16 +13,16 @@ The expert builds the solution one stage at a time: call k runs stages 1..k on t
 result, which the expert checks against the stage list before adding stage k+1. So horizon = stages = python calls,
 each extending the code the previous call checked; then it submits the whole function in a ```python block.
 
-Verification runs the last ```python block of the final answer against hidden cases (the example plus 6 seeded
-inputs) in one sandbox call; the reward is 1.0 only if every case passes. The hidden tests run in the same process
-as the submission (a nonce marks the harness's verdict line, so printed text cannot fake a pass by accident, but
-code that deliberately tampers with the interpreter could); train the policy on the verdict, not on that line.
+Verification runs the last ```python block of the final answer on the hidden inputs (the example plus 6 seeded
+ones) in one sandbox call and compares what it returns with the expected outputs here, outside the sandbox: the
+sandboxed program holds only the inputs (no expected output, no nonce, no verdict), so reading its own files or
+frames cannot reveal what to return, and printing a fake result line gains nothing (the line is only data to check).
+The reward is 1.0 only if every case returns a value of the expected type that equals the expected output.
 """
 from __future__ import annotations
 
 import json
 import re
-import secrets
 import string
 from typing import Iterator
 
@@ -166,16 +166,12 @@ class EngineeringEnv(T.ToolEnv):
         blocks = _CODE_BLOCK.findall(final_answer(trajectory))
         if not blocks:
             return Verdict(0.0, False, "no ```python block in the final answer")
-        nonce = secrets.token_hex(8)
-        r = self.sandbox.run(_harness(blocks[-1], task.answer, nonce))
-        m = re.search(rf"^{nonce} (\d+)/(\d+)(?: (.*))?$", r.stdout, re.M)
-        if r.timed_out or not m:
+        r = self.sandbox.run(_harness(blocks[-1], [x for x, _ in task.answer]))
+        results = _results(r.stdout)
+        if r.timed_out or results is None or len(results) != len(task.answer):
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
             return Verdict(0.0, False, f"the hidden tests did not finish ({'timeout' if r.timed_out else tail[0]})")
-        passed, total = int(m.group(1)), int(m.group(2))
-        if passed == total:
-            return Verdict(1.0, True, f"passed {passed}/{total} hidden tests")
-        return Verdict(0.0, False, f"passed {passed}/{total} hidden tests; first failure: {m.group(3)}")
+        return _grade(task.answer, results)
 
     def solve(self, task: Task) -> dict:
         stages, x0 = task.metadata["stages"], task.answer[0][0]
@@ -190,24 +186,51 @@ class EngineeringEnv(T.ToolEnv):
                          "Every step matches the specification; submit the full function.")
 
 
-def _harness(code: str, cases: list, nonce: str) -> str:
-    """The submission in its own namespace, then every hidden case; one verdict line tagged with `nonce`."""
+RESULTS = "a1jax-engineering-results"  # marks the harness's last line; public, the check happens outside
+
+
+def _harness(code: str, inputs: list) -> str:
+    """The submission in its own namespace, then `solve` on every hidden input; the last line is RESULTS and a JSON
+    list of [type name, value] pairs (or ["error", message]). No expected output enters the sandbox."""
     return f"""
+import json as _json
 _ns = {{"__name__": "solution"}}
 exec(compile({code!r}, "solution.py", "exec"), _ns)
-_cases = {json.dumps(cases)}
-_passed, _first = 0, ""
-for _x, _want in _cases:
+_out = []
+for _x in {json.dumps(inputs)}:
     try:
         _got = _ns["solve"](_x)
+        _out.append([type(_got).__name__, _got if type(_got) in (int, str) else repr(_got)[:200]])
     except Exception as _e:
-        _got = f"<{{type(_e).__name__}}: {{_e}}>"
-    if _got == _want and type(_got) is type(_want):
-        _passed += 1
-    elif not _first:
-        _first = f"solve({{_x!r}}) returned {{_got!r}}, expected {{_want!r}}"[:300]
-print("{nonce}", f"{{_passed}}/{{len(_cases)}}", _first)
+        _out.append(["error", f"{{type(_e).__name__}}: {{_e}}"[:200]])
+print()
+print("{RESULTS}", _json.dumps(_out))
 """
+
+
+def _results(stdout: str) -> list | None:
+    """The harness's result list: the last RESULTS line of stdout (None if there is none or it is not valid)."""
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULTS + " ")]
+    try:
+        results = json.loads(lines[-1][len(RESULTS) + 1:]) if lines else None
+    except ValueError:
+        return None
+    ok = isinstance(results, list) and all(isinstance(p, list) and len(p) == 2 for p in results)
+    return results if ok else None
+
+
+def _grade(cases: list, results: list) -> Verdict:
+    """Compares the sandbox's [type name, value] results with the expected outputs (computed here, never sent)."""
+    passed, first = 0, ""
+    for (x, want), (kind, got) in zip(cases, results):
+        if kind == type(want).__name__ and type(got) is type(want) and got == want:
+            passed += 1
+        elif not first:
+            shown = f"<{got}>" if kind == "error" else repr(got)
+            first = f"solve({x!r}) returned {shown}, expected {want!r}"[:300]
+    if passed == len(cases):
+        return Verdict(1.0, True, f"passed {passed}/{len(cases)} hidden tests")
+    return Verdict(0.0, False, f"passed {passed}/{len(cases)} hidden tests; first failure: {first}")
 
 
 @register("engineering")
