@@ -19,6 +19,7 @@ setup(
         "tokenizers>=0.21",
         "ml_collections>=1.0",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",  # the recipe report's figure (a1jax/distill/report.py)
         "numpy",
     ],
     extras_require={

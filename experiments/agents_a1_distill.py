@@ -53,14 +53,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         domains = a["domains"].split(":") if a["domains"] else list(tiny.DOMAINS)
         tiny.tiny_model(c)
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 2 * len(domains)
-        c.envs = ml_collections.ConfigDict(dict(domains=domains, horizons=[1], tasks_per_domain=6, task_seed=2,
-                                                options={}))
-        c.teachers = [dict(domain=d, workdir=os.path.join(root, f"teacher_{d}"), k=16) for d in domains]
+        c.data.seq_len, c.data.batch_size = 2048, 2 * len(domains)
+        c.envs = ml_collections.ConfigDict(dict(
+            domains=domains, horizons=[1], tasks_per_domain=8, task_seed=2,
+            domain_horizons={d: [tiny.HORIZONS[d]] for d in domains if tiny.HORIZONS.get(d, 1) != 1},
+            options={d: dict(tiny.ENV_OPTIONS[d]) for d in domains if d in tiny.ENV_OPTIONS}))
+        c.teachers = [dict(domain=d, workdir=os.path.join(root, f"teacher_{d}"), k=64) for d in domains]
+        c.gate = ml_collections.ConfigDict(dict(tasks=32, margin=0.0, keep=[]))
+        c.rollout.batch_size = 24
         c.optimizer = ml_collections.ConfigDict(dict(
             learning_rate=1e-3, warmup_steps=2, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
             b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
-        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 20), microbatches=1, log_every=5,
+        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 40), microbatches=1, log_every=5,
                                                  z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
         return c
     c.model = ml_collections.ConfigDict()

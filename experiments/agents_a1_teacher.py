@@ -52,17 +52,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2, async_save=True))
     if a["tiny"]:
+        # Plain SFT on the domain's expert demonstrations (rollout_fraction 0): at this scale expert iteration
+        # accepted 0-1 rollouts per round, so the teacher's edge comes from more steps on more of its own domain.
         root = tiny.root_dir(a["root"])
         tiny.tiny_model(c)
+        d = a["domain"]
+        c.envs.horizons = [tiny.HORIZONS.get(d, 1)]
+        c.envs.options = {d: dict(tiny.ENV_OPTIONS[d])} if d in tiny.ENV_OPTIONS else {}
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 2 if not a["rl"] else 16
+        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 4 if not a["rl"] else 16
+        c.expert_iteration.update(dict(rollout_fraction=0.0, demos=2000))
         if a["rl"]:
             c.data.seq_len = 1024
+            c.expert_iteration.rollout_fraction = 0.5
         c.optimizer = ml_collections.ConfigDict(dict(
-            learning_rate=1e-3, warmup_steps=2, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+            learning_rate=2e-3, warmup_steps=5, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0,
             b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
-        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 30), microbatches=1, log_every=5,
+        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 120), microbatches=1, log_every=10,
                                                  z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
+        c.checkpoint.every = 60
         if a["rl"]:
             c.envs.tasks_per_domain = 4
         return c

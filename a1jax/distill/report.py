@@ -159,6 +159,27 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
     return report
 
 
+def build_report_parallel(root: str, domains=None, *, n: int, horizons=None, jobs: int = 1) -> dict:
+    """`build_report` with the domains spread over `jobs` processes (spawned: each has its own jax)."""
+    domains = domains or recipe_settings(root)[0]
+    if jobs <= 1 or len(domains) <= 1:
+        return build_report(root, domains, n=n, horizons=horizons)
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(domains)),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(functools.partial(_one_domain, root, n=n, horizons=horizons), domains))
+    report = {"n": n, "horizons": {}, "domains": {}}
+    for part in parts:
+        report["horizons"].update(part["horizons"])
+        report["domains"].update(part["domains"])
+    return report
+
+
+def _one_domain(root: str, domain: str, *, n: int, horizons) -> dict:
+    return build_report(root, [domain], n=n, horizons=horizons)
+
+
 def _ci(r: dict, key: str) -> str:
     lo, hi = r[f"{key}_ci"]
     return f"{r[key]:.3f} [{lo:.2f},{hi:.2f}]"
@@ -220,13 +241,16 @@ def main(argv=None) -> int:
     p.add_argument("--domains", default="", help="comma-separated (default: the domains ROOT/distill distilled)")
     p.add_argument("--n", type=int, default=128, help="test tasks per domain and horizon")
     p.add_argument("--horizons", default="", help="comma-separated, for every domain (default: the recipe's own)")
+    p.add_argument("--jobs", type=int, default=1, help="domains scored at once, one process each (one per core)")
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d] or None
     bad = [d for d in domains or () if d not in registry.names()]
     if bad:
         p.error(f"--domains: unknown domain(s) {bad}; known: {registry.names()}")
     horizons = tuple(int(h) for h in args.horizons.split(",") if h) or None
-    report = build_report(args.root, domains, n=args.n, horizons=horizons)
+    if args.jobs < 1:
+        p.error(f"--jobs={args.jobs}: expected a positive integer")
+    report = build_report_parallel(args.root, domains, n=args.n, horizons=horizons, jobs=args.jobs)
     with open(os.path.join(args.root, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     figure(report, os.path.join(args.root, "report.png"))

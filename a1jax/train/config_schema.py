@@ -3,7 +3,7 @@
 `check(config)` walks the whole config: a field no section defines is an error naming the field and the known ones
 (so `c.optimizer.lr = 1e-3` is refused, not silently ignored), a missing required field is an error, and a value of
 the wrong type or out of range is an error naming the field and what was expected. Numbers must be finite; integers
-are never bools. The sections of the rollout stages (envs, rollout, teachers, expert_iteration, distill, grpo) take
+are never bools. The sections of the rollout stages (envs, rollout, teachers, expert_iteration, gate, distill, grpo) take
 their field names and types from the dataclasses that read them (a1jax/distill/settings.py, a1jax/distill/steps.py),
 whose own checks then give the ranges; model.overrides takes ModelConfig's fields and types.
 """
@@ -155,6 +155,7 @@ def _sections() -> dict:
         "rollout": dataclass_fields(settings.Rollout),
         "teachers": list_of(mapping(), what="teacher dicts"),
         "expert_iteration": dataclass_fields(settings.ExpertIteration),
+        "gate": dataclass_fields(settings.Gate),
         "distill": dataclass_fields(distill_steps.OPDOptions),
         "grpo": dataclass_fields(distill_steps.GRPOOptions),
         "init_from": text(),

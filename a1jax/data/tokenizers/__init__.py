@@ -55,6 +55,10 @@ def vocab_size(name_or_path: str | Path) -> int:
     layouts (added tokens continue the base ids, which the builders check), so config validation stays fast."""
     path = asset_dir(name_or_path) if isinstance(name_or_path, str) and name_or_path in NAMES else \
         Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "compact.json").is_file():
+        path = path / "compact.json"
+    if path.is_file() and path.name == "compact.json":
+        return len(json.loads(path.read_text())["ids"])
     if path.is_dir():
         ranks = sorted(path.glob("*.tiktoken"))
         if len(ranks) == 1 and (path / "special_tokens.json").is_file():

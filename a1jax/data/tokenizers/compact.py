@@ -60,16 +60,21 @@ class CompactTokenizer(Tokenizer):
 
     def _map(self, ids: np.ndarray, offsets: np.ndarray | None):
         out = self._to_compact[ids]
-        if (out >= 0).all():
+        missing = np.flatnonzero(out < 0)
+        if not missing.size:
             return out.astype(np.int32), offsets
-        new_ids, new_off = [], []
-        for j, (i, c) in enumerate(zip(ids.tolist(), out.tolist())):
-            pieces = [c] if c >= 0 else self._byte[list(self.base.token_bytes(i))].tolist()
-            new_ids.extend(pieces)
-            if offsets is not None:  # a byte token covers the characters of the token it came from
-                new_off.extend([offsets[j]] * len(pieces))
-        return (np.asarray(new_ids, np.int32),
-                None if offsets is None else np.asarray(new_off, np.int32).reshape(-1, 2))
+        spelled = [self._byte[list(self.base.token_bytes(int(ids[j])))] for j in missing]
+        lengths = np.ones(len(ids), np.int64)
+        lengths[missing] = [len(b) for b in spelled]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        new_ids = np.empty(int(lengths.sum()), np.int64)
+        kept = out >= 0
+        new_ids[starts[kept]] = out[kept]
+        for j, b in zip(missing, spelled):
+            new_ids[starts[j]:starts[j] + len(b)] = b
+        # a byte token covers the characters of the token it came from
+        new_off = None if offsets is None else np.repeat(np.asarray(offsets), lengths, axis=0).astype(np.int32)
+        return new_ids.astype(np.int32), new_off
 
     def encode(self, text: str) -> list[int]:
         return self._map(np.asarray(self.base.encode(text), np.int64), None)[0].tolist()
