@@ -28,7 +28,18 @@ log = logging.getLogger("a1jax.train")
 
 
 class TrainingStopped(RuntimeError):
-    """Raised when the NaN/Inf guard skipped too many consecutive updates."""
+    """Raised when the NaN/Inf guard skipped too many consecutive updates (the CLI prints it as one line)."""
+
+
+def check_skips(state: TrainState, step: int, limit: int, checkpoints: str) -> None:
+    """Raises TrainingStopped once `limit` updates in a row were skipped by the guard (called after every step, so
+    the run stops at the limit-th skip, not at the next logging step)."""
+    consecutive = int(jax.device_get(state.skipped_consecutive))
+    if consecutive >= limit:
+        raise TrainingStopped(
+            f"stopping at step {step}: the last {consecutive} updates were skipped (non-finite loss, gradient or "
+            f"update; train.max_consecutive_skips={limit}); lower optimizer.learning_rate or check the data of "
+            f"these steps, then rerun to resume from the last good checkpoint in {checkpoints}")
 
 
 def _global_batch(batch: dict, batch_sharding, num_shards: int) -> dict:
@@ -100,9 +111,11 @@ def evaluate(eval_fn, params, exp: Experiment, batch_sharding, max_batches: int,
     return result
 
 
-def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> TrainState:
+def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+          allow_fresh_start: bool = False) -> TrainState:
     """Trains `exp` in `workdir`, resuming from its newest checkpoint. `devices`: a subset of jax.devices() for the
-    mesh (default: all of them)."""
+    mesh (default: all of them). `allow_fresh_start`: start from step 0 even though damaged checkpoints were set
+    aside in `workdir` (otherwise that is an error)."""
     config, cfg = exp.config, exp.model
     os.makedirs(workdir, exist_ok=True)
     _check_same_model(workdir, config)
@@ -121,7 +134,8 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
     try:
-        restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh))
+        restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh),
+                                       allow_fresh_start=allow_fresh_start)
     except Exception:
         ckpt.close()
         raise
@@ -210,12 +224,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
                 writer.scalars(step, scalars)
                 progress.print(step, scalars["train/loss"], tok_s)
                 t_window = time.perf_counter()
-                consecutive = int(jax.device_get(state.skipped_consecutive))
-                if consecutive >= config.train.max_consecutive_skips:
-                    raise TrainingStopped(
-                        f"stopping at step {step}: {consecutive} consecutive updates had a non-finite loss or "
-                        f"gradient (train.max_consecutive_skips={config.train.max_consecutive_skips}); the last "
-                        f"good checkpoint is in {ckpt.directory}")
+            check_skips(state, step, int(config.train.max_consecutive_skips), ckpt.directory)
             if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
                 writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
             if step % config.checkpoint.every == 0:
