@@ -52,13 +52,20 @@ def test_guard_rejects_a_non_finite_update_from_finite_gradients():
         np.testing.assert_array_equal(new, old)
 
 
+@pytest.fixture
+def one_device(monkeypatch):
+    """`a1jax train` in this process on one device (the test session has 8 virtual ones)."""
+    from a1jax.train import loop
+    monkeypatch.setattr(loop, "train", functools.partial(loop.train, devices=jax.devices()[:1]))
+
+
 def _cli_args(workdir, *extra):
     return ["train", "--config", QUICKSTART + ":smoke", "--workdir", str(workdir),
             "--config.model.overrides.hidden_size=16", "--config.data.batch_size=1", "--config.train.log_every=100",
             "--config.eval.every=0", "--config.checkpoint.async_save=false", *extra]
 
 
-def test_k_skips_in_a_row_stop_the_run_at_the_kth_step_in_one_line(tmp_path, monkeypatch, capsys):
+def test_k_skips_in_a_row_stop_the_run_at_the_kth_step_in_one_line(tmp_path, monkeypatch, capsys, one_device):
     real = steps.STEPS["sft"]
 
     def inf_lr_step(ctx, state, batch):
@@ -169,7 +176,7 @@ def test_when_every_checkpoint_is_damaged_the_run_refuses_to_start_over(two_step
     assert sorted(os.listdir(tmp_path / "c")) == ["damaged-1", "damaged-2"]  # kept, never deleted
 
 
-def test_cli_resumes_with_an_info_line_and_refuses_a_workdir_of_damaged_checkpoints(tmp_path, capsys):
+def test_cli_resumes_with_an_info_line_and_refuses_a_workdir_of_damaged_checkpoints(tmp_path, capsys, one_device):
     assert cli_main(_cli_args(tmp_path, "--config.train.steps=2", "--config.checkpoint.every=1")) == 0
     capsys.readouterr()
     assert cli_main(_cli_args(tmp_path, "--config.train.steps=3", "--config.checkpoint.every=1")) == 0
@@ -355,3 +362,18 @@ def test_a_wrongly_shaped_teacher_output_drops_all_its_rows():
     got = _valid_targets(2, 6)  # six positions for a batch of eight
     out, stats = routing.route({0: _Canned(got)}, batch, [0, 0], K, vocab_size=V)
     assert stats[0]["failures"] == 2 and stats[0]["reasons"] == {"shape": 2} and not out["valid"].any()
+
+
+def test_stages_2_and_3_stop_at_the_kth_skip_too():
+    import types
+
+    from a1jax.distill.runner import StageRun
+    from a1jax.train.loop import TrainingStopped
+    config = types.SimpleNamespace(train=types.SimpleNamespace(max_consecutive_skips=2))
+    run = types.SimpleNamespace(exp=types.SimpleNamespace(config=config), ckpt=types.SimpleNamespace(directory="CK"))
+    for step, consecutive in ((1, 1), (2, 0), (3, 1)):
+        run.step, run.state = step, types.SimpleNamespace(skipped_consecutive=jnp.int32(consecutive))
+        StageRun.check_skips(run)  # below the limit: nothing happens
+    run.step, run.state = 4, types.SimpleNamespace(skipped_consecutive=jnp.int32(2))
+    with pytest.raises(TrainingStopped, match=r"stopping at step 4: .*max_consecutive_skips=2.*checkpoint in CK"):
+        StageRun.check_skips(run)

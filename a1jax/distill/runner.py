@@ -104,7 +104,8 @@ class StageRun:
         """Stops the run (TrainingStopped, one line) once train.max_consecutive_skips updates in a row were skipped
         by the guard; call after every step."""
         from a1jax.train.loop import check_skips
-        check_skips(self.state, self.step, int(self.exp.config.train.max_consecutive_skips), self.ckpt.directory)
+        check_skips(self.state.skipped_consecutive, self.step, int(self.exp.config.train.max_consecutive_skips),
+                    self.ckpt.directory)
 
     def save_if_due(self):
         """Saves at every `config.checkpoint.every` steps (call once per finished step)."""

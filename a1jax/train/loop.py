@@ -31,10 +31,11 @@ class TrainingStopped(RuntimeError):
     """Raised when the NaN/Inf guard skipped too many consecutive updates (the CLI prints it as one line)."""
 
 
-def check_skips(state: TrainState, step: int, limit: int, checkpoints: str) -> None:
-    """Raises TrainingStopped once `limit` updates in a row were skipped by the guard (called after every step, so
-    the run stops at the limit-th skip, not at the next logging step)."""
-    consecutive = int(jax.device_get(state.skipped_consecutive))
+def check_skips(consecutive, step: int, limit: int, checkpoints: str) -> None:
+    """Raises TrainingStopped once `limit` updates in a row were skipped by the guard. `consecutive`: the state's
+    skipped_consecutive after `step` (a device scalar). Called for every step, so the run stops at the limit-th skip,
+    not at the next logging step."""
+    consecutive = int(jax.device_get(consecutive))
     if consecutive >= limit:
         raise TrainingStopped(
             f"stopping at step {step}: the last {consecutive} updates were skipped (non-finite loss, gradient or "
@@ -176,6 +177,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
     agree_on_data = jax.process_count() > 1 and exp.data.num_epochs is not None
     data_state = {"shard": list(shard), "iterator": it.get_state()}  # before the batch in hand: what a resume reads
     pending, t_window = [], time.perf_counter()
+    unchecked, skips_limit = None, int(config.train.max_consecutive_skips)
     try:
         while step < total and not (sigterm := stop.requested(step)):
             batch = next(it, None)
@@ -186,6 +188,9 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             data_state = {"shard": list(shard), "iterator": it.get_state()}
             state, m = step_fn(state, _global_batch(batch, batch_sh, shard[1]))
             step += 1
+            if unchecked is not None:  # the previous step's guard counter: done by now, so no wait on this step
+                check_skips(*unchecked, skips_limit, ckpt.directory)
+            unchecked = (m["skipped_consecutive"], step)
             pending.append(m)
             if step % config.train.log_every == 0 or step == total:
                 fetched = jax.device_get(pending)
@@ -224,12 +229,13 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                 writer.scalars(step, scalars)
                 progress.print(step, scalars["train/loss"], tok_s)
                 t_window = time.perf_counter()
-            check_skips(state, step, int(config.train.max_consecutive_skips), ckpt.directory)
             if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
                 writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
             if step % config.checkpoint.every == 0:
                 ckpt.save(step, state, data_state, config.to_dict())
                 last_saved = step
+        if unchecked is not None:
+            check_skips(*unchecked, skips_limit, ckpt.directory)
         if sigterm:
             log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
         if step != last_saved:

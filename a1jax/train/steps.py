@@ -112,7 +112,7 @@ def _apply_guarded_update(ctx: StepContext, state: TrainState, grads, loss):
                            opt_state=keep(new_opt, state.opt_state), rng=state.rng,
                            skipped_total=state.skipped_total + skip,
                            skipped_consecutive=jnp.where(ok, 0, state.skipped_consecutive + 1))
-    return new_state, {"grad_norm": grad_norm, "skipped": skip}
+    return new_state, {"grad_norm": grad_norm, "skipped": skip, "skipped_consecutive": new_state.skipped_consecutive}
 
 
 def sft_loss_and_grads(ctx: StepContext, params, batch):
