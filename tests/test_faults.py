@@ -176,26 +176,6 @@ def test_when_every_checkpoint_is_damaged_the_run_refuses_to_start_over(two_step
     assert sorted(os.listdir(tmp_path / "c")) == ["damaged-1", "damaged-2"]  # kept, never deleted
 
 
-def test_cli_resumes_with_an_info_line_and_refuses_a_workdir_of_damaged_checkpoints(tmp_path, capsys, one_device):
-    assert cli_main(_cli_args(tmp_path, "--config.train.steps=2", "--config.checkpoint.every=1")) == 0
-    capsys.readouterr()
-    assert cli_main(_cli_args(tmp_path, "--config.train.steps=3", "--config.checkpoint.every=1")) == 0
-    err = capsys.readouterr().err
-    assert "resumed from" in err and "at step 2" in err
-    saved = [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
-    for step in saved:
-        with open(_array_files(tmp_path / "checkpoints" / step)[0], "r+b") as f:
-            f.write(b"\1" * 8)
-    assert cli_main(_cli_args(tmp_path, "--config.train.steps=3")) == 3
-    err = capsys.readouterr().err
-    assert len([line for line in err.splitlines() if "trying the previous one" in line]) == len(saved) >= 2
-    assert "Traceback" not in err and "refusing to retrain from step 0" in err.splitlines()[-1]
-    assert cli_main(_cli_args(tmp_path, "--config.train.steps=3")) == 3  # and again: no silent restart
-    assert "refusing" in capsys.readouterr().err
-    assert cli_main(_cli_args(tmp_path, "--config.train.steps=1", "--allow_fresh_start")) == 0
-    assert (tmp_path / "checkpoints" / "1").is_dir()
-
-
 # --- teachers -------------------------------------------------------------------------------------------------------
 
 V, K = 50, 3
