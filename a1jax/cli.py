@@ -19,6 +19,10 @@ SUBCOMMANDS = {
 }
 
 
+# RuntimeErrors that are a run's own verdict, reported in one line with exit status 3 (names: no jax import here)
+STOPS = ("TrainingStopped", "CheckpointError", "CheckpointDamaged")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a1jax", description="Train Agents-A1-style agentic MoE models in JAX.",
                                      allow_abbrev=False)
@@ -39,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         print(f"a1jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a run that stopped itself (guard, no usable checkpoint): one line, no traceback
+        if type(e).__name__ not in STOPS:
+            raise
+        print(f"a1jax {args.command}: stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

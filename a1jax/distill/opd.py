@@ -39,7 +39,7 @@ def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
     """{domain id: teacher} from config.teachers (those of `domains`, default all), on the student's mesh."""
     chunk = run.exp.model.loss_chunk_size
     return {run.domains[spec.domain]: routing.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
-                                                           rules=run.built.rules)
+                                                           rules=run.built.rules, vocab_size=run.exp.model.vocab_size)
             for spec in run.settings.teachers if domains is None or spec.domain in domains}
 
 
@@ -111,15 +111,17 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
                     f"entropy/{name}": float(m["domain_entropy"][d]),
                     f"teacher_failures/{name}": float(tstats.get(d, {}).get("failures", 0)),
                     f"teacher_invalid_tokens/{name}": float(tstats.get(d, {}).get("invalid_tokens", 0))})
+        for reason, count in sorted(tstats.get(d, {}).get("reasons", {}).items()):  # e.g. .../nan, .../timeout
+            out[f"teacher_failures/{name}/{reason}"] = float(count)
     return out
 
 
-def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None, teachers: dict | None = None
-            ) -> list[dict]:
+def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None, teachers: dict | None = None,
+            allow_fresh_start: bool = False) -> list[dict]:
     """Runs stage 3 in `workdir` (resuming from its newest checkpoint) until config.train.steps; returns the
     scalars of the steps it ran. `teachers` ({domain name: object with .score(batch)}) overrides config.teachers
     (tests)."""
-    run = StageRun(exp, workdir, init_from=init_from, devices=devices)
+    run = StageRun(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start)
     config, s = exp.config, exp.loop
     total, history = int(config.train.steps), []
     try:
@@ -133,7 +135,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             t0 = time.perf_counter()
             packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
             t1 = time.perf_counter()
-            targets, tstats = routing.route(by_id, packed.batch, row_domains, k)
+            targets, tstats = routing.route(by_id, packed.batch, row_domains, k, vocab_size=exp.model.vocab_size)
             t2 = time.perf_counter()
             batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
             run.state, m = run.step_fn(run.state, batch, targets)
@@ -152,6 +154,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                 kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
                                for n in kept)
                 print(f"    {kl}", flush=True)
+            run.check_skips()
             run.save_if_due()
         run.finish(run.step)
     finally:

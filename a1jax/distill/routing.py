@@ -7,10 +7,13 @@ project the top-k back into the student's vocabulary); identical tokenizers skip
 
 `route` gives each domain's teacher the fixed rows of its domain (the batch is domain-balanced, so every teacher sees
 a fixed shape and compiles once). A teacher that raises marks its rows invalid (valid = 0) and is counted, with the
-loss tokens it leaves without targets: a teacher outage never becomes silent zero targets.
+loss tokens it leaves without targets: a teacher outage never becomes silent zero targets. Every row a teacher returns
+is checked (`invalid_rows`: shapes, finite non-positive log-probs, ids inside the student's vocabulary); a row that
+fails is dropped (empty targets, valid = 0) and counted as a failure with its reason, so it never reaches a loss.
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Sequence
 
@@ -32,6 +35,41 @@ def empty_targets(rows: int, seq_len: int, k: int) -> dict[str, np.ndarray]:
             "topk_logp": np.full((rows, seq_len, k), -np.inf, np.float32),
             "sampled_logp": np.zeros((rows, seq_len), np.float32), "tail_logp": np.zeros((rows, seq_len), np.float32),
             "valid": np.zeros((rows, seq_len), np.float32)}
+
+
+def invalid_rows(got, rows: int, seq_len: int, vocab_size: int | None, tol: float = 1e-4) -> list[str | None]:
+    """Per row of a teacher's TeacherSparse `got`, None if its targets may be trained on, else the reason: "shape"
+    (missing keys, wrong shapes), "nan", "inf" (+inf anywhere, -inf where a finite value is needed), "positive_logprob",
+    "oov_id" (an id outside [-1, vocab_size); -1 is an empty top-k slot). Only valid positions are looked at."""
+    shapes = {"sampled_logp": (rows, seq_len), "tail_logp": (rows, seq_len), "valid": (rows, seq_len)}
+    try:
+        arr = {key: np.asarray(got[key]) for key in SPARSE_KEYS}
+        ok_shape = all(arr[key].shape == want for key, want in shapes.items())
+        ok_shape &= all(arr[key].ndim == 3 and arr[key].shape[:2] == (rows, seq_len) and arr[key].shape[2] >= 1
+                        for key in ("topk_ids", "topk_logp"))
+        ok_shape &= arr["topk_ids"].shape == arr["topk_logp"].shape
+    except (KeyError, TypeError, ValueError, IndexError):
+        ok_shape = False
+    if not ok_shape:
+        return ["shape"] * rows
+    valid = arr["valid"] > 0
+    ids = arr["topk_ids"].astype(np.int64)
+    lp, sampled, tail = (arr[key].astype(np.float64) for key in ("topk_logp", "sampled_logp", "tail_logp"))
+    hi = np.iinfo(np.int32).max + 1 if vocab_size is None else int(vocab_size)
+    v3 = valid[..., None]
+    checks = (  # (reason, [rows] bool), first match wins
+        ("nan", np.any(v3 & np.isnan(lp), (1, 2)) | np.any(valid & (np.isnan(sampled) | np.isnan(tail)), 1)
+         | np.any(np.isnan(arr["valid"]), 1)),
+        ("inf", np.any(v3 & np.isposinf(lp), (1, 2)) | np.any(valid & ~np.isfinite(sampled), 1)
+         | np.any(valid & np.isposinf(tail), 1)),
+        ("positive_logprob", np.any(v3 & (lp > tol), (1, 2)) | np.any(valid & ((sampled > tol) | (tail > tol)), 1)),
+        ("oov_id", np.any(v3 & ((ids < -1) | (ids >= hi)), (1, 2))),
+    )
+    out: list[str | None] = [None] * rows
+    for reason, bad in checks:
+        for r in np.flatnonzero(bad):
+            out[r] = out[r] or reason
+    return out
 
 
 def _bucket(n: int, quantum: int = 256) -> int:
@@ -166,8 +204,9 @@ class AlignedTeacher:
         return out, {"requests": len(aligns), "failed": 0}
 
 
-def make_teacher(spec, student_tok, *, chunk: int, mesh=None, rules=None):
-    """The teacher of one `settings.TeacherSpec`."""
+def make_teacher(spec, student_tok, *, chunk: int, mesh=None, rules=None, vocab_size: int | None = None):
+    """The teacher of one `settings.TeacherSpec`; `vocab_size`: the student's (ids a same-tokenizer teacher may
+    return)."""
     from a1jax.data import tokenizers
     from a1jax.distill.vocab import Aligner
     tok = tokenizers.load(spec.tokenizer) if spec.tokenizer else student_tok
@@ -176,7 +215,7 @@ def make_teacher(spec, student_tok, *, chunk: int, mesh=None, rules=None):
         aligner = None
     if spec.url:
         from a1jax.distill.teacher import HttpTeacher
-        http = HttpTeacher(spec.url, spec.timeout, k=spec.k)
+        http = HttpTeacher(spec.url, spec.timeout, k=spec.k, vocab_size=vocab_size if aligner is None else None)
         return http if aligner is None else AlignedTeacher(HttpSequences(http), aligner, kxm=spec.kxm)
     from a1jax.train import vocabulary
     vocabulary.check(spec.workdir, tok, f"teacher of {spec.domain}")
@@ -184,16 +223,18 @@ def make_teacher(spec, student_tok, *, chunk: int, mesh=None, rules=None):
     return local if aligner is None else AlignedTeacher(local, aligner, kxm=spec.kxm)
 
 
-def route(teachers: dict[int, object], batch: dict, row_domains: Sequence[int], k: int) -> tuple[dict, dict]:
+def route(teachers: dict[int, object], batch: dict, row_domains: Sequence[int], k: int,
+          vocab_size: int | None = None) -> tuple[dict, dict]:
     """Domain routing: rows of domain d get teacher d's targets. Returns (TeacherSparse numpy [B, T(, k)], stats)
-    with stats[d] = {"failures", "invalid_tokens", "requests"}; a teacher that raises leaves its rows invalid."""
+    with stats[d] = {"failures", "invalid_tokens", "requests", "reasons": {reason: count}}; a teacher that raises
+    leaves its rows invalid, and a row whose targets fail `invalid_rows` is dropped and counted."""
     B, T = batch["tokens"].shape
     out = empty_targets(B, T, k)
     row_domains = np.asarray(row_domains)
     stats = {}
     for d, teacher in teachers.items():
         rows = np.flatnonzero(row_domains == d)
-        st = stats[d] = {"failures": 0, "invalid_tokens": 0, "requests": 0}
+        st = stats[d] = {"failures": 0, "invalid_tokens": 0, "requests": 0, "reasons": collections.Counter()}
         if rows.size == 0:
             continue
         sub = {key: np.asarray(v)[rows] for key, v in batch.items() if np.ndim(v) == 2}
@@ -203,17 +244,37 @@ def route(teachers: dict[int, object], batch: dict, row_domains: Sequence[int], 
         try:
             got, info = teacher.score(sub)
         except Exception as e:  # noqa: BLE001 - any teacher failure: its rows train on nothing, and it is counted
-            log.warning("teacher of domain %d failed on %d rows: %s: %s", d, rows.size, type(e).__name__, e)
+            from a1jax.distill.teacher import failure_reason
+            log.warning("teacher of domain %d failed on %d rows: %s: %s", d, rows.size, type(e).__name__,
+                        str(e)[:300])
             st["failures"] += 1
+            st["reasons"][failure_reason(e)] += 1
             st["invalid_tokens"] += int(mask.sum())
             continue
         st["requests"] += int(info.get("requests", 1))
         st["failures"] += int(info.get("failed", 0))
-        kk = min(k, got["topk_ids"].shape[-1])
-        out["topk_ids"][rows, :, :kk] = got["topk_ids"][..., :kk]
-        out["topk_logp"][rows, :, :kk] = got["topk_logp"][..., :kk]
-        for key in ("sampled_logp", "tail_logp", "valid"):
-            out[key][rows] = got[key]
-        out["valid"][rows] *= mask
-        st["invalid_tokens"] += int((mask & (out["valid"][rows] == 0)).sum())
+        st["reasons"].update(info.get("reasons", {}))
+        bad = invalid_rows(got, rows.size, T, vocab_size)
+        if any(bad):
+            log.warning("teacher of domain %d: %d of %d rows dropped (%s)", d, sum(map(bool, bad)), rows.size,
+                        ", ".join(sorted({b for b in bad if b})))
+        for i, (r, reason) in enumerate(zip(rows, bad)):
+            if reason is not None:  # dropped: stays empty targets with valid = 0
+                st["failures"] += 1
+                st["reasons"][reason] += 1
+                st["invalid_tokens"] += int(mask[i].sum())
+                continue
+            kk = min(k, got["topk_ids"].shape[-1])
+            out["topk_ids"][r, :, :kk] = got["topk_ids"][i, :, :kk]
+            out["topk_logp"][r, :, :kk] = got["topk_logp"][i, :, :kk]
+            for key in ("sampled_logp", "tail_logp", "valid"):
+                out[key][r] = got[key][i]
+            out["valid"][r] *= mask[i]
+            st["invalid_tokens"] += int((mask[i] & (out["valid"][r] == 0)).sum())
+        # positions outside `valid` may hold anything: reset them so that no NaN can reach the loss through 0 * NaN
+        invalid = out["valid"][rows] == 0
+        for key, fill in (("topk_ids", -1), ("topk_logp", -np.inf), ("sampled_logp", 0.0), ("tail_logp", 0.0)):
+            view = out[key][rows]
+            view[invalid] = fill
+            out[key][rows] = view
     return out, stats

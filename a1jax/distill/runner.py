@@ -29,7 +29,8 @@ class StageRun:
     """One rollout-stage run in `workdir`: `state`, `step`, `step_fn(state, *arrays)`, `engine_params()`,
     `save(step)`, `close()`; `writer` (TensorBoard + metrics.jsonl) and `progress` (the console line)."""
 
-    def __init__(self, exp: Experiment, workdir: str, *, init_from: str = "", devices=None):
+    def __init__(self, exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+                 allow_fresh_start: bool = False):
         from a1jax.train.loop import _check_same_model
         self.exp, self.workdir, self.settings = exp, workdir, exp.loop
         config = exp.config
@@ -44,7 +45,11 @@ class StageRun:
         self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                             async_save=config.checkpoint.async_save)
         abstract = checkpoint.abstract_with_shardings(self.built.abstract_state, self.built.state_shardings)
-        restored = self.ckpt.restore_latest(abstract)
+        try:
+            restored = self.ckpt.restore_latest(abstract, allow_fresh_start=allow_fresh_start)
+        except Exception:
+            self.ckpt.close()
+            raise
         if restored is not None:
             self.step, self.state, _, _ = restored
             self.resumed = True
@@ -95,6 +100,13 @@ class StageRun:
     def save(self, step: int, *, force: bool = False):
         if self.ckpt.save(step, self.state, {"step": int(step)}, self.exp.config.to_dict(), force=force):
             self.last_saved = step
+
+    def check_skips(self):
+        """Stops the run (TrainingStopped, one line) once train.max_consecutive_skips updates in a row were skipped
+        by the guard; call after every step."""
+        from a1jax.train.loop import check_skips
+        check_skips(self.state.skipped_consecutive, self.step, int(self.exp.config.train.max_consecutive_skips),
+                    self.ckpt.directory)
 
     def save_if_due(self):
         """Saves at every `config.checkpoint.every` steps (call once per finished step)."""

@@ -61,9 +61,10 @@ def _concat(a: dict, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]]) for k in a if k in b}
 
 
-def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> list[dict]:
+def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+                    allow_fresh_start: bool = False) -> list[dict]:
     """Expert iteration for one domain; returns the scalars of the steps it ran."""
-    run = StageRun(exp, workdir, init_from=init_from, devices=devices)
+    run = StageRun(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start)
     config, s = exp.config, exp.loop
     (domain,) = s.envs.domains
     B, T = exp.data.batch_size, exp.data.seq_len
@@ -106,6 +107,7 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
                  f"{domain}: last rollout round: success {round_scalars[f'rollout/{domain}/success']:.2f}, "
                  f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted" if round_scalars else "")
             history.append({"step": run.step, **scalars})
+            run.check_skips()
             run.save_if_due()
         run.finish(run.step)
     finally:
@@ -113,9 +115,10 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
     return history
 
 
-def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> list[dict]:
+def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+             allow_fresh_start: bool = False) -> list[dict]:
     """GRPO for one domain; returns the scalars of the steps it ran."""
-    run = StageRun(exp, workdir, init_from=init_from, devices=devices)
+    run = StageRun(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start)
     config, s = exp.config, exp.loop
     (domain,) = s.envs.domains
     G, B, T = s.rollout.group_size, exp.data.batch_size, exp.data.seq_len
@@ -150,6 +153,7 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
                  time.perf_counter() - t0, f"{domain}: reward {scalars[f'rollout/{domain}/reward']:.3f} "
                                            f"success {scalars[f'rollout/{domain}/success']:.2f} "
                                            f"clip {scalars[f'clip_frac/{domain}']:.3f}")
+            run.check_skips()
             run.save_if_due()
         run.finish(run.step)
     finally:
@@ -157,8 +161,10 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
     return history
 
 
-def run_stage(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> list[dict]:
+def run_stage(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+              allow_fresh_start: bool = False) -> list[dict]:
     """Dispatch on config.stage for the rollout stages (`a1jax train` calls this)."""
     from a1jax.distill.opd import run_opd
     loops = {"teacher_sft": run_teacher_sft, "grpo": run_grpo, "opd": run_opd}
-    return loops[exp.config.stage](exp, workdir, init_from=init_from, devices=devices)
+    return loops[exp.config.stage](exp, workdir, init_from=init_from, devices=devices,
+                                   allow_fresh_start=allow_fresh_start)

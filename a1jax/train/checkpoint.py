@@ -1,4 +1,4 @@
-"""Checkpoints: orbax, asynchronous, atomic, keeping the last K, with fallback past a damaged one.
+"""Checkpoints: orbax, asynchronous, atomic, keeping the last K, verified on restore, with fallback past a damaged one.
 
 A checkpoint at WORKDIR/checkpoints/<step>/ holds the train state (params, optimizer state, step, rng, counters),
 the data iterator state of every process and the experiment config. Orbax writes into a temporary directory and
@@ -10,12 +10,22 @@ holds it and commits from process 0; restoring reads onto whatever shardings the
 checkpoint written on one mesh restores onto another. The `data` item holds one iterator state per process
 (`{"processes": [state_0, state_1, ...]}`, gathered at save: orbax writes JSON items from process 0 only); each
 process gets its own back.
+
+Integrity: once a save has committed, process 0 writes STEP/a1jax_manifest.json (sha256 and size of every file in
+the step directory; written to a temporary name and renamed). A restore first checks every file against it, so a
+flipped byte, a truncated or missing file is caught before orbax reads anything (orbax restores some corrupted array
+files silently). A damaged step is moved to damaged-STEP (damaged-STEP.2, ... if that name is taken) and the previous
+step is tried, down to the oldest. A step without a manifest (the process died between the commit and the
+manifest, or the checkpoint predates manifests) is restored unverified, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import jax
@@ -24,10 +34,15 @@ import orbax.checkpoint as ocp
 from a1jax import distributed
 
 log = logging.getLogger("a1jax.train")
+MANIFEST = "a1jax_manifest.json"
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """No usable checkpoint where one was expected (all damaged, or set aside earlier)."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """A file of the step directory differs from the manifest written when it was saved."""
 
 
 class CheckpointMismatch(ValueError):
@@ -43,6 +58,8 @@ class Checkpointer:
         handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                         config=ocp.JsonCheckpointHandler())  # registered up front, so metadata reads work
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._unsealed: int | None = None  # the step whose save may still be in flight: no manifest yet
+        self._sealer: threading.Thread | None = None
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -52,19 +69,51 @@ class Checkpointer:
         data = {"processes": distributed.allgather_json(data_state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
                                   config=ocp.args.JsonSave(config))
-        return self._manager.save(int(step), args=args, force=force)
+        if self._unsealed is not None:  # orbax would wait for the previous save here anyway
+            self._manager.wait_until_finished()
+            self._seal(background=True)
+        saved = self._manager.save(int(step), args=args, force=force)
+        if saved:
+            self._unsealed = int(step)
+        return saved
+
+    def _seal(self, *, background: bool):
+        """Writes the manifest of the last committed save (process 0; in a thread while training goes on)."""
+        step, self._unsealed = self._unsealed, None
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
+        path = os.path.join(self.directory, str(step))
+        if step is None or jax.process_index() != 0 or not os.path.isdir(path):
+            return
+        if background:
+            self._sealer = threading.Thread(target=_write_manifest_logged, args=(path,),
+                                            name=f"a1jax-manifest-{step}", daemon=False)
+            self._sealer.start()
+        else:
+            write_manifest(path)
 
     def wait(self):
         self._manager.wait_until_finished()
+        self._seal(background=False)
 
     def close(self):
+        self._manager.wait_until_finished()
+        self._seal(background=False)
         self._manager.close()
 
+    def set_aside_dirs(self) -> list[str]:
+        """Step directories moved aside as damaged, by this run or an earlier one."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(n for n in os.listdir(self.directory) if n.startswith("damaged-"))
+
     def _set_aside(self, step: int):
-        """Moves a damaged checkpoint out of the step sequence (kept for inspection, never deleted)."""
+        """Moves a damaged checkpoint out of the step sequence (kept for inspection, never deleted): to
+        damaged-STEP, or damaged-STEP.2, .3, ... when a step of that number was set aside before."""
         path = os.path.join(self.directory, str(step))
         if jax.process_index() == 0 and os.path.isdir(path):
-            os.replace(path, os.path.join(self.directory, f"damaged-{step}"))
+            os.replace(path, _free_name(os.path.join(self.directory, f"damaged-{step}")))
         distributed.barrier(f"a1jax_set_aside_{step}")  # no process re-lists the steps before the rename
         self._manager.reload()
 
@@ -88,34 +137,130 @@ class Checkpointer:
         """(state, this process's data state or None, config) of one step, the state on the shardings of
         `abstract_state` (ShapeDtypeStructs with `.sharding`: any mesh, any device count). `data=False` skips
         the iterator state (e.g. to read params with another process count)."""
+        path = os.path.join(self.directory, str(step))
+        if not verify_manifest(path):
+            log.warning("checkpoint %s has no %s (saved by an older a1jax, or the run stopped right after the "
+                        "save): restoring it unverified", path, MANIFEST)
         self.check_model(step, abstract_state)
         items = dict(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
         if data:
             items["data"] = ocp.args.JsonRestore()
-        out = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        with _quiet_orbax():
+            out = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         return out["state"], (_this_process(out["data"], step) if data else None), out["config"]
 
-    def restore_latest(self, abstract_state, *, data: bool = True):
-        """Newest checkpoint that restores cleanly; a damaged one is reported and skipped. None if there is none."""
+    def restore_latest(self, abstract_state, *, data: bool = True, allow_fresh_start: bool = False):
+        """Newest checkpoint that verifies and restores; a damaged one is set aside (one log line) and the previous
+        one tried, down to the oldest. None if there is none to restore, which is an error (one line, naming the
+        flag) when damaged checkpoints were set aside, now or by an earlier run, unless `allow_fresh_start`."""
         errors = []
         for step in reversed(self.steps()):
             try:
                 state, data_state, config = self.restore(step, abstract_state, data=data)
                 if errors:
-                    log.warning("restored checkpoint %d after skipping damaged ones: %s", step, "; ".join(errors))
+                    log.warning("restored checkpoint %d after setting aside %d damaged one(s)", step, len(errors))
                 return step, state, data_state, config
             except CheckpointMismatch:
                 raise
             except Exception as e:  # noqa: BLE001 - any other failure to read a checkpoint means "damaged"
                 path = os.path.join(self.directory, str(step))
-                first_line = str(e).splitlines()[0] if str(e) else ""
-                msg = f"checkpoint {path} is damaged or incompatible ({type(e).__name__}: {first_line})"
-                log.error("%s; trying the previous one", msg)
+                first_line = str(e).splitlines()[0][:300] if str(e) else ""
+                msg = f"checkpoint {path} is damaged ({type(e).__name__}: {first_line})"
+                log.error("%s; set aside, trying the previous one", msg)
                 errors.append(msg)
                 self._set_aside(step)
-        if errors:
-            raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors))
+        aside = self.set_aside_dirs()
+        if aside and not allow_fresh_start:
+            now = (f"every checkpoint is damaged ({'; '.join(errors)})" if errors else
+                   "no checkpoint is left, the damaged ones were set aside by an earlier run")
+            raise CheckpointError(f"{self.directory}: {now}; set aside: {', '.join(aside[:4])}"
+                                  f"{', ...' if len(aside) > 4 else ''}; refusing to retrain from step 0: pass "
+                                  f"--allow_fresh_start to do so (or restore a checkpoint by hand)")
+        if aside:
+            log.warning("%s holds no usable checkpoint (%d set aside as damaged): starting from scratch, as "
+                        "--allow_fresh_start says", self.directory, len(aside))
         return None
+
+
+def _free_name(path: str) -> str:
+    """`path`, or `path.2`, `path.3`, ...: the first that does not exist."""
+    n, out = 1, path
+    while os.path.exists(out):
+        n += 1
+        out = f"{path}.{n}"
+    return out
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(step_dir: str) -> list[str]:
+    """Every file under `step_dir` (relative paths, sorted), the manifest and temporaries excepted."""
+    out = []
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            if rel not in (MANIFEST, MANIFEST + ".tmp"):
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(step_dir: str) -> dict:
+    """STEP/a1jax_manifest.json: {"files": {relative path: {"sha256", "bytes"}}} of a committed step directory,
+    written atomically (a partial manifest is never read as a whole one)."""
+    files = {rel: {"sha256": _file_digest(os.path.join(step_dir, rel)),
+                   "bytes": os.path.getsize(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
+    manifest = {"version": 1, "files": files}
+    save_json(os.path.join(step_dir, MANIFEST), manifest)
+    return manifest
+
+
+def _write_manifest_logged(step_dir: str):
+    try:
+        write_manifest(step_dir)
+    except OSError as e:  # e.g. the step was deleted (checkpoint.keep) while hashing: it is unverified, not lost
+        log.warning("could not write the manifest of %s: %s", step_dir, e)
+
+
+def verify_manifest(step_dir: str) -> bool:
+    """True if `step_dir` matches its manifest, False if it has none; raises CheckpointDamaged naming the first
+    file that is missing, of another size or another sha256, or a manifest that cannot be read."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+        expected = {rel: (int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointDamaged(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+    for rel, (size, digest) in sorted(expected.items()):
+        full = os.path.join(step_dir, rel)
+        if not os.path.isfile(full):
+            raise CheckpointDamaged(f"{full} is missing (listed in {MANIFEST})")
+        if os.path.getsize(full) != size:
+            raise CheckpointDamaged(f"{full} has {os.path.getsize(full)} bytes, {size} when saved")
+        if _file_digest(full) != digest:
+            raise CheckpointDamaged(f"{full} differs from the sha256 recorded when it was saved")
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs a long traceback (through absl) for a checkpoint it cannot read; restore_latest reports that in
+    one line of its own, so the absl logger is silenced below CRITICAL meanwhile."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def _this_process(data, step: int):

@@ -17,19 +17,30 @@ def add_parser(sub):
     p.add_argument("--workdir", required=True, help="checkpoints, config.json, metrics.jsonl and TensorBoard logs")
     p.add_argument("--init_from", default="", help="start from a training workdir (its newest checkpoint) or a "
                                                    "converted checkpoint (a1jax convert --from-hf)")
+    p.add_argument("--allow_fresh_start", action="store_true",
+                   help="start from step 0 even though the checkpoints in --workdir are damaged or were set aside "
+                        "as damaged (without it, such a run refuses to start)")
     p.set_defaults(func=run, accepts_config_overrides=True)
 
 
+def setup_logging() -> None:
+    """a1jax's INFO lines (resumed step, checkpoint fallbacks) on stderr, other libraries' from WARNING. `force`:
+    absl (imported by orbax) may already have put a bare handler on the root logger, which would make a plain
+    basicConfig a no-op."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("a1jax").setLevel(logging.INFO)
+
+
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from a1jax import distributed
     distributed.initialize()  # multi-process runs (A1JAX_*, SLURM, TPU pods): before anything touches a device
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
     exp = experiment.validate(config)  # before anything compiles
     if exp.loop is not None:  # stages 2-3 (teacher_sft, grpo, opd): rollout loops in a1jax/distill
         from a1jax.distill.teachers import run_stage
-        run_stage(exp, args.workdir, init_from=args.init_from)
+        run_stage(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
         return 0
     from a1jax.train.loop import train  # imports jax-heavy modules only once the config is known to be valid
-    train(exp, args.workdir, init_from=args.init_from)
+    train(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
     return 0

@@ -28,7 +28,19 @@ log = logging.getLogger("a1jax.train")
 
 
 class TrainingStopped(RuntimeError):
-    """Raised when the NaN/Inf guard skipped too many consecutive updates."""
+    """Raised when the NaN/Inf guard skipped too many consecutive updates (the CLI prints it as one line)."""
+
+
+def check_skips(consecutive, step: int, limit: int, checkpoints: str) -> None:
+    """Raises TrainingStopped once `limit` updates in a row were skipped by the guard. `consecutive`: the state's
+    skipped_consecutive after `step` (a device scalar). Called for every step, so the run stops at the limit-th skip,
+    not at the next logging step."""
+    consecutive = int(jax.device_get(consecutive))
+    if consecutive >= limit:
+        raise TrainingStopped(
+            f"stopping at step {step}: the last {consecutive} updates were skipped (non-finite loss, gradient or "
+            f"update; train.max_consecutive_skips={limit}); lower optimizer.learning_rate or check the data of "
+            f"these steps, then rerun to resume from the last good checkpoint in {checkpoints}")
 
 
 def _global_batch(batch: dict, batch_sharding, num_shards: int) -> dict:
@@ -100,9 +112,11 @@ def evaluate(eval_fn, params, exp: Experiment, batch_sharding, max_batches: int,
     return result
 
 
-def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -> TrainState:
+def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
+          allow_fresh_start: bool = False) -> TrainState:
     """Trains `exp` in `workdir`, resuming from its newest checkpoint. `devices`: a subset of jax.devices() for the
-    mesh (default: all of them)."""
+    mesh (default: all of them). `allow_fresh_start`: start from step 0 even though damaged checkpoints were set
+    aside in `workdir` (otherwise that is an error)."""
     config, cfg = exp.config, exp.model
     os.makedirs(workdir, exist_ok=True)
     _check_same_model(workdir, config)
@@ -122,7 +136,8 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
     try:
-        restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh))
+        restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_sh),
+                                       allow_fresh_start=allow_fresh_start)
     except Exception:
         ckpt.close()
         raise
@@ -163,6 +178,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
     agree_on_data = jax.process_count() > 1 and exp.data.num_epochs is not None
     data_state = {"shard": list(shard), "iterator": it.get_state()}  # before the batch in hand: what a resume reads
     pending, t_window = [], time.perf_counter()
+    unchecked, skips_limit = None, int(config.train.max_consecutive_skips)
     try:
         while step < total and not (sigterm := stop.requested(step)):
             batch = next(it, None)
@@ -173,6 +189,9 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
             data_state = {"shard": list(shard), "iterator": it.get_state()}
             state, m = step_fn(state, _global_batch(batch, batch_sh, shard[1]))
             step += 1
+            if unchecked is not None:  # the previous step's guard counter: done by now, so no wait on this step
+                check_skips(*unchecked, skips_limit, ckpt.directory)
+            unchecked = (m["skipped_consecutive"], step)
             pending.append(m)
             if step % config.train.log_every == 0 or step == total:
                 fetched = jax.device_get(pending)
@@ -211,17 +230,13 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None) -
                 writer.scalars(step, scalars)
                 progress.print(step, scalars["train/loss"], tok_s)
                 t_window = time.perf_counter()
-                consecutive = int(jax.device_get(state.skipped_consecutive))
-                if consecutive >= config.train.max_consecutive_skips:
-                    raise TrainingStopped(
-                        f"stopping at step {step}: {consecutive} consecutive updates had a non-finite loss or "
-                        f"gradient (train.max_consecutive_skips={config.train.max_consecutive_skips}); the last "
-                        f"good checkpoint is in {ckpt.directory}")
             if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
                 writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
             if step % config.checkpoint.every == 0:
                 ckpt.save(step, state, data_state, config.to_dict())
                 last_saved = step
+        if unchecked is not None:
+            check_skips(*unchecked, skips_limit, ckpt.directory)
         if sigterm:
             log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
         if step != last_saved:

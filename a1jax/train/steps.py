@@ -92,19 +92,27 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     return loss, metrics
 
 
+def _all_finite(tree) -> jax.Array:
+    """One boolean: every element of every floating leaf of `tree` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def _apply_guarded_update(ctx: StepContext, state: TrainState, grads, loss):
-    """Adam update unless the loss or the gradient is not finite; then the state is kept and the skip counted."""
+    """Adam update unless the loss, the gradient, the update or the new parameters are not finite (an infinite
+    learning rate turns finite gradients into NaN parameters); then the state is kept and the skip counted."""
     grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = ctx.tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updates) & _all_finite(new_params)
+          & _all_finite(new_opt))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     skip = (~ok).astype(jnp.int32)
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt, state.opt_state), rng=state.rng,
                            skipped_total=state.skipped_total + skip,
                            skipped_consecutive=jnp.where(ok, 0, state.skipped_consecutive + 1))
-    return new_state, {"grad_norm": grad_norm, "skipped": skip}
+    return new_state, {"grad_norm": grad_norm, "skipped": skip, "skipped_consecutive": new_state.skipped_consecutive}
 
 
 def sft_loss_and_grads(ctx: StepContext, params, batch):
