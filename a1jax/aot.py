@@ -3,6 +3,13 @@ without TPUs (ahead-of-time compilation, as MaxText's train_compile and AXLearn'
 
     pip install -e .[tpu-aot]          # libtpu: the TPU compiler, usable without a TPU
     a1jax plan --config experiments/agents_a1_sft.py --topology v5p-512 [--slices 2] [--json plan.json]
+    pip install -e .[gpu-aot]          # jax's CUDA plugin: XLA:GPU, usable without a GPU
+    a1jax plan --config experiments/agents_a1_sft.py:h100-64 --topology h100-64
+
+GPUs: the CUDA plugin builds a deviceless topology (`topology="slices x hosts x GPUs per host"`) from an XLA
+GpuTargetConfig that `gpu_target_config` writes from the datasheet (SMs, clocks, memory); XLA:GPU then compiles the
+step, Pallas kernels through Triton, and reports its buffer assignment. It gives no cost analysis without a device,
+so the GPU roofline uses the planner's FLOP count and no memory-traffic bound.
 
 `jax.experimental.topologies.get_topology_desc` describes the topology's chips as JAX devices; the step is built
 exactly as the trainer builds it (`a1jax.train.build.build`) on those devices, traced with the kernels targeting TPU
@@ -276,7 +283,12 @@ def compile_step(exp, config, topo: Topology) -> tuple:
         lowered = traced.lower()
         times["lower_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    compiled = lowered.compile()
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # an executable for absent devices: nothing to reuse
+    try:
+        compiled = lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
     times["compile_s"] = time.perf_counter() - t
     return built, state, inputs, traced, compiled, times
 
@@ -286,7 +298,7 @@ def roofline(flops: float, bytes_accessed: float, chip: Chip, useful_flops: floa
     t_compute, t_memory = flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s
     bound = max(t_compute, t_memory) if math.isfinite(t_memory) else t_compute  # XLA:GPU reports no bytes
     return {"compute_s": t_compute, "memory_s": t_memory, "step_s_lower_bound": bound,
-            "bound_by": "compute" if t_compute >= t_memory else "memory",
+            "bound_by": "memory" if bound > t_compute else "compute",
             "mfu_at_bound": useful_flops / (bound * chip.peak_bf16_flops) if bound else float("nan")}
 
 

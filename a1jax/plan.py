@@ -456,8 +456,9 @@ def add_parser(sub):
     p.add_argument("--platform", choices=sorted(DEFAULT_KIND), default="tpu", help="target platform for the verdict")
     p.add_argument("--device_kind", default="", help=f"one of {sorted(HBM_BYTES)} (default: tpu v5p / h100)")
     p.add_argument("--json", default="", help="also write the plan as JSON to this file")
-    p.add_argument("--topology", default="", help="compile with the TPU compiler (libtpu, no TPU needed) for this "
-                   "topology, e.g. v5p-512, v6e-256, v5p:4x8x8 (a1jax/aot.py); then --devices/--platform are unused")
+    p.add_argument("--topology", default="", help="compile with the TPU or GPU compiler (no device needed) for this "
+                   "topology, e.g. v5p-512, v6e-256, v5p:4x8x8, h100-64 (a1jax/aot.py); then --devices/--platform/"
+                   "--device_kind are unused")
     p.add_argument("--slices", type=int, default=1, help="with --topology: number of slices (multi-slice over DCN)")
     p.set_defaults(func=run, accepts_config_overrides=True)
 

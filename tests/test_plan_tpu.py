@@ -17,7 +17,7 @@ TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, moe_intermediat
 @pytest.mark.parametrize("name,topology_name,chips", [
     ("v5p-8", "v5p:2x2x1", 4), ("v5p-512", "v5p:4x8x8", 256), ("v4-64", "v4:2x4x4", 32),
     ("v5e-16", "v5e:4x4", 16), ("v5litepod-256", "v5e:16x16", 256), ("v6e-8", "v6e:2x4", 8),
-    ("v5p:4x4x6", "v5p:4x4x6", 96)])
+    ("v5p:4x4x6", "v5p:4x4x6", 96), ("h100-64", "1x8x8", 64), ("h200-4", "1x1x4", 4)])
 def test_accelerator_types_name_their_slice_shape(name, topology_name, chips):
     t = aot.parse_topology(name)
     assert (t.topology_name, t.chips) == (topology_name, chips)
@@ -25,7 +25,7 @@ def test_accelerator_types_name_their_slice_shape(name, topology_name, chips):
 
 
 @pytest.mark.parametrize("name,says", [("v7-8", "v4"), ("v5p-7", "even"), ("v5p-24", "power of two"),
-                                       ("v6e:4x4x4", "2 torus dimensions")])
+                                       ("v6e:4x4x4", "2 torus dimensions"), ("h100-12", "multiple of 8")])
 def test_bad_topology_names_say_what_is_expected(name, says):
     with pytest.raises(ValueError, match=says):
         aot.parse_topology(name)
