@@ -30,6 +30,7 @@ compiled by libtpu's XLA:TPU. Nothing runs and no array is allocated. What the f
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -179,12 +180,21 @@ def gpu_target_config(chip: Chip) -> str:
             f'device_description_str: "{chip.kind}"\n')
 
 
+def _host_stays_on_cpu():
+    """An AOT plan uses no local accelerator: pin the host backend to CPU (unless JAX_PLATFORMS says otherwise or the
+    backends are already up), so a plan on a TPU VM or GPU host neither claims its chips nor fails on a busy one."""
+    from jax._src import xla_bridge
+    if not os.environ.get("JAX_PLATFORMS") and not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
+
+
 def topology_devices(topo: Topology) -> list:
     """The topology's chips as JAX devices (one per chip: v4 and v5p run a chip's two cores as one megacore)."""
     from jax.experimental import topologies
     why = libtpu_available() if topo.chip.platform == "tpu" else cuda_plugin_available()
     if why:
         raise ValueError(f"--topology {topo.name}: {why}")
+    _host_stays_on_cpu()
     if topo.chip.platform == "tpu":
         # A compile-only client needs neither the TPU lock file (one libtpu process per host) nor the GCE metadata
         # server (TPU VM identity): without these, a second planner or a test worker would fail to load libtpu.
@@ -261,6 +271,21 @@ def custom_calls(hlo_text: str, platform: str = "tpu") -> dict:
     return {"sites": sum(calls.values()), "with_cost_estimate": with_cost, "by_kernel": calls}
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+    """Keeps jax's persistent compilation cache (tests/conftest.py turns it on) out of AOT compiles: it could only
+    store an executable no client here can load, and warn when reading it back."""
+    from jax._src import compilation_cache
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once per process whether the cache is used
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
+
+
 def compile_step(exp, config, topo: Topology) -> tuple:
     """(built, traced, compiled, times): the trainer's step for `exp`, compiled by XLA:TPU for `topo`."""
     from kernels import backend
@@ -283,12 +308,8 @@ def compile_step(exp, config, topo: Topology) -> tuple:
         lowered = traced.lower()
         times["lower_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)  # an executable for absent devices: nothing to reuse
-    try:
+    with _no_persistent_cache():  # an executable for devices this process has no client for: nothing to reuse
         compiled = lowered.compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
     times["compile_s"] = time.perf_counter() - t
     return built, state, inputs, traced, compiled, times
 
@@ -392,7 +413,7 @@ def format_report(p: dict) -> str:
         f"  {xla} cost_analysis             {f['xla_cost_analysis']:11.3e}   "
         f"({f['xla_cost_analysis'] / f['analytic']:.2f} x analytic; each loop body counted once)",
         f"  {xla} bytes accessed            {f['bytes_accessed']:11.3e} B (each loop body counted once)",
-        f"  Pallas kernel custom calls        {k['sites']} call sites, {k['with_cost_estimate']} with a cost "
+        f"  kernel custom calls (Mosaic/Triton) {k['sites']} call sites, {k['with_cost_estimate']} with a cost "
         f"estimate: {', '.join(f'{n} x{c}' for n, c in sorted(k['by_kernel'].items()))}",
         "",
         f"roofline per chip ({p['chip']['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16, "

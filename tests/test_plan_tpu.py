@@ -53,8 +53,11 @@ def tiny_v5p_plan():
 def test_tiny_model_compiles_for_v5p_with_mosaic_kernels(tiny_v5p_plan):
     p = tiny_v5p_plan
     assert p["config"]["devices"] == 4 and p["config"]["device_kind"] == "TPU v5p"
-    kernels = p["custom_calls"]
-    assert kernels["sites"] >= 3, kernels  # grouped matmul, flash attention, chunked DeltaNet: Mosaic custom calls
+    kernels = p["custom_calls"]["by_kernel"]  # Mosaic custom calls by kernel name
+    # flash attention and chunked Gated DeltaNet; at this width (32) the grouped matmul has no 128-lane output block
+    # and falls back to XLA's ragged dot, itself a Mosaic kernel (the 35B step compiles moe_gmm: docs/sharding.md)
+    for family in ("flash_", "gdn_", "ragged-dot"):
+        assert any(name.startswith(family) for name in kernels), kernels
 
 
 def test_tpu_memory_figures_add_up_to_the_state(tiny_v5p_plan):
