@@ -351,6 +351,7 @@ EP_CASES = [  # (shards, transport, local implementation, load, top_k)
     (4, "ragged", "pallas_tpu", "one", 1),  # every row to one shard: the worst case the buffers are sized for
     (8, "ragged", "xla", "empty", 8),
     (8, "all_to_all", "xla", "uniform", 2),
+    (4, "all_to_all", "xla_cpu", "dirichlet", 2),  # the CPU default
 ]
 
 
