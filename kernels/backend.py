@@ -18,14 +18,21 @@ from typing import Callable, Mapping
 import jax
 
 XLA = "xla"
-IMPLS = {"moe": ("pallas_tpu", "pallas_gpu", XLA), "attention": ("pallas_tpu", "pallas_gpu", XLA),
+IMPLS = {"moe": ("pallas_tpu", "pallas_gpu", "xla_cpu", XLA), "attention": ("pallas_tpu", "pallas_gpu", XLA),
          "gdn": ("pallas_tpu", "pallas_gpu", XLA)}
 # Platform defaults. CPU runs XLA: Pallas on CPU only interprets (slow), which is for kernel tests, not for models.
+# Where XLA:CPU wants another formulation than the reference, the chain names it: "xla_cpu" is the MoE grouped matmul
+# as a batched matmul over row tiles (kernels/moe/gmm_cpu.py; XLA:CPU lowers ragged_dot densely over all experts).
 _PLATFORM_CHAINS = {
-    "moe": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
+    "moe": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA),
+            "cpu": ("xla_cpu", XLA)},
     "attention": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
     "gdn": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
 }
+
+# The pure-XLA formulation a platform prefers for an op where it is not the reference: what a model path that names no
+# kernel (moe_impl="ragged_dot") runs on that platform.
+_XLA_FORMULATIONS = {"moe": {"cpu": "xla_cpu"}}
 
 _NATIVE = {"tpu": ("tpu",), "gpu": ("gpu", "cuda", "rocm")}  # platforms where a kernel kind compiles for real
 
@@ -68,6 +75,14 @@ def candidates(op: str, impl: str | None = None, platform_name: str | None = Non
     if choice is not None:  # a named implementation, then the reference: never another platform's kernel
         return tuple(dict.fromkeys((choice, XLA)))
     return _PLATFORM_CHAINS[op].get(platform_name or platform(), (XLA,))
+
+
+def xla_formulation(op: str, platform_name: str | None = None) -> str:
+    """The pure-XLA implementation of `op` for the platform ("xla", the reference, unless the platform wants another
+    formulation); `KERNELS_<OP>_IMPL=xla` forces the reference."""
+    if os.environ.get(env_var(op), "") == XLA:
+        return XLA
+    return _XLA_FORMULATIONS.get(op, {}).get(platform_name or platform(), XLA)
 
 
 def dispatch(op: str, table: Mapping[str, Callable], impl: str | None, *args, **kwargs):

@@ -170,7 +170,7 @@ def test_expert_offset_lays_out_only_the_local_experts():
 
 # ---- grouped matmul ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", PALLAS + ("xla",))
+@pytest.mark.parametrize("impl", PALLAS + ("xla_cpu", "xla"))
 def test_gmm_and_tgmm_match_ragged_dot_with_empty_groups_and_trailing_rows(impl):
     r = np.random.default_rng(5)
     M, K, N = 45, 64, 128
@@ -208,7 +208,7 @@ def _case_id(c):
     return f"E{c[0]}-N{c[1]}-k{c[2]}-{c[3]}-{jnp.dtype(c[4]).name}"
 
 
-@pytest.mark.parametrize("impl", PALLAS)
+@pytest.mark.parametrize("impl", PALLAS + ("xla_cpu",))
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_moe_ffn_kernels_match_reference_forward_and_gradients(impl, case):
     check_against_reference(impl, *case)
@@ -217,8 +217,9 @@ def test_moe_ffn_kernels_match_reference_forward_and_gradients(impl, case):
 @pytest.mark.parametrize("case", [(256, 64, 8, "uniform", jnp.float32), (256, 48, 2, "dirichlet", jnp.float32),
                                   (256, 41, 1, "one", jnp.float32), (256, 50, 2, "empty", jnp.bfloat16)],
                          ids=_case_id)
-def test_moe_ffn_xla_matches_reference_at_256_experts(case):
-    check_against_reference("xla", *case)
+@pytest.mark.parametrize("impl", ["xla", "xla_cpu"])
+def test_moe_ffn_xla_matches_reference_at_256_experts(impl, case):
+    check_against_reference(impl, *case)
 
 
 def test_interpreted_grids_stay_under_100_steps():
@@ -236,7 +237,7 @@ def test_interpreted_grids_stay_under_100_steps():
 
 def test_backend_chain_precedence_is_argument_then_environment_then_platform(monkeypatch):
     monkeypatch.delenv("KERNELS_MOE_IMPL", raising=False)
-    assert backend.candidates("moe", platform_name="cpu") == ("xla",)
+    assert backend.candidates("moe", platform_name="cpu") == ("xla_cpu", "xla")
     assert backend.candidates("moe", platform_name="tpu") == ("pallas_tpu", "xla")
     assert backend.candidates("moe", platform_name="cuda") == ("pallas_gpu", "xla")
     assert backend.candidates("moe", "xla", platform_name="tpu") == ("xla",)
@@ -350,6 +351,7 @@ EP_CASES = [  # (shards, transport, local implementation, load, top_k)
     (4, "ragged", "pallas_tpu", "one", 1),  # every row to one shard: the worst case the buffers are sized for
     (8, "ragged", "xla", "empty", 8),
     (8, "all_to_all", "xla", "uniform", 2),
+    (4, "all_to_all", "xla_cpu", "dirichlet", 2),  # the CPU default
 ]
 
 

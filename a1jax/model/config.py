@@ -16,10 +16,11 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out")
 # The others go through kernels.attention.flash_attention / kernels.gdn.chunk_gated_delta_rule, like moe_impl.
 ATTENTION_IMPLS = ("reference", "auto", "xla", "pallas_tpu", "pallas_gpu")
 DELTANET_IMPLS = ("chunked", "scan", "auto", "xla", "pallas_tpu", "pallas_gpu")
-# "ragged_dot": sort + jax.lax.ragged_dot (a1jax/model/moe.py); the others go through kernels.moe.routed_ffn:
+# "ragged_dot": sort + jax.lax.ragged_dot (a1jax/model/moe.py), on CPU the tiled "xla_cpu" formulation instead
+# (kernels.backend.xla_formulation); the others go through kernels.moe.routed_ffn:
 # "auto" picks by platform (KERNELS_MOE_IMPL may override), the rest force one (kernels/backend.py).
 RING_LOAD_BALANCE = ("zigzag", "none")
-MOE_IMPLS = ("ragged_dot", "auto", "xla", "pallas_tpu", "pallas_gpu")
+MOE_IMPLS = ("ragged_dot", "auto", "xla", "xla_cpu", "pallas_tpu", "pallas_gpu")
 
 
 @dataclasses.dataclass(frozen=True)

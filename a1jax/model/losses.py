@@ -15,6 +15,25 @@ from a1jax.model.transformer import Output, lm_head_weight
 F32 = jnp.float32
 
 
+@jax.custom_vjp
+def _permute(x, order, inverse):
+    """x [B, T, ...] with each row's positions in `order` [B, T] (a permutation; `inverse` undoes it). The backward
+    pass is the gather by `inverse`, not the scatter-add autodiff of a gather emits (serial and slow on XLA:CPU)."""
+    return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _permute_fwd(x, order, inverse):
+    return _permute(x, order, inverse), (order, inverse)
+
+
+def _permute_bwd(res, g):
+    order, inverse = res
+    return _permute(g, inverse, order), None, None
+
+
+_permute.defvjp(_permute_fwd, _permute_bwd)
+
+
 def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     """log p(targets) and logsumexp of the logits, both [B,T] fp32. hidden [B,T,H]; w_out [H,V]; targets [B,T].
 
@@ -34,7 +53,8 @@ def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     if mask is not None:
         keep = mask != 0
         order = jnp.argsort(~keep, axis=1, stable=True)  # per row: masked-in positions first, in their order
-        hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+        inverse = jnp.argsort(order, axis=1)
+        hidden = _permute(hidden, order, inverse)
         targets, keep = jnp.take_along_axis(targets, order, axis=1), jnp.take_along_axis(keep, order, axis=1)
     else:
         keep = jnp.ones((B, T), bool)
@@ -60,8 +80,7 @@ def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     unsteps = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * c)[:, :T]
     logp, lse = unsteps(logp), unsteps(lse)
     if mask is not None:
-        inverse = jnp.argsort(order, axis=1)
-        logp, lse = jnp.take_along_axis(logp, inverse, axis=1), jnp.take_along_axis(lse, inverse, axis=1)
+        logp, lse = _permute(logp, inverse, order), _permute(lse, inverse, order)
     return logp, lse
 
 

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import swiglu
 from a1jax.model.parallel import Parallel
+from kernels import backend
 from kernels import moe as moe_kernels
 from kernels.moe import expert_parallel
 
@@ -27,7 +28,11 @@ def route(router_logits, top_k: int):
 def routed_experts(x, weights, ids, w_gate_up, w_down, impl: str = "ragged_dot"):
     """Dropless routed experts by sort + `ragged_dot`. x [N,H]; weights/ids [N,k]; w_gate_up [E,H,2I]; w_down [E,I,H].
 
-    Any `impl` but "ragged_dot" runs `kernels.moe.routed_ffn` (Pallas grouped matmul or its XLA path)."""
+    Any `impl` but "ragged_dot" runs `kernels.moe.routed_ffn` (Pallas grouped matmul or its XLA path). So does
+    "ragged_dot" where the platform has a faster pure-XLA formulation (XLA:CPU lowers ragged_dot densely over all
+    experts; kernels/moe/gmm_cpu.py multiplies only the routed rows)."""
+    if impl == "ragged_dot":
+        impl = {"xla": "ragged_dot"}.get(backend.xla_formulation("moe"), backend.xla_formulation("moe"))
     if impl != "ragged_dot":
         return moe_kernels.routed_ffn(x, weights, ids, w_gate_up, w_down, impl=impl)
     N, k = ids.shape

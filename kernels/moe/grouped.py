@@ -5,7 +5,8 @@ Pallas calls have no transpose rule (kernels.md §1.2), so each kernel pair is t
     act = swiglu(x @ [Wg | Wu])     dh = swiglu'(gate, up) * dact  dx = gmm(dh, [Wg | Wu]^T), dw = tgmm(x, dh)
 The backward kernels run on the same tile-aligned layout as the forward, so they need no new permutation.
 
-`expert_mlp` is the one place where the implementations differ: Pallas kernels for "pallas_tpu"/"pallas_gpu",
+`expert_mlp` is the one place where the implementations differ: Pallas kernels for "pallas_tpu"/"pallas_gpu", a
+batched matmul over row tiles for "xla_cpu" (kernels/moe/gmm_cpu.py),
 `jax.lax.ragged_dot` (the reference, `kernels.reference.moe.gmm`) for "xla".
 """
 from __future__ import annotations
@@ -15,11 +16,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.moe import _common, gmm_gpu, gmm_tpu
+from kernels.moe import _common, gmm_cpu, gmm_gpu, gmm_tpu
 from kernels.moe.routing import Layout
 from kernels.reference import moe as reference
 
-KERNELS = {gmm_tpu.NAME: gmm_tpu, gmm_gpu.NAME: gmm_gpu}
+KERNELS = {gmm_tpu.NAME: gmm_tpu, gmm_gpu.NAME: gmm_gpu, gmm_cpu.NAME: gmm_cpu}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
