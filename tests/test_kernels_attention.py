@@ -223,3 +223,34 @@ def test_ring_lowers_at_production_shapes(platform):
         return _value_and_grads(lambda q, k, v: sm(q, k, v, seg), q, k, v, do)
     text = lower_text(f, _PROD(4 * 4096), platform, n)
     assert custom_calls(text, platform) >= 3 and "collective_permute" in text.replace("-", "_")
+
+
+def _kernel_costs(fn, *args):
+    """{pallas_call name: cost_estimate flops} of every kernel traced by fn (forward and backward)."""
+    out = {}
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "pallas_call":
+                out[e.params["name"]] = e.params["cost_estimate"].flops
+            for v in e.params.values():
+                inner = getattr(v, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_flash_cost_estimates_count_only_the_blocks_on_and_below_the_diagonal(impl):
+    """T = 4 blocks of 64: causal runs 1+2+3+4 = 10 of 16 block pairs; fwd does 2, dq 3, dkv 4 [64, 64, D] matmuls per
+    pair and query head."""
+    B, T, nh, nkv, D, b = 1, 256, 4, 2, 32, 64
+    q = jax.ShapeDtypeStruct((B, T, nh, D), jnp.float32)
+    kv = jax.ShapeDtypeStruct((B, T, nkv, D), jnp.float32)
+    pair = B * nh * 2 * b * b * D
+    for causal, pairs in ((True, 10), (False, 16)):
+        loss = lambda q, k, v: flash.flash_attention(q, k, v, causal=causal, impl=impl, block_q=b, block_k=b).sum()
+        costs = _kernel_costs(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
+        assert costs == {"flash_fwd": pairs * 2 * pair, "flash_dq": pairs * 3 * pair, "flash_dkv": pairs * 4 * pair}
