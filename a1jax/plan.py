@@ -13,7 +13,10 @@ What each number is, and how far to trust it:
   backend; temporaries are what XLA:CPU would need and can differ on TPU/GPU (other fusion, other kernels: a Pallas
   kernel on device replaces the XLA fallback that CPU compiles). Saved activations are estimated separately from
   jax's saved residuals of the decoder forward, divided evenly over the batch and sequence shards.
-- Program FLOPs: counted on the traced jaxpr of the step (dot_general, ragged_dot, Pallas kernels by their grid),
+- Kernels: with --platform gpu/tpu, every model `*_impl` left at "auto" becomes that platform's Pallas kernels
+  (`resolve_impls`), interpreted on the CPU host. A Pallas kernel counts at its `pl.CostEstimate`, the blocks it
+  runs (causal block skipping, the row tiles that hold rows), in the program and the compiled count alike.
+- Program FLOPs: counted on the traced jaxpr of the step (dot_general, ragged_dot, Pallas kernels' estimates),
   scan bodies times their length, shard_map bodies times their shards. Platform independent: `ragged_dot` counts
   2·M·K·N, what a grouped-matmul kernel does. Per device = global / devices (assumes the work is partitioned).
 - Compiled FLOPs: XLA's `cost_analysis()` counts a while-loop body once, so a scan over 10 blocks is under-counted
