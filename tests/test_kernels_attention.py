@@ -254,3 +254,18 @@ def test_flash_cost_estimates_count_only_the_blocks_on_and_below_the_diagonal(im
         loss = lambda q, k, v: flash.flash_attention(q, k, v, causal=causal, impl=impl, block_q=b, block_k=b).sum()
         costs = _kernel_costs(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
         assert costs == {"flash_fwd": pairs * 2 * pair, "flash_dq": pairs * 3 * pair, "flash_dkv": pairs * 4 * pair}
+
+
+def test_ring_cost_estimates_add_up_to_the_single_device_causal_blocks():
+    """4 shards in zig-zag order, 64-token blocks: the first hop's causal blocks plus half of every later hop's add up
+    to the 36 block pairs on or below the diagonal of the whole 512-token sequence, the single-device count."""
+    from a1jax.plan import program_flops
+    q = jax.ShapeDtypeStruct((1, 512, 2, 32), jnp.float32)
+    kv = jax.ShapeDtypeStruct((1, 512, 1, 32), jnp.float32)
+    seg = jnp.ones((1, 512), jnp.int32)
+    ring, single = {}, {}
+    program_flops(jax.make_jaxpr(lambda q, k, v: _ring(4, "zigzag", "pallas_gpu")(q, k, v, seg))(q, kv, kv).jaxpr,
+                  kernels=ring)
+    program_flops(jax.make_jaxpr(lambda q, k, v: flash_attention(q, k, v, impl="pallas_gpu"))(q, kv, kv).jaxpr,
+                  kernels=single)
+    assert ring == single == {"flash_fwd": 36 * 2 * 2 * (2 * 64 * 64 * 32)}
