@@ -13,7 +13,10 @@ What each number is, and how far to trust it:
   backend; temporaries are what XLA:CPU would need and can differ on TPU/GPU (other fusion, other kernels: a Pallas
   kernel on device replaces the XLA fallback that CPU compiles). Saved activations are estimated separately from
   jax's saved residuals of the decoder forward, divided evenly over the batch and sequence shards.
-- Program FLOPs: counted on the traced jaxpr of the step (dot_general, ragged_dot, Pallas kernels by their grid),
+- Kernels: with --platform gpu/tpu, every model `*_impl` left at "auto" becomes that platform's Pallas kernels
+  (`resolve_impls`), interpreted on the CPU host. A Pallas kernel counts at its `pl.CostEstimate`, the blocks it
+  runs (causal block skipping, the row tiles that hold rows), in the program and the compiled count alike.
+- Program FLOPs: counted on the traced jaxpr of the step (dot_general, ragged_dot, Pallas kernels' estimates),
   scan bodies times their length, shard_map bodies times their shards. Platform independent: `ragged_dot` counts
   2·M·K·N, what a grouped-matmul kernel does. Per device = global / devices (assumes the work is partitioned).
 - Compiled FLOPs: XLA's `cost_analysis()` counts a while-loop body once, so a scan over 10 blocks is under-counted
@@ -75,12 +78,15 @@ def _where(eqn) -> str:
     return f"{os.path.basename(frame.file_name)}:{frame.function_name}" if frame else "?"
 
 
-def program_flops(jaxpr, unknown_loops: list | None = None, by_source: dict | None = None, mult: float = 1) -> float:
+def program_flops(jaxpr, unknown_loops: list | None = None, by_source: dict | None = None, mult: float = 1,
+                  kernels: dict | None = None) -> float:
     """Matmul FLOPs of a jaxpr (global, all devices): dot_general, ragged_dot_general and Pallas kernels.
 
     Scans count `length` times, shard_map bodies once per shard, cond the costliest branch. A while loop has no static
     trip count: its body counts once and it is appended to `unknown_loops`. `by_source` collects the FLOPs by the
-    user function that emitted them. A ragged_dot counts all lhs rows, padding rows of a worst-case buffer included.
+    user function that emitted them, `kernels` those of the Pallas calls with a cost estimate by kernel name. A
+    ragged_dot counts all lhs rows, padding rows of a worst-case buffer included; a Pallas kernel counts its
+    `pl.CostEstimate` (the blocks and row tiles it runs), or without one its body once per grid step.
     """
     total = 0.0
     for eqn in jaxpr.eqns:
@@ -96,6 +102,8 @@ def program_flops(jaxpr, unknown_loops: list | None = None, by_source: dict | No
             flops = _dot_flops(eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, skip)
         elif name == "pallas_call" and getattr(p.get("cost_estimate"), "flops", None):
             flops = float(p["cost_estimate"].flops)
+            if kernels is not None:
+                kernels[p.get("name") or "?"] = kernels.get(p.get("name") or "?", 0.0) + flops * mult
         if flops is not None:
             total += flops
             if by_source is not None:
@@ -103,7 +111,7 @@ def program_flops(jaxpr, unknown_loops: list | None = None, by_source: dict | No
                 by_source[key] = by_source.get(key, 0.0) + flops * mult
             continue
         subs = list(_sub_jaxprs(p))
-        inner = lambda j, m=1: program_flops(j, unknown_loops, by_source, mult * m)
+        inner = lambda j, m=1: program_flops(j, unknown_loops, by_source, mult * m, kernels)
         if name == "pallas_call":  # no cost estimate: the kernel body once per grid step
             steps = math.prod(g if isinstance(g, int) else 1 for g in p["grid_mapping"].grid)
             total += steps * inner(p["jaxpr"], steps)
@@ -138,11 +146,14 @@ def _dims(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def hlo_dot_flops(hlo_text: str) -> tuple[float, int]:
+def hlo_dot_flops(hlo_text: str, skip_scopes=()) -> tuple[float, int]:
     """(dot FLOPs of a compiled HLO module, number of while loops without a known trip count).
 
     Every computation's dots are weighted by how often it runs: fusions and calls once per caller, while bodies times
-    the `known_trip_count` XLA records for scans. This is the per-device count for an SPMD-partitioned module."""
+    the `known_trip_count` XLA records for scans. This is the per-device count for an SPMD-partitioned module.
+    Dots whose op_name runs through one of `skip_scopes` (the names of interpreted Pallas kernels) are left out: an
+    interpreted kernel's HLO holds every block of its grid, the ones the kernel skips on device included."""
+    skip = tuple(f"/{s}/" for s in skip_scopes)
     comps: dict[str, dict] = {}
     entry, cur, shapes, unknown = None, None, {}, 0
     for line in hlo_text.splitlines():
@@ -158,7 +169,9 @@ def hlo_dot_flops(hlo_text: str) -> tuple[float, int]:
         if d:
             shapes[d.group(1)] = _dims(d.group(3))
         dot = re.search(r"\sdot\((.*?)\)(?:,|$)", line)
-        if d and dot:
+        if d and dot and skip and any(x in line for x in skip):
+            pass
+        elif d and dot:
             lhs = _ARG.match(dot.group(1).split(", ")[0].strip())
             lhs_shape = _dims(lhs.group(1)) if lhs.group(1) is not None else shapes.get(lhs.group(2))
             contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
@@ -277,6 +290,25 @@ def abstract_batch(built, exp) -> dict:
                                     sharding=built.batch_sharding) for k in BATCH_KEYS}
 
 
+IMPL_FIELDS = (("moe_impl", "moe"), ("attention_impl", "attention"), ("deltanet_impl", "gdn"))
+
+
+def resolve_impls(config, platform: str) -> dict:
+    """Plans the program `platform` would run: every model `*_impl` left at "auto" becomes that platform's kernel
+    (kernels/backend.py's chain for it, $KERNELS_<OP>_IMPL included), instead of the XLA fallbacks the CPU host would
+    pick. Edits config.model.overrides in place; returns {field: "auto -> chosen"} for the fields it changed.
+    On the CPU host the chosen Pallas kernels are interpreted; their pl.CostEstimate gives their FLOPs."""
+    from kernels import backend
+    overrides = config.model.get("overrides") or {}
+    changed = {}
+    for field, op in IMPL_FIELDS:
+        if overrides.get(field, None) == "auto":
+            chosen = backend.candidates(op, None, platform)[0]
+            config.model.overrides[field] = chosen
+            changed[field] = f"auto -> {chosen}"
+    return changed
+
+
 def device_table(kind: str, table: dict) -> tuple[str, float]:
     kind = kind.lower()
     for name, value in table.items():
@@ -321,8 +353,11 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # jax < 0.5 returned a list per module
     unknown_loops: list = []
     by_source: dict = {}
-    prog = program_flops(traced.jaxpr.jaxpr, unknown_loops, by_source)
-    dots, unknown_hlo_loops = hlo_dot_flops(hlo)
+    kernels: dict = {}
+    prog = program_flops(traced.jaxpr.jaxpr, unknown_loops, by_source, kernels=kernels)
+    xla_dots, unknown_hlo_loops = hlo_dot_flops(hlo, skip_scopes=tuple(kernels))
+    kernel_flops = sum(kernels.values()) / n  # kernels run inside shard_map: their work is split over the devices
+    dots = xla_dots + kernel_flops
     b_shards = math.prod(built.mesh.shape[a] for a in _spec_axes(built.batch_sharding.spec))
     acts = activation_bytes(built, exp, batch) / b_shards
     times["analysis_s"] = time.perf_counter() - t
@@ -355,12 +390,15 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
             "program_per_device": per_dev(prog), "program_per_token": prog / tokens,
             "program_loops_without_trip_count": len(unknown_loops),
             "compiled_dots_per_device": dots, "compiled_dots_per_token": dots * n / tokens,
+            "compiled_xla_dots_per_device": xla_dots, "compiled_kernel_estimates_per_device": kernel_flops,
+            "kernel_estimates_by_name": {k: v / n for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])},
             "compiled_loops_without_trip_count": unknown_hlo_loops,
             "xla_cost_analysis_per_device": float(cost.get("flops", float("nan"))),
             "ratio_program": prog / base,
             "ratio_program_remat": prog / (base * remat) if remat else None,
             "ratio_program_remat_deltanet": prog / ((base + gdn) * remat) if remat else None,
             "ratio_compiled": dots * n / base,
+            "ratio_compiled_remat": dots * n / (base * remat) if remat else None,
             "compiled_over_program": dots * n / prog if prog else float("nan"),
             "step_seconds_at_peak": per_dev(base) / peak, "peak_flops": peak},
         "program_flops_by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
@@ -397,6 +435,8 @@ def format_report(p: dict) -> str:
         f"remat={c['remat_policy']}, scan_layers={c['scan_layers']}, moe_impl={c['moe_impl']}",
         f"compiled on {c['compiled_on']} with {c['devices']} virtual devices; verdict for {c['device_kind']} "
         f"({c['hbm_bytes'] / 1e9:.0f} GB HBM)",
+        "kernels: " + (", ".join(f"{k} {v}" for k, v in c.get("resolved_impls", {}).items()) or "as configured")
+        + f" (attention_impl={c['attention_impl']}, deltanet_impl={c['deltanet_impl']})",
         f"time: build {t['build_s']:.1f}s  trace {t['trace_s']:.1f}s  lower {t['lower_s']:.1f}s  "
         f"compile {t['compile_s']:.1f}s  analysis {t['analysis_s']:.1f}s",
         "",
@@ -421,7 +461,11 @@ def format_report(p: dict) -> str:
            f"{f['ratio_program_remat_deltanet']:.3f} incl. DeltaNet" if f["remat_factor"] else
            f" (remat_policy={c['remat_policy']}: recompute not modelled, expect 1..4/3)"),
         f"  compiled XLA:CPU dots x loop trips      {_fl(f['compiled_dots_per_device'])}   "
-        f"ratio {f['ratio_compiled']:.3f}  ({f['compiled_over_program']:.2f} x program)",
+        f"ratio {f['ratio_compiled']:.3f}"
+        + (f", {f['ratio_compiled_remat']:.3f} / remat {f['remat_factor']:.3f}" if f["remat_factor"] else "")
+        + f"  ({f['compiled_over_program']:.2f} x program)",
+        f"    of which Pallas kernels (cost estimates) {_fl(f['compiled_kernel_estimates_per_device'])}   "
+        + ", ".join(f"{k} {v:.2e}" for k, v in list(f["kernel_estimates_by_name"].items())[:4]),
         f"  XLA cost_analysis (loop bodies once)    {_fl(f['xla_cost_analysis_per_device'])}",
         f"  step time at {f['peak_flops'] / 1e12:.0f} TFLOP/s peak (analytic)  {f['step_seconds_at_peak']:.3f} s",
     ]
@@ -466,9 +510,11 @@ def add_parser(sub):
 def run(args) -> int:
     from a1jax.train import experiment
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
-    exp = experiment.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
     if getattr(args, "topology", ""):
+        exp = experiment.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
         return run_topology(args, config, exp)
+    resolved = resolve_impls(config, args.platform)
+    exp = experiment.validate(config, check_vocabulary=False)
     kind = args.device_kind or DEFAULT_KIND[args.platform]
     device_table(kind, HBM_BYTES)  # an unknown kind fails before any work
     n = args.devices or required_devices(config)
@@ -477,6 +523,7 @@ def run(args) -> int:
     t = time.perf_counter()
     result = plan(exp, devices=use_cpu_devices(n), device_kind=kind)
     result["times"]["total_s"] = time.perf_counter() - t
+    result["config"]["resolved_impls"] = resolved
     print(format_report(result))
     print(f"\ntotal {result['times']['total_s']:.1f}s", file=sys.stderr)
     if args.json:

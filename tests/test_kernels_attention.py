@@ -223,3 +223,49 @@ def test_ring_lowers_at_production_shapes(platform):
         return _value_and_grads(lambda q, k, v: sm(q, k, v, seg), q, k, v, do)
     text = lower_text(f, _PROD(4 * 4096), platform, n)
     assert custom_calls(text, platform) >= 3 and "collective_permute" in text.replace("-", "_")
+
+
+def _kernel_costs(fn, *args):
+    """{pallas_call name: cost_estimate flops} of every kernel traced by fn (forward and backward)."""
+    out = {}
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "pallas_call":
+                out[e.params["name"]] = e.params["cost_estimate"].flops
+            for v in e.params.values():
+                inner = getattr(v, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_flash_cost_estimates_count_only_the_blocks_on_and_below_the_diagonal(impl):
+    """T = 4 blocks of 64: causal runs 1+2+3+4 = 10 of 16 block pairs; fwd does 2, dq 3, dkv 4 [64, 64, D] matmuls per
+    pair and query head."""
+    B, T, nh, nkv, D, b = 1, 256, 4, 2, 32, 64
+    q = jax.ShapeDtypeStruct((B, T, nh, D), jnp.float32)
+    kv = jax.ShapeDtypeStruct((B, T, nkv, D), jnp.float32)
+    pair = B * nh * 2 * b * b * D
+    for causal, pairs in ((True, 10), (False, 16)):
+        loss = lambda q, k, v: flash.flash_attention(q, k, v, causal=causal, impl=impl, block_q=b, block_k=b).sum()
+        costs = _kernel_costs(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
+        assert costs == {"flash_fwd": pairs * 2 * pair, "flash_dq": pairs * 3 * pair, "flash_dkv": pairs * 4 * pair}
+
+
+def test_ring_cost_estimates_add_up_to_the_single_device_causal_blocks():
+    """4 shards in zig-zag order, 64-token blocks: the first hop's causal blocks plus half of every later hop's add up
+    to the 36 block pairs on or below the diagonal of the whole 512-token sequence, the single-device count."""
+    from a1jax.plan import program_flops
+    q = jax.ShapeDtypeStruct((1, 512, 2, 32), jnp.float32)
+    kv = jax.ShapeDtypeStruct((1, 512, 1, 32), jnp.float32)
+    seg = jnp.ones((1, 512), jnp.int32)
+    ring, single = {}, {}
+    program_flops(jax.make_jaxpr(lambda q, k, v: _ring(4, "zigzag", "pallas_gpu")(q, k, v, seg))(q, kv, kv).jaxpr,
+                  kernels=ring)
+    program_flops(jax.make_jaxpr(lambda q, k, v: flash_attention(q, k, v, impl="pallas_gpu"))(q, kv, kv).jaxpr,
+                  kernels=single)
+    assert ring == single == {"flash_fwd": 36 * 2 * 2 * (2 * 64 * 64 * 32)}

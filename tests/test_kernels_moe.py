@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh
 
 from kernels import backend, moe
-from kernels.moe import grouped
+from kernels.moe import grouped, routing
 from kernels.reference import moe as ref
 
 PALLAS = ("pallas_tpu", "pallas_gpu")
@@ -384,3 +384,44 @@ def test_expert_parallel_matches_single_device_forward_and_gradients(D, transpor
     assert m["max_received_rows"] == per_shard.max()
     if load == "one":
         assert m["max_received_rows"] == N * k  # one shard received every row, and nothing was dropped
+
+
+def _kernel_costs(fn, *args):
+    """{pallas_call name: sorted cost_estimate flops of its calls} of every kernel traced by fn."""
+    out = {}
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "pallas_call":
+                out[e.params["name"]] = sorted(out.get(e.params["name"], []) + [e.params["cost_estimate"].flops])
+            for v in e.params.values():
+                inner = getattr(v, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return out
+
+
+@pytest.mark.parametrize("impl", PALLAS)
+def test_kernel_cost_follows_the_rows_received_not_the_worst_case_buffer(impl):
+    """An expert-parallel shard's buffer holds D*R rows of which R arrive on average: the grouped matmuls' cost
+    estimates count the tiles of R rows plus half a tile of padding per expert, not the buffer."""
+    D, R, E, H, inter = 8, 512, 4, 64, 128
+    x = jax.ShapeDtypeStruct((D * R, H), jnp.float32)
+    ids = jax.ShapeDtypeStruct((D * R,), jnp.int32)
+    wgu, wd = jax.ShapeDtypeStruct((E, H, 2 * inter), jnp.float32), jax.ShapeDtypeStruct((E, inter, H), jnp.float32)
+    loss = lambda x, wgu, wd, ids: moe.local_expert_ffn(x, ids, wgu, wd, impl=impl, tile=32,
+                                                        expected_rows=R)[0].sum()
+    costs = _kernel_costs(jax.grad(loss, argnums=(0, 1, 2)), x, wgu, wd, ids)
+    rows = R + E * 16  # 31 // 2 = 15 rows of padding per expert on average, rounded up to whole tiles
+    up, down = 2 * rows * H * 2 * inter, 2 * rows * inter * H  # [rows, H] x [H, 2I] and [rows, I] x [I, H]
+    assert costs == {"moe_gmm_swiglu": [up], "moe_gmm": [down], "moe_gmm_t": [down, up], "moe_tgmm": [down, up]}
+
+
+def test_expected_tile_rows_count_half_a_tile_of_padding_per_expert_within_the_buffer():
+    layout = moe.plan(jnp.zeros((64, 2), jnp.int32), 4, tile=16)  # 128 rows; capacity 128 + 4 * 15 -> 192
+    assert layout.expected_rows == 128 and layout.src.shape[0] == 192
+    assert routing.expected_tile_rows(layout) == 160  # 128 + 4 * 15 // 2 = 158, in whole tiles
+    small = moe.plan(jnp.zeros((4, 1), jnp.int32), 64, tile=16)  # 4 rows over 64 experts: never beyond the buffer
+    assert routing.expected_tile_rows(small) <= small.src.shape[0]

@@ -117,3 +117,30 @@ def test_more_devices_than_the_running_backend_has_is_a_clear_error():
     with pytest.raises(ValueError, match=rf"--devices {have + 8}: .*already initialised with {have} devices"):
         planner.use_cpu_devices(have + 8)
     assert len(planner.use_cpu_devices(2)) == 2
+
+
+def test_auto_kernels_resolve_to_the_target_platforms_and_named_ones_stay(monkeypatch):
+    for op in ("MOE", "ATTENTION", "GDN"):
+        monkeypatch.delenv(f"KERNELS_{op}_IMPL", raising=False)
+    c = experiment.load(QUICKSTART)
+    c.model.overrides = dict(TINY, moe_impl="auto", attention_impl="auto", deltanet_impl="xla")
+    assert planner.resolve_impls(c, "gpu") == {"moe_impl": "auto -> pallas_gpu", "attention_impl": "auto -> pallas_gpu"}
+    assert (c.model.overrides.moe_impl, c.model.overrides.deltanet_impl) == ("pallas_gpu", "xla")
+    c.model.overrides.moe_impl = "auto"
+    assert planner.resolve_impls(c, "tpu") == {"moe_impl": "auto -> pallas_tpu"}
+
+
+def test_interpreted_kernels_count_at_their_cost_estimate_not_every_grid_block():
+    """Causal flash over 4 blocks runs 10 of 16 block pairs: the compiled count takes the kernel's estimate, while the
+    interpreted HLO holds all 16 (the skipped blocks sit in a cond branch that the HLO count cannot rule out)."""
+    from kernels.attention import flash_attention
+    q, kv = jax.ShapeDtypeStruct((1, 256, 2, 32), jnp.float32), jax.ShapeDtypeStruct((1, 256, 1, 32), jnp.float32)
+    traced = jax.jit(lambda q, k, v: flash_attention(q, k, v, impl="pallas_gpu", block_q=64, block_k=64)).trace(
+        q, kv, kv)
+    kernels = {}
+    prog = planner.program_flops(traced.jaxpr.jaxpr, kernels=kernels)
+    pair = 2 * 2 * (2 * 64 * 64 * 32)  # 2 heads x 2 matmuls of [64, 64] x [64, 32]
+    assert kernels == {"flash_fwd": 10 * pair} and prog == kernels["flash_fwd"]
+    hlo = traced.lower().compile().as_text()
+    assert planner.hlo_dot_flops(hlo)[0] == 16 * pair
+    assert planner.hlo_dot_flops(hlo, skip_scopes=tuple(kernels))[0] == 0

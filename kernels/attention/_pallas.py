@@ -48,13 +48,14 @@ def out_struct(shape, dtype, like):
 
 
 def call(kernel, *, variant, grid, in_specs, out_specs, out_shape, semantics, interpret, scratch=(), name=None,
-         num_warps: int = 4, num_stages: int = 2):
-    """pl.pallas_call with the variant's compiler params; scratch is TPU-only (Triton kernels keep carries in regs)."""
+         num_warps: int = 4, num_stages: int = 2, cost=None):
+    """pl.pallas_call with the variant's compiler params; scratch is TPU-only (Triton kernels keep carries in regs).
+    `cost` (pl.CostEstimate) is the work the kernel does, skipped blocks left out: XLA and `a1jax plan` read it."""
     return pl.pallas_call(
         kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
         scratch_shapes=tuple(scratch) if variant == "tpu" else (),
         compiler_params=compiler_params(variant, semantics, num_warps, num_stages),
-        interpret=interpret, name=name)
+        interpret=interpret, name=name, cost_estimate=cost)
 
 
 def vmem(shape, dtype):

@@ -169,8 +169,39 @@ def _blocks(cfg: FlashConfig, T, S):
     return bq, bk
 
 
-def flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg: FlashConfig, out_dtype=None):
-    """Kernel layout in, (o [B,nh,T,D] in out_dtype, lse [B,nh,T,1] f32) out."""
+# ---- work done: the blocks the masks leave ----------------------------------------------------------------------
+def visited_pairs(cfg: FlashConfig, T, S, visible=None) -> float:
+    """(q block, kv block) pairs per (batch, query head) that the kernels run, the skipped ones left out.
+
+    `visible`: the share of pairs the caller knows to be unmasked (a ring hop passes its mean share); None means
+    queries and keys are the same tokens in index order, so with `causal` exactly the blocks on or below the diagonal
+    run. Packed segments only skip more: the estimate assumes one segment per row, an upper bound."""
+    bq, bk = _blocks(cfg, T, S)
+    nq, nk = T // bq, S // bk
+    if visible is not None:
+        return float(visible) * nq * nk
+    if not cfg.causal:
+        return float(nq * nk)
+    return float(sum(min(nk, ((i + 1) * bq - 1) // bk + 1) for i in range(nq)))
+
+
+def _cost(q, k, cfg, visible, matmuls: int, out_bytes: int):
+    """pl.CostEstimate of a kernel that does `matmuls` [bq, bk, D] products per visited pair and head."""
+    B, nh, T, D = q.shape
+    S = k.shape[2]
+    bq, bk = _blocks(cfg, T, S)
+    pairs = visited_pairs(cfg, T, S, visible)
+    kv_bytes = 2 * B * nh * pairs * bk * D * k.dtype.itemsize  # a k and a v block streamed per visited pair
+    return pl.CostEstimate(
+        flops=int(B * nh * pairs * matmuls * 2 * bq * bk * D), transcendentals=int(B * nh * pairs * bq * bk),
+        bytes_accessed=int(2 * q.size * q.dtype.itemsize + kv_bytes + out_bytes))
+
+
+FWD_MATMULS, DQ_MATMULS, DKV_MATMULS = 2, 3, 4  # QK, PV | QK, dO V, dS K | QK, P dO, dO V, dS Q
+
+
+def flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg: FlashConfig, out_dtype=None, visible=None):
+    """Kernel layout in, (o [B,nh,T,D] in out_dtype, lse [B,nh,T,1] f32) out. `visible`: see `visited_pairs`."""
     B, nh, T, D = q.shape
     nkv, S = k.shape[1], k.shape[2]
     G = nh // nkv
@@ -202,6 +233,7 @@ def flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg: FlashConfig, out_dtype=None)
         out_specs=[q_spec, lse_spec],
         scratch=[_pallas.vmem((bq, 1), F32), _pallas.vmem((bq, 1), F32), _pallas.vmem((bq, D), F32)],
         name="flash_fwd", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        cost=_cost(q, k, cfg, visible, FWD_MATMULS, q.size * jnp.dtype(out_dtype or q.dtype).itemsize),
     )(qseg, kseg, qpos, kpos, q, k, v)
 
 
@@ -284,9 +316,9 @@ def _dkv_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_r
     dv_ref[...] = dv
 
 
-def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig):
+def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig, visible=None):
     """Block backward from the global lse and delta = sum(o * do) [B,nh,T,1]. Returns f32 (dq, dk, dv); dk and dv
-    are summed over the query heads of each kv head inside the kernel."""
+    are summed over the query heads of each kv head inside the kernel. `visible`: see `visited_pairs`."""
     B, nh, T, D = q.shape
     nkv, S = k.shape[1], k.shape[2]
     G = nh // nkv
@@ -294,6 +326,8 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig)
     nq, nk = T // bq, S // bk
     scale = D ** -0.5
     common = dict(variant=cfg.variant, interpret=cfg.interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    dq_cost = _cost(q, k, cfg, visible, DQ_MATMULS, q.size * 4)
+    dkv_cost = _cost(q, k, cfg, visible, DKV_MATMULS, 2 * k.size * 4)
     args = (qseg, kseg, qpos, kpos)
     if cfg.variant == "tpu":
         q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i, j: (b, h, i, 0))
@@ -306,7 +340,7 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig)
             in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
             out_specs=q_spec, out_shape=_pallas.out_struct(q.shape, F32, q),
             semantics=("parallel", "parallel", "parallel", "arbitrary"), scratch=[_pallas.vmem((bq, D), F32)],
-            name="flash_dq", **common)(*args, q, k, v, do, lse, delta)
+            name="flash_dq", cost=dq_cost, **common)(*args, q, k, v, do, lse, delta)
     else:
         q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, i: (b, h, i, 0))
         r_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
@@ -317,7 +351,7 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig)
             functools.partial(_dq_kernel_triton, causal=cfg.causal, scale=scale, bk=bk, nk=nk), grid=(B, nh, nq),
             in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
             out_specs=q_spec, out_shape=_pallas.out_struct(q.shape, F32, q), semantics=("parallel",) * 3,
-            name="flash_dq", **common)(*args, q, k, v, do, lse, delta)
+            name="flash_dq", cost=dq_cost, **common)(*args, q, k, v, do, lse, delta)
 
     # dk/dv: the G query heads of kv head h are rows [g*T, (g+1)*T) of q reshaped to [B, nkv, G*T, D] (free reshape).
     group = lambda x: x.reshape(B, nkv, G * T, x.shape[-1])
@@ -335,7 +369,7 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig)
             out_specs=[kv_spec, kv_spec], out_shape=kv_out,
             semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
             scratch=[_pallas.vmem((bk, D), F32), _pallas.vmem((bk, D), F32)],
-            name="flash_dkv", **common)(*args, qg, k, v, dog, lseg, deltag)
+            name="flash_dkv", cost=dkv_cost, **common)(*args, qg, k, v, dog, lseg, deltag)
     else:
         q_spec = pl.BlockSpec((None, None, G * T, D), lambda b, h, j: (b, h, 0, 0))
         r_spec = pl.BlockSpec((None, None, G * T, 1), lambda b, h, j: (b, h, 0, 0))
@@ -347,7 +381,7 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig)
             grid=(B, nkv, nk),
             in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
             out_specs=[kv_spec, kv_spec], out_shape=kv_out, semantics=("parallel",) * 3,
-            name="flash_dkv", **common)(*args, qg, k, v, dog, lseg, deltag)
+            name="flash_dkv", cost=dkv_cost, **common)(*args, qg, k, v, dog, lseg, deltag)
     return dq, dk, dv
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 F32 = jnp.float32
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -51,3 +52,14 @@ def swiglu_bwd(gate, up, d_act):
     gate, up, d_act = gate.astype(F32), up.astype(F32), d_act.astype(F32)
     s = jax.nn.sigmoid(gate)
     return d_act * up * s * (1 + gate * (1 - s)), d_act * gate * s
+
+
+def cost(layout, k: int, n: int, itemsize: int, *, weight_reads: bool = True, transcendentals_per_row: int = 0):
+    """pl.CostEstimate of a grouped matmul over the row tiles that hold rows (`routing.expected_tile_rows`), not over
+    the whole buffer: [rows, k] x [k, n] per tile, one [k, n] weight block read per row tile (`weight_reads`)."""
+    from kernels.moe.routing import expected_tile_rows
+    rows = expected_tile_rows(layout)
+    tiles = rows // layout.tile
+    weights = tiles * k * n if weight_reads else layout.num_experts * k * n
+    return pl.CostEstimate(flops=int(2 * rows * k * n), transcendentals=int(rows * transcendentals_per_row),
+                           bytes_accessed=int(itemsize * (rows * k + rows * n + weights)))

@@ -98,6 +98,7 @@ def gmm(x, w, layout, *, transpose_rhs: bool = False):
         grid=(M // bm, N // bn), in_specs=[_ANY] * 4, out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((M, N), x.dtype), compiler_params=_params(),
         interpret=backend.interpret_mode("gpu"), name="moe_gmm_t" if transpose_rhs else "moe_gmm",
+        cost_estimate=_common.cost(layout, K, N, x.dtype.itemsize),
     )(layout.tile_expert, layout.num_active_tiles, x, w)
 
 
@@ -149,6 +150,8 @@ def gmm_swiglu(x, w_gate_up, layout, *, residuals: bool):
         out_specs=[pl.BlockSpec((bm, bn), lambda i, j: (i, j))] * n_out,
         out_shape=[jax.ShapeDtypeStruct((M, inter), x.dtype)] * n_out, compiler_params=_params(),
         interpret=backend.interpret_mode("gpu"), name="moe_gmm_swiglu",
+        cost_estimate=_common.cost(layout, K, 2 * inter, x.dtype.itemsize,
+                                   transcendentals_per_row=inter),
     )(layout.tile_expert, layout.num_active_tiles, x, w_gate_up)
     return tuple(out) if residuals else out[0]
 
@@ -179,4 +182,5 @@ def tgmm(x, dy, layout, *, out_dtype=None):
         out_specs=pl.BlockSpec((None, bk, bn), lambda e, a, b: (e, a, b)),
         out_shape=jax.ShapeDtypeStruct((E, K, N), out_dtype or x.dtype), compiler_params=_params(),
         interpret=backend.interpret_mode("gpu"), name="moe_tgmm",
+        cost_estimate=_common.cost(layout, K, N, x.dtype.itemsize, weight_reads=False),
     )(layout.expert_tile_start, x, dy)

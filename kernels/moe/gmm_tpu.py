@@ -103,6 +103,7 @@ def gmm(x, w, layout, *, transpose_rhs: bool = False):
         out_shape=jax.ShapeDtypeStruct((M, N), x.dtype),
         compiler_params=_params("parallel", "parallel", "arbitrary"),
         interpret=backend.interpret_mode("tpu"), name="moe_gmm_t" if transpose_rhs else "moe_gmm",
+        cost_estimate=_common.cost(layout, K, N, x.dtype.itemsize),
     )(layout.tile_expert, layout.num_active_tiles, x, w)
 
 
@@ -154,6 +155,8 @@ def gmm_swiglu(x, w_gate_up, layout, *, residuals: bool):
         out_shape=[jax.ShapeDtypeStruct((M, inter), x.dtype)] * (3 if residuals else 1),
         compiler_params=_params("parallel", "parallel", "arbitrary"),
         interpret=backend.interpret_mode("tpu"), name="moe_gmm_swiglu",
+        cost_estimate=_common.cost(layout, K, 2 * inter, x.dtype.itemsize,
+                                   transcendentals_per_row=inter),
     )(layout.tile_expert, layout.num_active_tiles, x, w_gate_up, w_gate_up)
     return tuple(out) if residuals else out[0]
 
@@ -219,4 +222,5 @@ def tgmm(x, dy, layout, *, out_dtype=None):
         _tgmm_kernel, grid_spec=grid_spec, out_shape=jax.ShapeDtypeStruct((E, K, N), out_dtype or x.dtype),
         compiler_params=_params("parallel", "parallel", "arbitrary"),
         interpret=backend.interpret_mode("tpu"), name="moe_tgmm",
+        cost_estimate=_common.cost(layout, K, N, x.dtype.itemsize, weight_reads=False),
     )(tile, expert, flags, x, dy)

@@ -63,7 +63,7 @@ def _expert_rows(x, expert_ids, w_gate_up, w_down, *, impl, tile=None, expert_of
     tile = tile or grouped.row_tile(impl, expected_rows or expert_ids.size, E, x.dtype)
     grouped.validate(impl, H, inter, x.dtype, tile)
     w_gate_up, w_down = w_gate_up.astype(x.dtype), w_down.astype(x.dtype)
-    x_sorted, layout = permute(x, expert_ids, E, tile=tile, expert_offset=expert_offset)
+    x_sorted, layout = permute(x, expert_ids, E, tile=tile, expert_offset=expert_offset, expected_rows=expected_rows)
     return grouped.expert_mlp(x_sorted, w_gate_up, w_down, layout, impl), layout
 
 

@@ -10,7 +10,8 @@ instead of the scatter-add that autodiff of a gather would emit: scatter-add ser
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,11 @@ def _gather_rows_bwd(res, g):
 gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
-class Layout(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["src", "pos", "group_sizes", "tile_expert", "num_active_tiles", "expert_tile_start"],
+                   meta_fields=["expected_rows"])
+@dataclasses.dataclass(frozen=True)
+class Layout:
     """Where every routed row sits in the tile-aligned buffer; all int32, built once per layer by `plan`.
 
     src [cap]: the flat (token*k + slot) index held by each buffer row; N*k on padding rows.
@@ -63,6 +68,9 @@ class Layout(NamedTuple):
         a TPU pipeline that skips them re-uses the weight block already in VMEM.
     num_active_tiles [1]: tiles that hold rows; the kernels write zeros to the others.
     expert_tile_start [E + 1]: first tile of each expert; expert e owns tiles [start[e], start[e+1]).
+    expected_rows (static int): the real rows the layout holds in a balanced step (all N*k rows, or on an
+        expert-parallel shard the rows it receives on average), from which the kernels' cost estimates count
+        the tiles they run (`expected_tile_rows`), not the buffer's worst-case capacity.
     """
 
     src: jax.Array
@@ -71,6 +79,7 @@ class Layout(NamedTuple):
     tile_expert: jax.Array
     num_active_tiles: jax.Array
     expert_tile_start: jax.Array
+    expected_rows: int = 0
 
     @property
     def tile(self) -> int:
@@ -81,18 +90,28 @@ class Layout(NamedTuple):
         return self.group_sizes.shape[0]
 
 
+def expected_tile_rows(layout: Layout) -> int:
+    """Rows of the row tiles the kernels run in a balanced step: the expected real rows, plus on average half a tile
+    of padding per expert holding rows, at most the buffer. Cost estimates count these; the kernels skip the rest."""
+    cap, tile, E = layout.src.shape[0], layout.tile, layout.num_experts
+    rows = layout.expected_rows or cap
+    padding = min(E, rows) * (tile - 1) // 2
+    return min(cap, -(-(rows + padding) // tile) * tile)
+
+
 def capacity(num_rows: int, num_experts: int, tile: int) -> int:
     """Static buffer rows that hold `num_rows` rows in any split over `num_experts` tile-padded segments."""
     worst = num_rows + min(num_experts, num_rows) * (tile - 1)
     return max(tile, -(-worst // tile) * tile)
 
 
-def plan(expert_ids, num_experts: int, *, tile: int = 1, expert_offset=0) -> Layout:
+def plan(expert_ids, num_experts: int, *, tile: int = 1, expert_offset=0, expected_rows=None) -> Layout:
     """Sorts the (token, slot) rows of expert_ids [N, k] by expert into the tile-aligned layout.
 
     Only experts [expert_offset, expert_offset + num_experts) are laid out (megablox's `group_offset`): on an
     expert-parallel shard, rows for other shards' experts take no buffer space and come back from `unpermute` as 0.
-    `expert_offset` may be traced (e.g. `axis_index * num_local_experts`)."""
+    `expert_offset` may be traced (e.g. `axis_index * num_local_experts`). `expected_rows` (default N*k): how many of
+    the rows are real in a balanced step, e.g. the rows an expert-parallel shard receives of its worst-case buffer."""
     N, k = expert_ids.shape
     R, E = N * k, num_experts
     cap = capacity(R, E, tile)
@@ -117,12 +136,13 @@ def plan(expert_ids, num_experts: int, *, tile: int = 1, expert_offset=0) -> Lay
     last_used = tile_expert[jnp.maximum(num_active - 1, 0)]
     tile_expert = jnp.where(jnp.arange(num_tiles) < num_active, tile_expert, last_used)
     expert_tile_start = jnp.concatenate([jnp.zeros((1,), jnp.int32), padded_end // tile]).astype(jnp.int32)
-    return Layout(src, pos, group_sizes, tile_expert, num_active.reshape(1).astype(jnp.int32), expert_tile_start)
+    return Layout(src, pos, group_sizes, tile_expert, num_active.reshape(1).astype(jnp.int32), expert_tile_start,
+                  int(min(expected_rows or R, R)))
 
 
-def permute(x, expert_ids, num_experts: int, *, tile: int = 1, expert_offset=0):
+def permute(x, expert_ids, num_experts: int, *, tile: int = 1, expert_offset=0, expected_rows=None):
     """x [N, H], expert_ids [N, k] -> (x_sorted [cap, H] with zero padding rows, Layout). See `plan`."""
-    layout = plan(expert_ids, num_experts, tile=tile, expert_offset=expert_offset)
+    layout = plan(expert_ids, num_experts, tile=tile, expert_offset=expert_offset, expected_rows=expected_rows)
     return permute_with(x, layout), layout
 
 
