@@ -155,6 +155,7 @@ def _sections() -> dict:
         "rollout": dataclass_fields(settings.Rollout),
         "teachers": list_of(mapping(), what="teacher dicts"),
         "expert_iteration": dataclass_fields(settings.ExpertIteration),
+        "gate": dataclass_fields(settings.Gate),
         "distill": dataclass_fields(distill_steps.OPDOptions),
         "grpo": dataclass_fields(distill_steps.GRPOOptions),
         "init_from": text(),
