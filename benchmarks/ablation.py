@@ -2,7 +2,8 @@
 the same stage-1 student and stage-2 teachers, with the same steps, seeds, tasks per step and rollout settings.
 
     python -m benchmarks.ablation --root workdirs/quickstart [--steps N] [--n 128] [--variants a,b,c,d]
-                                  [--out DIR] [--parallel 2] [--single-teacher DOMAIN] [--set KEY=VALUE ...]
+                                  [--out DIR] [--parallel 2] [--single-teacher DOMAIN] [--domains D1:D2]
+                                  [--set KEY=VALUE ...]
 
 Variants (each a stage-3 run, `a1jax train --config benchmarks/ablation.py:root=ROOT,variant=V,steps=N`, into
 OUT/<variant>/distill; this file's get_config is experiments/agents_a1_distill.py:tiny plus the variant's change):
@@ -42,7 +43,7 @@ SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads
 
 
 def _parse_arg(arg: str) -> dict:
-    out = {"root": "workdirs/quickstart", "variant": "a", "steps": "", "single_teacher": ""}
+    out = {"root": "workdirs/quickstart", "variant": "a", "steps": "", "single_teacher": "", "domains": ""}
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, _, value = part.partition("=")
         if key not in out:
@@ -59,7 +60,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     from a1jax.train import experiment
     a = _parse_arg(arg)
     root = os.path.abspath(a["root"])
-    c = experiment.load(f"{RECIPE}:tiny,root={root}" + (f",steps={a['steps']}" if a["steps"] else ""))
+    c = experiment.load(f"{RECIPE}:tiny,root={root}" + (f",steps={a['steps']}" if a["steps"] else "")
+                        + (f",domains={a['domains']}" if a["domains"] else ""))
     c.gate = ml_collections.ConfigDict(dict(tasks=0, margin=0.0, keep=[]))
     domains = list(c.envs.domains)
     if a["variant"] == "b":
@@ -106,7 +108,7 @@ def run_variant(v: str, args) -> dict:
     vroot = os.path.join(args.out, VARIANTS[v])
     os.makedirs(vroot, exist_ok=True)
     spec = f"{THIS}:root={args.root},variant={v}" + (f",steps={args.steps}" if args.steps else "")
-    spec += f",single_teacher={args.single_teacher}" if args.single_teacher else ""
+    spec += f",single_teacher={args.single_teacher}" + (f",domains={args.domains}" if args.domains else "")
     train = [sys.executable, "-m", "a1jax.cli", "train", "--config", spec, "--workdir",
              os.path.join(vroot, "distill"), *[f"--config.{s}" for s in args.set]]
     score = [sys.executable, "-m", "benchmarks.ablation", "--score", vroot, "--n", str(args.n)]
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="a,b,c,d", help=f"comma-separated, of {VARIANTS}")
     p.add_argument("--out", default="", help="default ROOT/ablation")
     p.add_argument("--parallel", type=int, default=1, help="variants run at once (one per core)")
+    p.add_argument("--domains", default="", help="colon-separated (default: the recipe's)")
     p.add_argument("--single-teacher", default="", help="variant b's one teacher (default: the first domain's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="forwarded to every variant as --config.KEY=VALUE (e.g. rollout.max_new_tokens=32)")
@@ -184,7 +187,8 @@ def main(argv=None) -> int:
         p.error(f"--variants={args.variants!r}: expected a comma-separated subset of {sorted(VARIANTS)}")
     if args.parallel < 1 or args.n < 1 or args.steps < 0:
         p.error("--parallel and --n must be positive, --steps non-negative")
-    config = get_config(f"root={args.root}" + (f",steps={args.steps}" if args.steps else ""))
+    config = get_config(f"root={args.root}" + (f",steps={args.steps}" if args.steps else "")
+                        + (f",domains={args.domains}" if args.domains else ""))
     domains = list(config.envs.domains)
     args.single_teacher = args.single_teacher or domains[0]
     if args.single_teacher not in domains:
