@@ -267,3 +267,45 @@ def test_report_decodes_with_the_recipes_own_domains_and_rollout_settings(tmp_pa
     domains, ro = report.recipe_settings(str(tmp_path))
     assert domains == ["instruction_following", "tool_calling"]
     assert ro.enable_thinking == "model" and ro.max_new_tokens == c.rollout.max_new_tokens
+
+
+def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_same_tasks(tmp_path, monkeypatch,
+                                                                                          teachers):
+    """config.distill.policy='off' (sequence-level KD, benchmarks/ablation.py variant c): each domain's teacher rolls
+    out the tasks the student would have drawn, and the step's batch holds exactly the teachers' tokens, with no
+    teacher target (the loss is SFT on them)."""
+    from a1jax.distill import opd, runner
+    calls, seen = [], []
+    real_roll, real_step = R.roll_out, runner.StageRun.step_fn
+
+    def roll_spy(engine, tok, items, ro, *, seed, domain_ids):
+        trajs = real_roll(engine, tok, items, ro, seed=seed, domain_ids=domain_ids)
+        calls.append((engine, [t.id for t, _ in items], trajs))
+        return trajs
+
+    def step_spy(self, state, batch, *rest):
+        seen.append(({k: np.asarray(v).copy() for k, v in batch.items()},
+                     {k: np.asarray(v).copy() for k, v in rest[0].items()}))
+        return real_step(self, state, batch, *rest)
+
+    monkeypatch.setattr(opd.R, "roll_out", roll_spy)
+    monkeypatch.setattr(runner.StageRun, "step_fn", step_spy)
+    cfg = _config(steps=1)
+    cfg.distill.policy = "off"
+    hist = run_opd(experiment.validate(cfg), str(tmp_path / "off"), devices=ONE, teachers=teachers)
+    assert len(calls) == 2 and len(seen) == 1  # one rollout per domain, one student update
+    for (engine, ids, _), d in zip(calls, DOMAINS):
+        np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
+        # the tasks the on-policy loop draws at step 0 (opd.step_items: seeded by task_seed, step and domain id)
+        want = R.draw_tasks(registry.get(d), d, n=2, horizons=[1], seed=R.step_seed(0, 0, DOMAINS.index(d)))
+        assert ids == [t.id for t in want]
+    batch, targets = seen[0]
+    trajs = [t for _, _, ts in calls for t in ts]
+    seg = batch["segment_ids"]
+    segments = sorted(tuple(batch["tokens"][i][seg[i] == s]) for i in range(len(seg)) for s in set(seg[i]) - {0})
+    assert segments == sorted(tuple(t.record["token_ids"]) for t in trajs)  # the batch is the teachers' rollouts
+    assert batch["loss_mask"].sum() == sum(sum(t.record["loss_mask"]) for t in trajs) > 0  # on their own tokens
+    assert not targets["valid"].any()  # nothing is scored: the teachers' tokens are the targets
+    for d in DOMAINS:
+        assert hist[0][f"tokens/{d}"] == sum(sum(t.record["loss_mask"]) for t in trajs if t.task.domain == d) > 0
+    assert np.isfinite(hist[0]["train/loss"]) and hist[0]["train/loss"] > 0 and hist[0]["kl/search"] == 0.0

@@ -303,3 +303,30 @@ def test_microbatches_accumulate_to_the_full_batch_gradient_for_opd_and_grpo():
         np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
         for a, b in zip(jax.tree.leaves(out[0][2]), jax.tree.leaves(out[1][2])):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_off_policy_opd_is_sft_on_the_batch_tokens_whatever_the_teacher_targets():
+    """config.distill.policy='off' (sequence-level KD, an ablation): the loss is the NLL of the batch's own tokens
+    (there: the teachers' rollouts), reduced per domain like the KL term it replaces; the teacher targets and the
+    behaviour log-probs play no part."""
+    batch = _batch(CFG, seed=7)
+    params = model.init(CFG, jax.random.key(0))
+    logp = _student_logp(params, CFG, batch)
+    batch = dict(batch, behavior_logp=logp + 3.0)  # far outside the IS band: on-policy would drop every token
+    ctx = _ctx(CFG, dsteps.OPDOptions(policy="off", norm="domain"))
+    want, _ = losses.sft_loss(logp, batch["loss_mask"], batch["segment_ids"], batch["domain_ids"], norm="domain",
+                              num_domains=2)
+    got = [dsteps.opd_loss_and_grads(ctx, params, batch, score(model.unbox(model.init(CFG, jax.random.key(s))), CFG,
+                                                                 batch, k=8, chunk=6)) for s in (1, 2)]
+    (la, ma, ga), (lb, _, gb) = got
+    assert float(la) == pytest.approx(float(want), rel=1e-5) and float(la) == pytest.approx(float(lb), rel=1e-6)
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
+    np.testing.assert_allclose(flat(ga), flat(gb), rtol=1e-5, atol=1e-7)
+    assert np.abs(flat(ga)).max() > 0 and float(ma["distill_tokens"]) == 0.0
+    teacher = score(model.unbox(model.init(CFG, jax.random.key(1))), CFG, batch, k=8, chunk=6)
+    on, _, _ = dsteps.opd_loss_and_grads(_ctx(CFG, dsteps.OPDOptions(norm="domain")), params, batch, teacher)
+    assert float(on) != pytest.approx(float(la))  # the recipe's loss is another one
+    with pytest.raises(ValueError, match=r"config.distill.policy='sideways': expected one of"):
+        dsteps.OPDOptions(policy="sideways").check()
+    with pytest.raises(ValueError, match=r"config.distill.sft_coef/reward_coef=\(0.5, 0.0\): expected 0 and 0"):
+        dsteps.OPDOptions(policy="off", sft_coef=0.5).check()

@@ -11,6 +11,11 @@ Per step:
   5. the jitted, pure `opd_step(state, batch, teacher_targets)` (a1jax/distill/steps.py);
   6. push the new weights to the engine.
 
+config.distill.policy="off" (an ablation: sequence-level KD) replaces steps 2 and 4: each domain's teacher rolls out
+that step's tasks (the same tasks, the same rollout settings) and the student takes the same number of updates, by
+the same `opd_step`, on the teacher's generated tokens as SFT targets (steps.OPDOptions.policy); then the reward,
+success and tokens/<domain> scalars describe the teachers' rollouts.
+
 Sampling is at temperature 1 with no top-p, top-k or penalties (settings.py rejects anything else for this stage), so
 the behaviour log-probs the engine records are the student's own log-probs at rollout time: the importance ratio
 π_θ/μ in the loss is 1 up to numerics, and differs from it only through the weights having moved since the rollout.
@@ -71,24 +76,66 @@ def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
     return kept
 
 
-def opd_batch(run: StageRun, engine, envs: dict, step: int, domains=None):
-    """Steps 1-3: the student's rollouts of this step in `domains` (default: all), packed domain-balanced.
-    Returns (Packed, trajectories, row_domains)."""
-    s, seed = run.settings, run.exp.config.seed
-    domains = list(domains or s.envs.domains)
+def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
+    """Step 1: this step's (task, env) pairs, tasks_per_domain train tasks per domain of `domains`."""
+    s = run.settings
     step = 0 if s.envs.fixed_tasks else step
     items = []
     for d in domains:
         tasks = R.draw_tasks(envs[d], d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
         items += [(t, envs[d]) for t in tasks]
-    trajs = R.roll_out(engine, run.tok, items, s.rollout, seed=R.step_seed(seed, step, 7919),
-                       domain_ids=run.domains)
+    return items
+
+
+def rollout_seed(run: StageRun, step: int) -> int:
+    return R.step_seed(run.exp.config.seed, 0 if run.settings.envs.fixed_tasks else step, 7919)
+
+
+def pack_step(run: StageRun, trajs, domains):
+    """Step 3: the trajectories packed into [B, T], B / n_domains rows per domain. Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
     per = B // len(domains)
     row_domains = [run.domains[d] for d in domains for _ in range(per)]
     packed = R.pack([R.rollout_piece(t) for t in trajs], rows=len(row_domains), seq_len=T, pad_id=run.tok.pad_id,
                     row_domains=row_domains)
+    return packed, row_domains
+
+
+def opd_batch(run: StageRun, engine, envs: dict, step: int, domains=None):
+    """Steps 1-3: the student's rollouts of this step in `domains` (default: all), packed domain-balanced.
+    Returns (Packed, trajectories, row_domains)."""
+    domains = list(domains or run.settings.envs.domains)
+    trajs = R.roll_out(engine, run.tok, step_items(run, envs, step, domains), run.settings.rollout,
+                       seed=rollout_seed(run, step), domain_ids=run.domains)
+    packed, row_domains = pack_step(run, trajs, domains)
+    return packed, trajs, row_domains
+
+
+def teacher_engines(run: StageRun, teachers: dict[int, object]) -> dict[int, object]:
+    """{domain id: a rollout engine on that domain's teacher} for config.distill.policy="off" (local teachers only:
+    an HTTP teacher scores tokens but cannot roll out here)."""
+    engines = {}
+    for d, t in teachers.items():
+        if not (hasattr(t, "params") and hasattr(t, "cfg")):
+            raise ValueError(f"config.distill.policy='off': the teacher of domain id {d} ({type(t).__name__}) has no "
+                             f"local weights to roll out; off-policy distillation needs local teachers "
+                             f"(config.teachers[].workdir)")
+        engines[d] = R.make_engine(t.cfg, jax.device_put(t.params, jax.devices()[0]), run.tok, run.settings.rollout)
+    return engines
+
+
+def off_policy_batch(run: StageRun, engines: dict[int, object], envs: dict, step: int, domains):
+    """Steps 1-3 of policy="off": the same tasks the student would have drawn, each domain's rolled out by its own
+    teacher (same rollout settings, T = 1), packed exactly like the student's. Returns (Packed, trajectories,
+    row_domains)."""
+    domains = list(domains)
+    items, seed, trajs = step_items(run, envs, step, domains), rollout_seed(run, step), []
+    for d in domains:
+        mine = [(t, env) for t, env in items if t.domain == d]
+        trajs += R.roll_out(engines[run.domains[d]], run.tok, mine, run.settings.rollout, seed=seed,
+                            domain_ids=run.domains)
+    packed, row_domains = pack_step(run, trajs, domains)
     return packed, trajs, row_domains
 
 
@@ -130,17 +177,29 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
         by_id = (load_teachers(run, kept) if teachers is None else
                  {run.domains[d]: t for d, t in teachers.items() if d in kept})
         k = max(getattr(t, "k", 1) for t in by_id.values())
-        engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
+        off = run.built.ctx.options.policy == "off"
+        if off:
+            engines = teacher_engines(run, by_id)
+        else:
+            engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         while run.step < total:
             t0 = time.perf_counter()
-            packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
+            if off:
+                packed, trajs, row_domains = off_policy_batch(run, engines, envs, run.step, kept)
+            else:
+                packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
             t1 = time.perf_counter()
-            targets, tstats = routing.route(by_id, packed.batch, row_domains, k, vocab_size=exp.model.vocab_size)
+            if off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
+                B, T = packed.batch["tokens"].shape
+                targets, tstats = routing.empty_targets(B, T, k), {}
+            else:
+                targets, tstats = routing.route(by_id, packed.batch, row_domains, k, vocab_size=exp.model.vocab_size)
             t2 = time.perf_counter()
             batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
             run.state, m = run.step_fn(run.state, batch, targets)
             m = jax.device_get(m)
-            engine.params = run.engine_params()  # the sampler follows the student
+            if not off:
+                engine.params = run.engine_params()  # the sampler follows the student
             run.step += 1
             t3 = time.perf_counter()
             scalars = step_scalars(m, trajs, packed, tstats, {d: run.domains[d] for d in kept})

@@ -115,6 +115,25 @@ def recipe_settings(root: str) -> tuple[list[str], Rollout]:
     return list(s.envs.domains), s.rollout
 
 
+def student_on_test(root: str, workdir: str, domains=None, *, n: int = 128, horizons=None) -> dict:
+    """Held-out success of one student `workdir` (any training workdir), decoded as the recipe in ROOT/distill did
+    (its domains, rollout settings, horizons and environment options by default): {domain: {"success",
+    "success_ci" (95% Wilson), "n"}}. benchmarks/ablation.py scores its variants with it."""
+    from a1jax.data import tokenizers
+    from a1jax.rollout.cli import load_model
+    config, s = _distill_settings(root)
+    tok = tokenizers.load(config.data.tokenizer)
+    vocabulary.check(workdir, tok, "student")
+    cfg, params = load_model(workdir)
+    out = {}
+    for d in domains or list(s.envs.domains):
+        summary, _ = rollouts_on_test(cfg, params, tok, d, n=n, horizons=list(horizons or s.envs.horizons_of(d)),
+                                      ro=s.rollout, options=s.envs.options.get(d))
+        out[d] = {"success": summary["success_rate"], "n": summary["n"],
+                  "success_ci": wilson(summary["success_rate"] * summary["n"], summary["n"])}
+    return out
+
+
 def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Rollout | None = None) -> dict:
     """`domains`, `horizons` (per domain) and `ro` default to the recipe's own (ROOT/distill/config.json). Per domain:
     success (with its 95% Wilson interval) of the student before and after distillation and of the domain's teacher,

@@ -44,7 +44,12 @@ class GRPOOptions:
 
 @dataclasses.dataclass(frozen=True)
 class OPDOptions:
-    """config.distill: see losses.multi_teacher_opd_loss; include_sampled adds the sampled token to the support."""
+    """config.distill: see losses.multi_teacher_opd_loss; include_sampled adds the sampled token to the support.
+
+    policy: "on" (the recipe: the student rolls out and each token is scored by its domain's teacher) or "off"
+    (sequence-level KD, an ablation: each domain's teacher rolls out the step's tasks and the student takes an SFT
+    step on the teacher's generated tokens; the KL, IS and estimator options are unused, and the NLL is reduced by
+    `norm` like the KL term it replaces, so both policies weigh the domains the same)."""
     estimator: str = "salient"  # salient | sampled | full | mix
     direction: str = "reverse"  # reverse | forward | jsd
     beta: float = 1.0  # jsd mixture weight
@@ -59,8 +64,13 @@ class OPDOptions:
     kl_power: float = 1.0
     sft_coef: float = 0.0
     reward_coef: float = 0.0  # outcome-reward policy gradient on batch["advantages"]
+    policy: str = "on"  # on | off (see above)
 
     def check(self, where: str = "config.distill"):
+        _one_of(where, "policy", self.policy, POLICIES)
+        if self.policy == "off":
+            _require(self.sft_coef == 0 and self.reward_coef == 0, where, "sft_coef/reward_coef",
+                     (self.sft_coef, self.reward_coef), "0 and 0 with policy='off' (its loss is the SFT term alone)")
         _one_of(where, "estimator", self.estimator, losses.ESTIMATORS)
         _one_of(where, "direction", self.direction, losses.DIRECTIONS)
         _one_of(where, "mode", self.mode, losses.MODES)
@@ -75,7 +85,14 @@ class OPDOptions:
                      "non-negative numbers, one per domain")
 
     def loss_kwargs(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "include_sampled"}
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name not in ("include_sampled", "policy")}
+        if self.policy == "off":
+            kw["sft_coef"] = 1.0
+        return kw
+
+
+POLICIES = ("on", "off")
 
 
 def _one_of(where, field, value, allowed):
@@ -233,15 +250,20 @@ def opd_loss_and_grads(ctx: StepContext, params, batch, teacher_targets):
     if opts.domain_weights is not None and len(opts.domain_weights) != nd:
         raise ValueError(f"config.distill.domain_weights has {len(opts.domain_weights)} entries; expected one per "
                          f"domain ({nd})")
-    teacher = teacher_targets
+    off = opts.policy == "off"  # sequence-level KD: no teacher target counts, the loss is the SFT term alone
+    teacher = dict(teacher_targets, valid=jnp.zeros_like(teacher_targets["valid"])) if off else teacher_targets
     if opts.include_sampled and opts.estimator in ("salient", "mix"):
         teacher = losses.with_sampled_token(teacher, batch["targets"])
     seg, dom = batch["segment_ids"], batch["domain_ids"]
     m = batch["loss_mask"].astype(F32) * (teacher["valid"] > 0)
     weights = losses.token_weights(m, seg, dom, norm=opts.norm, num_domains=nd, domain_weights=opts.domain_weights)
     sft_mask = batch.get("sft_mask", batch["loss_mask"]).astype(F32)
-    sft_weights = losses.token_weights(sft_mask, seg, dom) if opts.sft_coef else jnp.zeros_like(m)
-    compute_mask = jnp.maximum(batch["loss_mask"].astype(F32), sft_mask if opts.sft_coef else 0.0)
+    if off:
+        sft_weights = losses.token_weights(sft_mask, seg, dom, norm=opts.norm, num_domains=nd,
+                                           domain_weights=opts.domain_weights)
+    else:
+        sft_weights = losses.token_weights(sft_mask, seg, dom) if opts.sft_coef else jnp.zeros_like(m)
+    compute_mask = jnp.maximum(batch["loss_mask"].astype(F32), sft_mask if (opts.sft_coef or off) else 0.0)
 
     def loss_fn(params, data):
         mb, tb, w, w_sft, cm = data
