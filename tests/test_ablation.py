@@ -41,7 +41,12 @@ def _fake_workdir(root, name, seed):
 
 
 @pytest.mark.slow  # two 1-step stage-3 runs and their scoring, each in its own process: ~90 s of CPU
-def test_ablation_runs_the_variants_and_writes_the_table_and_json(tmp_path, capsys):
+def test_ablation_runs_the_variants_and_writes_the_table_and_json(tmp_path, capsys, monkeypatch):
+    # the variants train in subprocesses: one CPU device each (conftest's 8 virtual devices would split the batch);
+    # this process's backend starts first, with conftest's devices, so later tests in this worker keep them
+    import jax
+    jax.devices()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     root = str(tmp_path / "root")
     _fake_workdir(root, "sft", 0)
     _fake_workdir(root, f"teacher_{DOMAIN}", 1)

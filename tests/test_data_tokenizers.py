@@ -125,7 +125,7 @@ def test_load_finds_shipped_files_inside_the_package_and_accepts_paths():
     assert by_path.encode(TEXT) == tokenizers.load("qwen3").encode(TEXT)
     model = next(tokenizers.asset_dir("mistral_v3").glob("*.model*"))
     assert tokenizers.load(str(model)).encode(TEXT) == tokenizers.load("mistral_v3").encode(TEXT)
-    with pytest.raises(FileNotFoundError, match="neither one of qwen3_5, qwen3, mistral_v3 nor an existing path"):
+    with pytest.raises(FileNotFoundError, match="neither one of qwen3_5, qwen3_5_compact, qwen3, mistral_v3 nor an existing path"):
         tokenizers.load("gpt2")
 
 

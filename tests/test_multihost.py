@@ -241,12 +241,23 @@ def test_two_processes_train_like_one_process_with_eight_devices(reference, tmp_
 @pytest.mark.slow
 def test_sigterm_on_one_process_stops_both_at_one_step_and_the_resume_matches(reference, tmp_path):
     flags, one_workdir, _ = reference
-    workdir = tmp_path / "preempted"
-    procs = _launch(workdir, flags)
-    deadline = time.time() + 600
-    while not (workdir / "metrics.jsonl").exists() or not losses(workdir):  # step 1 is done
-        assert time.time() < deadline and all(p.poll() is None for p in procs), "training did not start"
-        time.sleep(0.05)
+    for attempt in range(2):
+        workdir = tmp_path / f"preempted{attempt}"
+        procs = _launch(workdir, flags)
+        deadline = time.time() + 600
+        while not (workdir / "metrics.jsonl").exists() or not losses(workdir):  # step 1 is done
+            if time.time() > deadline or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.05)
+        else:
+            break
+        for p in procs:  # the failed attempt's processes: stopped before their logs are read
+            p.poll() is None and p.kill()
+            p.wait()
+        logs = "".join(open(_log_path(workdir, i)).read() for i in range(2))
+        # On a loaded 2-core machine gloo's first collective can time out (30 s) while the other process still
+        # compiles: an infrastructure timeout, retried once in a fresh workdir; anything else is a failure.
+        assert attempt == 0 and "Gloo context initialization failed" in logs, "training did not start"
     procs[1].send_signal(signal.SIGTERM)  # a preemption notice on one host
     _wait(procs, workdir)
     saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
