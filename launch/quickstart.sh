@@ -13,7 +13,7 @@
 # Every stage resumes from its last checkpoint when run again (delete the workdir to start over).
 # WORKDIR (default workdirs/quickstart) may be set; extra arguments go to the stage-1 `a1jax train`, e.g.
 # `bash launch/quickstart.sh --config.train.steps=20`.
-# About 30 minutes on an idle 2-core CPU.
+# Not yet timed end to end with these settings (README, "Results, as measured so far").
 # shellcheck source=launch/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 a1jax_setup_venv
