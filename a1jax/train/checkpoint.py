@@ -21,7 +21,6 @@ manifest, or the checkpoint predates manifests) is restored unverified, with a w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from a1jax import distributed
+from a1jax.data.cache import file_sha256
 
 log = logging.getLogger("a1jax.train")
 MANIFEST = "a1jax_manifest.json"
@@ -191,14 +191,6 @@ def _free_name(path: str) -> str:
     return out
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(step_dir: str) -> list[str]:
     """Every file under `step_dir` (relative paths, sorted), the manifest and temporaries excepted."""
     out = []
@@ -213,7 +205,7 @@ def _files(step_dir: str) -> list[str]:
 def write_manifest(step_dir: str) -> dict:
     """STEP/a1jax_manifest.json: {"files": {relative path: {"sha256", "bytes"}}} of a committed step directory,
     written atomically (a partial manifest is never read as a whole one)."""
-    files = {rel: {"sha256": _file_digest(os.path.join(step_dir, rel)),
+    files = {rel: {"sha256": file_sha256(os.path.join(step_dir, rel)),
                    "bytes": os.path.getsize(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
     manifest = {"version": 1, "files": files}
     save_json(os.path.join(step_dir, MANIFEST), manifest)
@@ -245,7 +237,7 @@ def verify_manifest(step_dir: str) -> bool:
             raise CheckpointDamaged(f"{full} is missing (listed in {MANIFEST})")
         if os.path.getsize(full) != size:
             raise CheckpointDamaged(f"{full} has {os.path.getsize(full)} bytes, {size} when saved")
-        if _file_digest(full) != digest:
+        if file_sha256(full) != digest:
             raise CheckpointDamaged(f"{full} differs from the sha256 recorded when it was saved")
     return True
 
