@@ -210,3 +210,40 @@ def test_model_with_kernel_impls_matches_the_reference_impls():
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got[1]), jax.tree.leaves(want[1])):
         np.testing.assert_allclose(a, b, atol=2e-3 * float(jnp.abs(b).max()) + 1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_cost_estimates_match_the_kernel_bodies_and_the_analytic_flops(impl):
+    """Each GDN kernel's pl.CostEstimate equals its body's matmul FLOPs times the grid (the planner's count without an
+    estimate), and the closed form: per (batch, v-head, chunk of C) wy 2C²(2dk + dv) + 4·log2(C)·C³, fwd_h 4C·dk·dv,
+    output 2C(C·dk + dk·dv + C·dv), bwd_dhu 6C·dk·dv. Two chunks, two value blocks, Hv = 2 Hk."""
+    from a1jax.plan import program_flops
+    B, T, Hk, H, dk, dv, C = 1, 128, 1, 2, 32, 64, 64
+    q, k = (jax.ShapeDtypeStruct((B, T, Hk, dk), F32),) * 2
+    v = jax.ShapeDtypeStruct((B, T, H, dv), F32)
+    g = beta = jax.ShapeDtypeStruct((B, T, H), F32)
+
+    def loss(q, k, v, g, beta):
+        o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=C, impl=impl, block_v=32)
+        return o.sum() + s.sum()
+
+    estimates, bodies = {}, {}
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "pallas_call":
+                name = e.params["name"]
+                steps = np.prod([int(x) for x in e.params["grid_mapping"].grid])
+                estimates.setdefault(name, []).append(e.params["cost_estimate"].flops)
+                bodies.setdefault(name, []).append(int(steps * program_flops(e.params["jaxpr"])))
+            for val in e.params.values():
+                inner = getattr(val, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(q, k, v, g, beta).jaxpr)
+    per_chunk = B * H * (T // C)
+    analytic = {"gdn_wy": [2 * C * C * (2 * dk + dv) + 4 * 6 * C ** 3],
+                "gdn_fwd_h": [4 * C * dk * dv] * 2,  # the forward and the backward's recompute of the states
+                "gdn_output": [2 * C * (C * dk + dk * dv + C * dv)], "gdn_bwd_dhu": [6 * C * dk * dv]}
+    assert estimates == bodies == {n: [per_chunk * f for f in fs] for n, fs in analytic.items()}

@@ -66,6 +66,15 @@ def _output_kernel(q_ref, k_ref, vn_ref, h_ref, gc_ref, gr_ref, sc_ref, sr_ref, 
     o_ref[...] = mm(qs, h_ref[...]) + mm(p, vn_ref[...])
 
 
+def output_cost(B, H, Tp, C, dk, dv, in_itemsize):
+    """pl.CostEstimate of `output_pallas` per (batch, head, chunk): Q Kᵀ 2C²dk, Qs h 2C·dk·dv, P v_new 2C²dv; exp of the
+    C² decays and the C gates. Reads q, k, v_new, the chunk's state and the columns; writes o in fp32."""
+    steps = B * H * (Tp // C)
+    reads = 2 * C * dk * in_itemsize + 4 * (C * dv + dk * dv) + 4 * 4 * C
+    return pl.CostEstimate(flops=int(steps * 2 * C * (C * dk + dk * dv + C * dv)),
+                           transcendentals=int(steps * (C * C + C)), bytes_accessed=int(steps * (reads + 4 * C * dv)))
+
+
 def output_pallas(q, k, v_new, h, gam_col, gam_row, sidx_col, sidx_row, *, chunk, variant, interpret):
     """o [B, H, Tp, dv] fp32 = Qs h_c + P v_new, one grid step per (batch, head, chunk)."""
     B, Hk, Tp, dk = q.shape
@@ -80,7 +89,7 @@ def output_pallas(q, k, v_new, h, gam_col, gam_row, sidx_col, sidx_row, *, chunk
                   pl.BlockSpec((None, C, 1), lambda b, h, c: (b, c, 0)),
                   pl.BlockSpec((None, None, 1, C), lambda b, h, c: (b, c, 0, 0))],
         out_specs=tok(dv), out_shape=_pallas.out_struct((B, H, Tp, dv), F32, v_new),
-        name="gdn_output")(q, k, v_new, h, gam_col, gam_row, sidx_col, sidx_row)
+        name="gdn_output", cost=output_cost(B, H, Tp, C, dk, dv, q.dtype.itemsize))(q, k, v_new, h, gam_col, gam_row, sidx_col, sidx_row)
 
 
 # ---- the custom_vjp op on the kernel layout -----------------------------------------------------------------------

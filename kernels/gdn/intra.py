@@ -75,6 +75,22 @@ def _wy_kernel(k_ref, v_ref, gc_ref, gr_ref, b_ref, sc_ref, sr_ref, w_ref, u_ref
     u_ref[...] = u
 
 
+def inverse_flops(C: int) -> int:
+    """Matmul FLOPs of `unit_lower_inverse` on one [C, C] block: log2(C) rounds of two [C, C] x [C, C] products."""
+    return 2 * (C.bit_length() - 1) * 2 * C ** 3
+
+
+def wy_cost(B, H, Tp, C, dk, dv, in_itemsize):
+    """pl.CostEstimate of `wy_pallas` (nominal FLOPs: HIGHEST-precision fp32 passes are not multiplied out).
+    Per (batch, head, chunk): K Kᵀ 2C²dk, the inverse, U = X(βV) 2C²dv, W = X(βe^γK) 2C²dk; exp of the C² decays and
+    the C gates. Reads k and v once per value head, the [C] columns and rows; writes W, U in fp32."""
+    steps = B * H * (Tp // C)
+    per_step = 2 * C * C * (2 * dk + dv) + inverse_flops(C)
+    reads = C * (dk + dv) * in_itemsize + 6 * C * 4
+    return pl.CostEstimate(flops=int(steps * per_step), transcendentals=int(steps * (C * C + C)),
+                           bytes_accessed=int(steps * (reads + C * (dk + dv) * 4)))
+
+
 def wy_pallas(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row, *, chunk, variant, interpret):
     """W [B, H, Tp, dk], U [B, H, Tp, dv] (fp32), one grid step per (batch, head, chunk): fully parallel."""
     B, Hk, Tp, dk = k.shape
@@ -89,7 +105,7 @@ def wy_pallas(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row, *, chunk, va
                   pl.BlockSpec((None, None, 1, C), lambda b, h, c: (b, c, 0, 0))],
         out_specs=[tok(dk), tok(dv)],
         out_shape=[_pallas.out_struct((B, H, Tp, dk), F32, v), _pallas.out_struct((B, H, Tp, dv), F32, v)],
-        name="gdn_wy")(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row)
+        name="gdn_wy", cost=wy_cost(B, H, Tp, C, dk, dv, k.dtype.itemsize))(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row)
 
 
 def intra_chunk(q, k, v, gamma, beta, sidx, rep: int):

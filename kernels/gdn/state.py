@@ -146,6 +146,15 @@ def _grid(variant, B, H, nv, n):
     return (B, H, nv), ("parallel",) * 3
 
 
+def walk_cost(B, H, Tp, C, dk, dv, bv, *, matmuls, exps, reads, writes):
+    """pl.CostEstimate of a state walk over (batch, head, value block, chunk) steps: `matmuls` [C, dk] x [dk, bv]-sized
+    products and `exps` [C] exponentials per step (the carry factors are rebuilt for every value block); `reads` and
+    `writes` are the bytes per (batch, head) of the whole walk."""
+    steps = B * H * (dv // bv) * (Tp // C)
+    return pl.CostEstimate(flops=int(steps * matmuls * 2 * C * dk * bv), transcendentals=int(steps * (exps * C + 1)),
+                           bytes_accessed=int(B * H * (reads + writes)))
+
+
 def fwd_h(k, w, u, gam_col, sidx_col, s0, *, chunk, block_v, variant, interpret, with_states=True):
     """Forward state walk. Returns (h [B,H,n*dk,dv], v_new [B,H,Tp,dv], final [B,H,dk,dv]) if with_states, else
     only the final state (the context-parallel pre-pass)."""
@@ -157,11 +166,16 @@ def fwd_h(k, w, u, gam_col, sidx_col, s0, *, chunk, block_v, variant, interpret,
     outs = [(per_chunk(dk, bv), (B, H, n * dk, dv)), (tok(bv, by_v=True), (B, H, Tp, dv))] if with_states else []
     outs.append((whole(dk, bv), (B, H, dk, dv)))
     kernel = functools.partial(_fwd_h_kernel, variant=variant, n=n, C=C, dk=dk, with_states=with_states)
+    # per step: v_new = U - W S and S' = cd S + Kcᵀ v_new; k is read once per value block, W, U, the state in fp32
+    nv = dv // bv
+    writes = 4 * (n * dk * dv + Tp * dv if with_states else 0) + 4 * dk * dv
+    cost = walk_cost(B, H, Tp, C, dk, dv, bv, matmuls=2, exps=1, writes=writes,
+                     reads=nv * Tp * (dk * k.dtype.itemsize + 4 * dk + 8) + 4 * Tp * dv + 4 * dk * dv)
     res = _pallas.call(
         kernel, variant=variant, grid=grid, semantics=semantics, interpret=interpret,
         in_specs=[tok(dk, qk=True), tok(dk), tok(bv, by_v=True), tok(1), ids, whole(dk, bv)],
         out_specs=[s for s, _ in outs], out_shape=[_pallas.out_struct(shape, F32, u) for _, shape in outs],
-        scratch=[_pallas.vmem((dk, bv), F32)], name="gdn_fwd_h")(k, w, u, gam_col, sidx_col, s0)
+        scratch=[_pallas.vmem((dk, bv), F32)], name="gdn_fwd_h", cost=cost)(k, w, u, gam_col, sidx_col, s0)
     return tuple(res) if with_states else res[0]
 
 
@@ -173,11 +187,16 @@ def bwd_dhu(q, k, w, do, dv_local, gam_col, sidx_col, ds_final, *, chunk, block_
     tok, ids, per_chunk, whole = _specs(variant, n, C, H // Hk, reverse=True)
     grid, semantics = _grid(variant, B, H, dv // bv, n)
     kernel = functools.partial(_bwd_dhu_kernel, variant=variant, n=n, C=C, dk=dk)
+    # per step: dv_new = dv_local + Kc dS and dS' = cd dS + Qsᵀ do - Wᵀ dv_new
+    nv = dv // bv
+    cost = walk_cost(B, H, Tp, C, dk, dv, bv, matmuls=3, exps=2, writes=4 * (n * dk * dv + Tp * dv + dk * dv),
+                     reads=nv * Tp * (dk * (q.dtype.itemsize + k.dtype.itemsize) + 4 * dk + 8)
+                     + 4 * (2 * Tp * dv + dk * dv))
     return tuple(_pallas.call(
         kernel, variant=variant, grid=grid, semantics=semantics, interpret=interpret,
         in_specs=[tok(dk, qk=True), tok(dk, qk=True), tok(dk), tok(bv, by_v=True), tok(bv, by_v=True), tok(1), ids,
                   whole(dk, bv)],
         out_specs=[per_chunk(dk, bv), tok(bv, by_v=True), whole(dk, bv)],
         out_shape=[_pallas.out_struct(s, F32, do) for s in ((B, H, n * dk, dv), (B, H, Tp, dv), (B, H, dk, dv))],
-        scratch=[_pallas.vmem((dk, bv), F32)], name="gdn_bwd_dhu")(q, k, w, do, dv_local, gam_col, sidx_col,
+        scratch=[_pallas.vmem((dk, bv), F32)], name="gdn_bwd_dhu", cost=cost)(q, k, w, do, dv_local, gam_col, sidx_col,
                                                                    ds_final))
