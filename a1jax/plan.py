@@ -136,8 +136,10 @@ def program_flops(jaxpr, unknown_loops: list | None = None, by_source: dict | No
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]")
 _ARG = re.compile(r"(?:\w+\[([\d,]*)\]\S*\s+)?%?([\w.\-]+)")
-_CALLS = re.compile(r"\b(calls|to_apply|body)=%?([\w.\-]+)")
+_CALLS = re.compile(r"\b(calls|to_apply|body|condition)=%?([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONST = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*[su]\d+\[\]\S*\s+constant\((-?\d+)\)")
+_COMPARE = re.compile(r"^\s*ROOT\s.*\scompare\(%?([\w.\-]+), %?([\w.\-]+)\), direction=(LT|GT|LE|GE|NE)")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
                 "f64": 8, "s64": 8, "u64": 8}
 
@@ -146,21 +148,91 @@ def _dims(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def hlo_dot_flops(hlo_text: str, skip_scopes=()) -> tuple[float, int]:
+def _operand_shapes(args: str, shapes: dict) -> list:
+    """Shapes of an op's operands, from inline types (`f32[8,4]{1,0} %x`; TPU layouts `{1,0:T(8,128)}` included) or
+    from the operands' definitions in the same computation."""
+    out = []
+    for a in args.split(", "):
+        m = _ARG.match(a.strip())
+        out.append(_dims(m.group(1)) if m and m.group(1) is not None else shapes.get(m.group(2)) if m else None)
+    return out
+
+
+def _op_flops(line: str, out_dims: list[int], shapes: dict) -> float:
+    """FLOPs of a `dot` (contracting dims) or of a `convolution` (XLA:TPU writes most dots as convolutions with
+    dim_labels like bf_io->bf: 2 x output elements x the kernel's input features x the window taps), else 0."""
+    dot = re.search(r"\sdot\((.*?)\)(?:,|$)", line)
+    if dot:
+        lhs = _operand_shapes(dot.group(1), shapes)[0]
+        contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+        k = math.prod(lhs[i] for i in _dims(contract.group(1))) if lhs and contract else 0
+        return 2.0 * math.prod(out_dims) * k
+    conv = re.search(r"\sconvolution\((.*?)\)(?:,|$)", line)
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", line)
+    if not (conv and labels):
+        return 0.0
+    lhs, rhs = (_operand_shapes(conv.group(1), shapes) + [None, None])[:2]
+    ll, rl, ol = labels.groups()
+    if not lhs or not rhs or len(lhs) != len(ll) or len(rhs) != len(rl) or len(out_dims) != len(ol):
+        return 0.0
+    window = re.search(r"window=\{([^}]*)\}", line)
+    attrs = dict(kv.split("=", 1) for kv in window.group(1).split()) if window else {}
+    spatial = sorted(c for c in ol if c.isdigit())
+    field = lambda key, default: ([int(x) for x in attrs[key].split("x")] if key in attrs
+                                  else [default] * len(spatial))
+    size = [int(x) for x in attrs["size"].split("x")] if "size" in attrs else [rhs[rl.index(c)] for c in spatial]
+    stride, lhs_dilate, rhs_dilate = field("stride", 1), field("lhs_dilate", 1), field("rhs_dilate", 1)
+    pad = [int(x.split("_")[0]) for x in attrs["pad"].split("x")] if "pad" in attrs else [0] * len(spatial)
+    pairs = 1  # (output position, window tap) pairs that meet a real lhs element, per spatial dim (exact MACs: no
+    for k, c in enumerate(spatial):  # padding, no holes of a dilated lhs; XLA:TPU writes a dot's batch dims so)
+        n, o, d = lhs[ll.index(c)], out_dims[ol.index(c)], lhs_dilate[k]
+        hits = 0
+        for p in range(o):
+            for t in range(size[k]):
+                x = p * stride[k] + t * rhs_dilate[k] - pad[k]
+                hits += 0 <= x <= (n - 1) * d and x % d == 0
+        pairs *= hits
+    rest = math.prod(out_dims) // max(math.prod(out_dims[ol.index(c)] for c in spatial), 1)
+    return 2.0 * rest * pairs * rhs[rl.index("i")]
+
+
+def _trip_from_condition(comp: dict) -> int | None:
+    """Trip count of a while loop whose condition is `i < N` (or `N > i`) against a constant, the form jax emits for
+    scans and fori_loops (the counter starts at 0): XLA:TPU's HLO carries no known_trip_count."""
+    cmp = comp.get("compare")
+    if not cmp:
+        return None
+    a, b, direction = cmp
+    consts = comp["consts"]
+    if direction == "LT" and b in consts and a not in consts:
+        return consts[b]
+    if direction == "GT" and a in consts and b not in consts:
+        return consts[a]
+    return None
+
+
+_KERNEL_COST = re.compile(r'custom_call_target="tpu_custom_call".*?"cost_estimate":\{"flops":"(\d+)"')
+
+
+def hlo_dot_flops(hlo_text: str, skip_scopes=(), kernel_estimates: bool = False) -> tuple[float, int]:
     """(dot FLOPs of a compiled HLO module, number of while loops without a known trip count).
 
-    Every computation's dots are weighted by how often it runs: fusions and calls once per caller, while bodies times
-    the `known_trip_count` XLA records for scans. This is the per-device count for an SPMD-partitioned module.
-    Dots whose op_name runs through one of `skip_scopes` (the names of interpreted Pallas kernels) are left out: an
-    interpreted kernel's HLO holds every block of its grid, the ones the kernel skips on device included."""
+    Every computation's dots (and dot-like convolutions, XLA:TPU's form of a dot) are weighted by how often it runs:
+    fusions and calls once per caller, while bodies times the `known_trip_count` XLA:CPU records for scans or, where
+    the HLO has none (XLA:TPU), the bound of the loop condition's `i < N`. This is the per-device count for an
+    SPMD-partitioned module. Dots whose op_name runs through one of `skip_scopes` (the names of interpreted Pallas
+    kernels) are left out: an interpreted kernel's HLO holds every block of its grid, the ones the kernel skips on
+    device included. With `kernel_estimates`, Mosaic kernels (`tpu_custom_call`) count at the pl.CostEstimate
+    serialized in their backend config, also times the trips of their loops."""
     skip = tuple(f"/{s}/" for s in skip_scopes)
     comps: dict[str, dict] = {}
-    entry, cur, shapes, unknown = None, None, {}, 0
+    entry, cur, shapes = None, None, {}
+    loops = []  # (caller, body, condition, known trip count or None)
     for line in hlo_text.splitlines():
         head = _HEADER.match(line)
         if head and not line.startswith(" "):
             cur, shapes = head.group(2), {}
-            comps[cur] = {"dots": 0.0, "calls": []}
+            comps[cur] = {"dots": 0.0, "calls": [], "branches": [], "consts": {}, "compare": None}
             entry = cur if head.group(1) else entry
             continue
         if cur is None:
@@ -168,29 +240,36 @@ def hlo_dot_flops(hlo_text: str, skip_scopes=()) -> tuple[float, int]:
         d = _DEF.match(line)
         if d:
             shapes[d.group(1)] = _dims(d.group(3))
-        dot = re.search(r"\sdot\((.*?)\)(?:,|$)", line)
-        if d and dot and skip and any(x in line for x in skip):
-            pass
-        elif d and dot:
-            lhs = _ARG.match(dot.group(1).split(", ")[0].strip())
-            lhs_shape = _dims(lhs.group(1)) if lhs.group(1) is not None else shapes.get(lhs.group(2))
-            contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
-            k = math.prod(lhs_shape[i] for i in _dims(contract.group(1))) if lhs_shape and contract else 0
-            comps[cur]["dots"] += 2.0 * math.prod(_dims(d.group(3))) * k
-        for kind, callee in _CALLS.findall(line):
-            trip = 1
-            if kind == "body":
-                t = _TRIP.search(line)
-                trip = int(t.group(1)) if t else 1
-                unknown += t is None
-            comps[cur]["calls"].append((callee, trip))
+            if not (skip and any(x in line for x in skip)):
+                comps[cur]["dots"] += _op_flops(line, _dims(d.group(3)), shapes)
+        kernel = _KERNEL_COST.search(line) if kernel_estimates else None
+        if kernel:  # a kernel returning several outputs has a tuple type, which _DEF does not match
+            comps[cur]["dots"] += float(kernel.group(1))
+        const = _CONST.match(line)
+        if const:
+            comps[cur]["consts"][const.group(1)] = int(const.group(2))
+        cmp = _COMPARE.match(line)
+        if cmp:
+            comps[cur]["compare"] = cmp.groups()
+        called = dict((k, v) for k, v in _CALLS.findall(line))
+        if "body" in called:
+            t = _TRIP.search(line)
+            loops.append((cur, called["body"], called.get("condition"), int(t.group(1)) if t else None))
+        comps[cur]["calls"] += [(v, 1) for k, v in _CALLS.findall(line) if k in ("calls", "to_apply")]
         branches = re.search(r"branch_computations=\{([^}]*)\}", line)
         if branches:
-            comps[cur]["calls"] += [(b.strip().lstrip("%"), 1) for b in branches.group(1).split(",")]
+            comps[cur]["branches"].append([b.strip().lstrip("%") for b in branches.group(1).split(",")])
+    unknown = 0
+    for caller, body, cond, trip in loops:
+        if trip is None and cond in comps:
+            trip = _trip_from_condition(comps[cond])
+        unknown += trip is None
+        comps[caller]["calls"].append((body, trip or 1))
 
     @functools.cache
-    def total(c):
-        return comps[c]["dots"] + sum(t * total(s) for s, t in comps[c]["calls"] if s in comps)
+    def total(c):  # a conditional counts its costliest branch
+        return (comps[c]["dots"] + sum(t * total(s) for s, t in comps[c]["calls"] if s in comps)
+                + sum(max((total(b) for b in group if b in comps), default=0.0) for group in comps[c]["branches"]))
 
     return (total(entry) if entry else float("nan")), unknown
 
