@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from a1jax import distributed
+    distributed.pin_host_platforms()  # a CPU host with libtpu installed stays on CPU, quietly
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_config_overrides", False):

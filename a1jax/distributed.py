@@ -135,6 +135,35 @@ def _on_tpu_vm(env: Mapping[str, str]) -> bool:
         return False
 
 
+def host_platforms(env: Mapping[str, str] | None = None) -> str | None:
+    """JAX_PLATFORMS for a command that did not set it, on a host without a TPU where libtpu is installed (the
+    `tpu-aot` extra): "cpu", or "cuda,cpu" with a visible NVIDIA GPU and jax's CUDA plugin. Without it jax would
+    try the TPU backend first: libtpu prints its init errors and the run only then falls back. None (jax chooses as
+    usual) when JAX_PLATFORMS is set, libtpu is not installed, or this is a TPU host."""
+    import importlib.util
+    env = os.environ if env is None else env
+    if env.get("JAX_PLATFORMS", "").strip() or importlib.util.find_spec("libtpu") is None or _on_tpu_vm(env):
+        return None
+    try:
+        from jax._src import hardware_utils
+        gpu = hardware_utils.has_visible_nvidia_gpu()
+    except Exception:  # noqa: BLE001 - an unknown jax layout means "not detected"
+        gpu = False
+    return "cuda,cpu" if gpu and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None else "cpu"
+
+
+def pin_host_platforms() -> str | None:
+    """Applies `host_platforms()` to this process (and the subprocesses it starts) before any backend starts; returns
+    what it set."""
+    platforms = host_platforms()
+    if platforms:
+        from jax._src import xla_bridge
+        os.environ["JAX_PLATFORMS"] = platforms
+        if not xla_bridge.backends_are_initialized():
+            jax.config.update("jax_platforms", platforms)
+    return platforms
+
+
 def resolve(env: Mapping[str, str] | None = None) -> Plan:
     """The `Plan` for an environment (default: os.environ); see the module docstring's table."""
     env = os.environ if env is None else env

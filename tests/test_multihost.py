@@ -32,6 +32,45 @@ def test_explicit_variables_become_one_initialize_call():
     assert plan.local_device_ids == (0, 1) and plan.cpu_devices == 2
 
 
+def test_a_cpu_host_with_libtpu_installed_stays_on_cpu(monkeypatch):
+    """libtpu (the tpu-aot extra) makes jax try the TPU backend first; the CLI pins such a host to CPU (or CUDA + CPU
+    with a visible GPU), and leaves a TPU host, an explicit JAX_PLATFORMS or a host without libtpu alone."""
+    import importlib.util
+    from jax._src import hardware_utils
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else
+                        None if name == "jax_plugins.xla_cuda12" else real_find_spec(name, *a))
+    monkeypatch.setattr(distributed, "_on_tpu_vm", lambda env: False)
+    monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: False)
+    assert distributed.host_platforms({}) == "cpu"
+    assert distributed.host_platforms({"JAX_PLATFORMS": "tpu"}) is None
+    monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: True)
+    assert distributed.host_platforms({}) == "cpu"  # a GPU but no CUDA plugin: jax could not use it anyway
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in (
+        "libtpu", "jax_plugins.xla_cuda12") else real_find_spec(name, *a))
+    assert distributed.host_platforms({}) == "cuda,cpu"
+    monkeypatch.setattr(distributed, "_on_tpu_vm", lambda env: True)
+    assert distributed.host_platforms({}) is None
+    monkeypatch.setattr(distributed, "_on_tpu_vm", lambda env: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else
+                        real_find_spec(name, *a))
+    assert distributed.host_platforms({}) is None
+
+
+def test_cli_start_up_without_jax_platforms_prints_no_libtpu_errors():
+    """The real thing, in a fresh process without JAX_PLATFORMS: the CLI's start-up leaves jax on CPU, silently."""
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None or distributed._on_tpu_vm(os.environ):
+        pytest.skip("needs libtpu installed on a host without a TPU")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = ("from a1jax import distributed; distributed.pin_host_platforms(); import jax, os; "
+            "print(jax.default_backend(), os.environ['JAX_PLATFORMS'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "cpu" and "TPU" not in out.stderr and "libtpu" not in out.stderr, out.stderr
+
+
 def test_nothing_set_or_switched_off_is_one_process():
     assert distributed.resolve({}).mode == "single"
     assert distributed.resolve({"JAX_PLATFORMS": "cpu", "A1JAX_CPU_DEVICES": "8"}).cpu_devices == 8
