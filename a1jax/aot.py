@@ -18,9 +18,13 @@ compiled by libtpu's XLA:TPU. Nothing runs and no array is allocated. What the f
 
 - Memory per device: XLA:TPU's buffer assignment of this program for this chip (arguments, outputs, donated/aliased,
   temporaries), the same figures `compiled.memory_analysis()` gives on a TPU VM. Peak = arguments + outputs -
-  aliased + temporaries, checked against the chip's HBM with a 5% headroom. It does not include the runtime's own
-  reservations or fragmentation, nor anything outside the step (teacher forwards, rollouts, checkpoint copies).
-- FLOPs: XLA:TPU's `cost_analysis()` per device; beside it the planner's own count of the traced program
+  aliased + temporaries. For stage 3 (config.stage "opd") the local teachers' parameters, resident beside the step on
+  the student's mesh, are added (each assumed the student's architecture and dtype); the total is checked against the
+  chip's HBM with a 5% headroom. It does not include the runtime's own reservations or fragmentation, nor anything
+  else outside the step (the teachers' scoring pass, rollouts and their KV cache, checkpoint copies).
+- FLOPs: XLA:TPU's `cost_analysis()` per device, which counts each loop body once; the compiled module's dots times
+  the trips of their loops, Mosaic kernels at their cost estimates (`a1jax.plan.hlo_dot_flops`); the planner's own
+  count of the traced program
   (`a1jax.plan.program_flops`, Pallas kernels by their grid or cost estimate) and the analytic 6·N_active count. A Pallas
   kernel is an opaque `tpu_custom_call` to XLA: the compiler's count includes it only through the kernel's
   `pl.CostEstimate`, if it has one ("custom calls" says how many have one).
@@ -244,6 +248,13 @@ def step_inputs(built, exp, config) -> tuple:
     return (batch,)
 
 
+def local_teachers(config) -> int:
+    """How many stage-3 teachers this process holds (config.teachers entries with a workdir, not a url)."""
+    if config.stage != "opd":
+        return 0
+    return sum(1 for t in config.get("teachers", []) if not dict(t).get("url"))
+
+
 def num_domains(config) -> int:
     if config.stage == "opd":
         return max(len(config.get("teachers", [])), 1)
@@ -345,6 +356,10 @@ def plan_topology(exp, config, topo: Topology) -> dict:
     xla_bytes = float(cost.get("bytes accessed", float("nan")))
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     params_b = planner._shard_bytes(state.params, built.state_shardings.params)
+    # resident beside the step (stage 3): each local teacher's parameters, on the student's mesh with its shardings
+    # (a1jax/distill/routing.py LocalTeacher), assumed the student's architecture and parameter dtype
+    teachers_b = local_teachers(config) * params_b
+    total_b = peak_b + teachers_b
     opt_b = planner._shard_bytes(state.opt_state, built.state_shardings.opt_state)
     state_b = planner._shard_bytes(state, built.state_shardings)
     input_b = sum(planner._shard_bytes(x, jax.tree.map(lambda a: a.sharding, x)) for x in inputs)
@@ -356,6 +371,7 @@ def plan_topology(exp, config, topo: Topology) -> dict:
                    "device_kind": chip.kind, "mesh": {k: int(v) for k, v in built.mesh.shape.items()},
                    "stage": config.stage, "batch_size": exp.data.batch_size, "seq_len": exp.data.seq_len,
                    "microbatches": int(config.train.microbatches), "remat_policy": exp.model.remat_policy,
+                   "local_teachers": local_teachers(config),
                    "moe_impl": exp.model.moe_impl, "attention_impl": exp.model.attention_impl,
                    "deltanet_impl": exp.model.deltanet_impl, "compiled_on": compiler_name(chip) + " (ahead of time, no device)"},
         "chip": dataclasses.asdict(chip),
@@ -364,8 +380,9 @@ def plan_topology(exp, config, topo: Topology) -> dict:
             "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
             "aliased": mem.alias_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
             "generated_code": mem.generated_code_size_in_bytes, "peak": peak_b,
-            "hbm": chip.hbm_bytes, "headroom": 1.0 - peak_b / chip.hbm_bytes},
-        "fits": peak_b <= (1.0 - HEADROOM) * chip.hbm_bytes,
+            "teachers_resident": teachers_b, "total": total_b,
+            "hbm": chip.hbm_bytes, "headroom": 1.0 - total_b / chip.hbm_bytes},
+        "fits": total_b <= (1.0 - HEADROOM) * chip.hbm_bytes,
         "flops_per_device": {"analytic": analytic, "program": prog / n, "xla_cost_analysis": xla_flops,
                              "compiled": compiled_flops, "compiled_loops_without_trip_count": unknown_loops,
                              "bytes_accessed": xla_bytes},
@@ -406,8 +423,11 @@ def format_report(p: dict) -> str:
         f"  arguments                    {_gb(m['arguments'])}",
         f"  outputs                      {_gb(m['outputs'])}   of which aliased to arguments {m['aliased'] / 1e9:.2f} GB",
         f"  temporaries                  {_gb(m['temporaries'])}",
-        f"  peak (args+out-alias+temp)   {_gb(m['peak'])}   of {m['hbm'] / 1e9:.0f} GB HBM: {m['peak'] / m['hbm']:.1%}, "
-        f"headroom {m['headroom']:.1%} -> {verdict} (needs >= {HEADROOM:.0%} headroom)",
+        f"  peak (args+out-alias+temp)   {_gb(m['peak'])}",
+        *([f"  + {c['local_teachers']} teachers' parameters   {_gb(m['teachers_resident'])}   (resident beside the step, "
+           f"the student's shardings)"] if m["teachers_resident"] else []),
+        f"  total                        {_gb(m['total'])}   of {m['hbm'] / 1e9:.0f} GB HBM: "
+        f"{m['total'] / m['hbm']:.1%}, headroom {m['headroom']:.1%} -> {verdict} (needs >= {HEADROOM:.0%} headroom)",
         "",
         "FLOPs per device per step",
         f"  analytic 6*N_active + attention   {f['analytic']:11.3e}",

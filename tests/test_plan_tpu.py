@@ -106,3 +106,13 @@ def test_hlo_dot_count_reads_tpu_hlo():
     flops, unknown = planner.hlo_dot_flops(hlo)
     assert (flops, unknown) == (13 * 2 * 64 * 512 * 512, 0)
     assert compiled.cost_analysis()["flops"] < flops / 2  # XLA counts each loop body once
+
+
+def test_stage_3_plans_count_the_resident_teachers():
+    distill = os.path.join(REPO, "experiments", "agents_a1_distill.py")
+    assert aot.local_teachers(experiment.load(distill)) == 6
+    c = experiment.load(distill + ":tiny")
+    c.teachers = [dict(t, url="http://teacher:8000") if i else t for i, t in enumerate(c.teachers)]
+    assert aot.local_teachers(c) == 1  # a remote teacher holds no memory here
+    assert aot.local_teachers(experiment.load(os.path.join(REPO, "experiments", "agents_a1_teacher.py") +
+                                              ":domain=search")) == 0
