@@ -424,8 +424,9 @@ def format_report(p: dict) -> str:
         f"  outputs                      {_gb(m['outputs'])}   of which aliased to arguments {m['aliased'] / 1e9:.2f} GB",
         f"  temporaries                  {_gb(m['temporaries'])}",
         f"  peak (args+out-alias+temp)   {_gb(m['peak'])}",
-        *([f"  + {c['local_teachers']} teachers' parameters   {_gb(m['teachers_resident'])}   (resident beside the step, "
-           f"the student's shardings)"] if m["teachers_resident"] else []),
+        *([f"  {'+ ' + str(c['local_teachers']) + ' teachers' + chr(39) + ' parameters':29s}"
+           f"{_gb(m['teachers_resident'])}   (resident beside the step, the student's shardings)"]
+          if m["teachers_resident"] else []),
         f"  total                        {_gb(m['total'])}   of {m['hbm'] / 1e9:.0f} GB HBM: "
         f"{m['total'] / m['hbm']:.1%}, headroom {m['headroom']:.1%} -> {verdict} (needs >= {HEADROOM:.0%} headroom)",
         "",
