@@ -160,8 +160,8 @@ def libtpu_available() -> str | None:
 
 def cuda_plugin_available() -> str | None:
     """None when jax's CUDA PJRT plugin (XLA:GPU) is installed, else why not."""
-    import importlib.util
-    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    from a1jax.distributed import module_installed
+    if not module_installed("jax_plugins.xla_cuda12"):
         return "the jax CUDA plugin is not installed (pip install -e .[gpu-aot])"
     return None
 
@@ -334,8 +334,9 @@ def roofline(flops: float, bytes_accessed: float, chip: Chip, useful_flops: floa
             "mfu_at_bound": useful_flops / (bound * chip.peak_bf16_flops) if bound else float("nan")}
 
 
-def plan_topology(exp, config, topo: Topology) -> dict:
-    """The plan of `exp` compiled for `topo` as a JSON-ready dict (module docstring: what each figure means)."""
+def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
+    """The plan of `exp` compiled for `topo` as a JSON-ready dict (module docstring: what each figure means);
+    `dump_hlo`: also write the compiled module's HLO text there."""
     from a1jax import plan as planner
     from a1jax.train import metrics
     chip, n = topo.chip, topo.chips
@@ -345,6 +346,9 @@ def plan_topology(exp, config, topo: Topology) -> dict:
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # XLA:GPU gives none without a device
     hlo = compiled.as_text()
+    if dump_hlo:
+        with open(dump_hlo, "w") as fh:
+            fh.write(hlo)
     prog = planner.program_flops(traced.jaxpr.jaxpr)
     kernels = custom_calls(hlo, chip.platform)
     compiled_flops, unknown_loops = planner.hlo_dot_flops(hlo, kernel_estimates=True)

@@ -135,21 +135,29 @@ def _on_tpu_vm(env: Mapping[str, str]) -> bool:
         return False
 
 
+def module_installed(name: str) -> bool:
+    """Whether `name` (dotted: its parent packages too) can be imported, without importing it."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing (find_spec imports the parents of a dotted name)
+        return False
+
+
 def host_platforms(env: Mapping[str, str] | None = None) -> str | None:
     """JAX_PLATFORMS for a command that did not set it, on a host without a TPU where libtpu is installed (the
     `tpu-aot` extra): "cpu", or "cuda,cpu" with a visible NVIDIA GPU and jax's CUDA plugin. Without it jax would
     try the TPU backend first: libtpu prints its init errors and the run only then falls back. None (jax chooses as
     usual) when JAX_PLATFORMS is set, libtpu is not installed, or this is a TPU host."""
-    import importlib.util
     env = os.environ if env is None else env
-    if env.get("JAX_PLATFORMS", "").strip() or importlib.util.find_spec("libtpu") is None or _on_tpu_vm(env):
+    if env.get("JAX_PLATFORMS", "").strip() or not module_installed("libtpu") or _on_tpu_vm(env):
         return None
     try:
         from jax._src import hardware_utils
         gpu = hardware_utils.has_visible_nvidia_gpu()
     except Exception:  # noqa: BLE001 - an unknown jax layout means "not detected"
         gpu = False
-    return "cuda,cpu" if gpu and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None else "cpu"
+    return "cuda,cpu" if gpu and module_installed("jax_plugins.xla_cuda12") else "cpu"
 
 
 def pin_host_platforms() -> str | None:

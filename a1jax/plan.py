@@ -583,6 +583,7 @@ def add_parser(sub):
                    "topology, e.g. v5p-512, v6e-256, v5p:4x8x8, h100-64 (a1jax/aot.py); then --devices/--platform/"
                    "--device_kind are unused")
     p.add_argument("--slices", type=int, default=1, help="with --topology: number of slices (multi-slice over DCN)")
+    p.add_argument("--dump_hlo", default="", help="with --topology: write the compiled module's HLO text to this file")
     p.set_defaults(func=run, accepts_config_overrides=True)
 
 
@@ -616,7 +617,7 @@ def run_topology(args, config, exp) -> int:
     from a1jax import aot
     topo = aot.parse_topology(args.topology, args.slices)
     t = time.perf_counter()
-    result = aot.plan_topology(exp, config, topo)
+    result = aot.plan_topology(exp, config, topo, dump_hlo=args.dump_hlo)
     result["times"]["total_s"] = time.perf_counter() - t
     print(aot.format_report(result))
     print(f"\ntotal {result['times']['total_s']:.1f}s", file=sys.stderr)

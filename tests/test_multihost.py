@@ -55,6 +55,8 @@ def test_a_cpu_host_with_libtpu_installed_stays_on_cpu(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else
                         real_find_spec(name, *a))
     assert distributed.host_platforms({}) is None
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    assert not distributed.module_installed("no_such_package_a1jax.plugin")  # a missing parent is "not installed"
 
 
 def test_cli_start_up_without_jax_platforms_prints_no_libtpu_errors():
