@@ -140,6 +140,7 @@ _CALLS = re.compile(r"\b(calls|to_apply|body|condition)=%?([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONST = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*[su]\d+\[\]\S*\s+constant\((-?\d+)\)")
 _COMPARE = re.compile(r"^\s*ROOT\s.*\scompare\(%?([\w.\-]+), %?([\w.\-]+)\), direction=(LT|GT|LE|GE|NE)")
+_OP = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([\w\-]+)\((.*?)\)(?:,|$)")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
                 "f64": 8, "s64": 8, "u64": 8}
 
@@ -196,19 +197,35 @@ def _op_flops(line: str, out_dims: list[int], shapes: dict) -> float:
     return 2.0 * rest * pairs * rhs[rl.index("i")]
 
 
-def _trip_from_condition(comp: dict) -> int | None:
-    """Trip count of a while loop whose condition is `i < N` (or `N > i`) against a constant, the form jax emits for
-    scans and fori_loops (the counter starts at 0): XLA:TPU's HLO carries no known_trip_count."""
-    cmp = comp.get("compare")
+def _trip_from_condition(comps: dict, caller: str, body: str, cond: str, init: str | None) -> int | None:
+    """Trip count of a while loop whose condition compares a counter in the loop tuple with a constant (`i < N`,
+    `i <= N`, `N > i`): XLA:TPU's HLO carries no known_trip_count. The counter's start is the constant the caller puts
+    in the init tuple (0 if it cannot be traced to one, as jax's scans and fori_loops start), its step the constant the
+    body adds to it (1 if none is found). None when the condition is not of that form."""
+    c = comps.get(cond, {})
+    cmp = c.get("compare")
     if not cmp:
         return None
     a, b, direction = cmp
-    consts = comp["consts"]
-    if direction == "LT" and b in consts and a not in consts:
-        return consts[b]
-    if direction == "GT" and a in consts and b not in consts:
-        return consts[a]
-    return None
+    if direction in ("GT", "GE"):
+        a, b, direction = b, a, {"GT": "LT", "GE": "LE"}[direction]
+    if direction not in ("LT", "LE") or b not in c["consts"] or a not in c["gte"]:
+        return None
+    k, bound = c["gte"][a], c["consts"][b] + (direction == "LE")
+    start, step = 0, 1
+    args = comps[caller]["ops"].get(init, ("", []))[1] if init else []
+    name = args[k] if k < len(args) else None
+    while name in comps[caller]["ops"] and comps[caller]["ops"][name][0] == "copy":
+        name = comps[caller]["ops"][name][1][0]
+    start = comps[caller]["consts"].get(name, 0)
+    root = comps.get(body, {}).get("root", [])
+    update = comps[body]["ops"].get(root[k]) if k < len(root) else None
+    if update and update[0] == "add":
+        consts, gte = comps[body]["consts"], comps[body]["gte"]
+        steps = [consts[x] for x in update[1] if x in consts]
+        if len(steps) == 1 and any(gte.get(x) == k for x in update[1]) and steps[0] > 0:
+            step = steps[0]
+    return max(0, -(-(bound - start) // step))
 
 
 _KERNEL_COST = re.compile(r'custom_call_target="tpu_custom_call".*?"cost_estimate":\{"flops":"(\d+)"')
@@ -227,12 +244,13 @@ def hlo_dot_flops(hlo_text: str, skip_scopes=(), kernel_estimates: bool = False)
     skip = tuple(f"/{s}/" for s in skip_scopes)
     comps: dict[str, dict] = {}
     entry, cur, shapes = None, None, {}
-    loops = []  # (caller, body, condition, known trip count or None)
+    loops = []  # (caller, body, condition, known trip count or None, the init tuple)
     for line in hlo_text.splitlines():
         head = _HEADER.match(line)
         if head and not line.startswith(" "):
             cur, shapes = head.group(2), {}
-            comps[cur] = {"dots": 0.0, "calls": [], "branches": [], "consts": {}, "compare": None}
+            comps[cur] = {"dots": 0.0, "calls": [], "branches": [], "consts": {}, "compare": None, "gte": {},
+                          "ops": {}, "root": []}
             entry = cur if head.group(1) else entry
             continue
         if cur is None:
@@ -251,18 +269,30 @@ def hlo_dot_flops(hlo_text: str, skip_scopes=(), kernel_estimates: bool = False)
         cmp = _COMPARE.match(line)
         if cmp:
             comps[cur]["compare"] = cmp.groups()
+        op = _OP.match(line) if re.search(r"\s(tuple|get-tuple-element|add|copy|while)\(", line) else None
+        if op:  # what a loop's trip count is read from: the counter's start, bound and step
+            root, name, opcode = op.group(1), op.group(2), op.group(3)
+            args = [a.strip().lstrip("%") for a in re.sub(r"/\*[^*]*\*/", "", op.group(4)).split(",") if a.strip()]
+            args = [a.split()[-1].lstrip("%") for a in args]  # drop inline operand types
+            comps[cur]["ops"][name] = (opcode, args)
+            index = re.search(r"\bindex=(\d+)", line)
+            if opcode == "get-tuple-element" and index:
+                comps[cur]["gte"][name] = int(index.group(1))
+            if root and opcode == "tuple":
+                comps[cur]["root"] = args
         called = dict((k, v) for k, v in _CALLS.findall(line))
         if "body" in called:
             t = _TRIP.search(line)
-            loops.append((cur, called["body"], called.get("condition"), int(t.group(1)) if t else None))
+            init = comps[cur]["ops"].get(op.group(2))[1][0] if op and op.group(3) == "while" else None
+            loops.append((cur, called["body"], called.get("condition"), int(t.group(1)) if t else None, init))
         comps[cur]["calls"] += [(v, 1) for k, v in _CALLS.findall(line) if k in ("calls", "to_apply")]
         branches = re.search(r"branch_computations=\{([^}]*)\}", line)
         if branches:
             comps[cur]["branches"].append([b.strip().lstrip("%") for b in branches.group(1).split(",")])
     unknown = 0
-    for caller, body, cond, trip in loops:
-        if trip is None and cond in comps:
-            trip = _trip_from_condition(comps[cond])
+    for caller, body, cond, trip, init in loops:
+        if trip is None and cond in comps and body in comps:
+            trip = _trip_from_condition(comps, caller, body, cond, init)
         unknown += trip is None
         comps[caller]["calls"].append((body, trip or 1))
 

@@ -145,3 +145,39 @@ def test_interpreted_kernels_count_at_their_cost_estimate_not_every_grid_block()
     hlo = traced.lower().compile().as_text()
     assert planner.hlo_dot_flops(hlo)[0] == 16 * pair
     assert planner.hlo_dot_flops(hlo, skip_scopes=tuple(kernels))[0] == 0
+
+
+def test_compiled_dot_count_reads_a_loop_counter_with_a_start_and_a_step():
+    """XLA:TPU-style HLO (no known_trip_count): the counter starts at 2 (through a copy) and steps by 3 while < 11, so
+    the body's [8, 16] x [16, 4] dot runs 3 times; the dot outside the loop once."""
+    hlo = """HloModule m
+%body (p: (s32[], f32[8,4])) -> (s32[], f32[8,4]) {
+  %p = (s32[]{:T(128)}, f32[8,4]{1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  %three = s32[]{:T(128)} constant(3)
+  %next = s32[]{:T(128)} add(%i, %three)
+  %x = f32[8,16]{1,0:T(8,128)} constant({...})
+  %w = f32[16,4]{1,0:T(8,128)} constant({...})
+  %y = f32[8,4]{1,0:T(8,128)} convolution(%x, %w), dim_labels=bf_io->bf
+  ROOT %t = (s32[]{:T(128)}, f32[8,4]{1,0:T(8,128)}) tuple(%next, /*index=1*/%y)
+}
+%cond (q: (s32[], f32[8,4])) -> pred[] {
+  %q = (s32[]{:T(128)}, f32[8,4]{1,0:T(8,128)}) parameter(0)
+  %j = s32[]{:T(128)} get-tuple-element(%q), index=0
+  %n = s32[]{:T(128)} constant(11)
+  ROOT %lt = pred[]{:T(512)} compare(%j, %n), direction=LT
+}
+ENTRY %main (a: f32[8,4]) -> f32[8,4] {
+  %a = f32[8,4]{1,0:T(8,128)} parameter(0)
+  %two = s32[]{:T(128)} constant(2)
+  %start = s32[]{:T(128)} copy(%two)
+  %init = (s32[]{:T(128)}, f32[8,4]{1,0:T(8,128)}) tuple(%start, %a)
+  %loop = (s32[]{:T(128)}, f32[8,4]{1,0:T(8,128)}) while(%init), condition=%cond, body=%body
+  %out = f32[8,4]{1,0:T(8,128)} get-tuple-element(%loop), index=1
+  %b = f32[4,16]{1,0:T(8,128)} constant({...})
+  ROOT %z = f32[8,16]{1,0:T(8,128)} dot(%out, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+"""
+    body_dot, outer_dot = 2 * 8 * 4 * 16, 2 * 8 * 16 * 4
+    assert planner.hlo_dot_flops(hlo) == (3 * body_dot + outer_dot, 0)
+    assert planner.hlo_dot_flops(hlo.replace("constant(11)", "constant(12)"))[0] == 4 * body_dot + outer_dot
