@@ -11,6 +11,11 @@ stage-1 workdir), steps.
 Full size: Qwen3.5-35B-A3B student on TPU v5p-512 (256 chips), six in-process teachers (the stage-2 workdirs
 /shared/fs/agents_a1_teacher_<domain>, frozen, on the same mesh), salient top-64 reverse KL with a tail bucket,
 per-domain token-mean then equal domain weights, IS weights truncated to [0.2, 5]. Not run at this size yet.
+Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_distill.py --topology v5p-512`,
+libtpu 0.0.51, docs/sharding.md): the step per chip 9.96 GB of arguments (3.31 GB parameters, 6.62 GB Adam state,
+0.03 GB batch and top-64 targets), 47.79 GB of temporaries, peak 57.75 GB; with the six teachers' parameters resident
+(19.87 GB) 77.62 GB of 95 GB HBM (18.3% headroom); 176 Mosaic kernel call sites. Not planned: the teachers' scoring
+pass between steps and the rollouts' KV cache.
 Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores, 20 steps of 6 tasks per
 domain (about 11 minutes). Measured (README.md, "Status"): the per-domain reverse KL on held-out tasks fell 0.167 ->
 0.092 (instruction_following) and 0.044 -> 0.029 (tool_calling).

@@ -12,9 +12,10 @@ all-to-all.
 Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
 hyper-parameters are not public (../shared/docs/recipe.md §1.2), so these follow common practice for MoE SFT.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_sft.py --topology v5p-512`,
-libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam state), 45.95 GB of
-temporaries, peak 55.89 GB of 95 GB HBM (41% headroom); the MoE, ring/flash attention and Gated DeltaNet Pallas
-kernels compile with Mosaic (102 call sites).
+libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam state), 43.78 GB of
+temporaries, peak 53.72 GB of 95 GB HBM (43.5% headroom); the MoE, ring/flash attention and Gated DeltaNet Pallas
+kernels compile with Mosaic (102 call sites); 1.46e15 FLOPs per chip per step (HLO dots x loop trips), a roofline
+lower bound of 3.18 s per step.
 
 Data: point `data.sources` at your trajectory JSONL files (`a1jax data import` writes them). The default sources
 are the small shipped quickstart files, so that the config validates anywhere.
