@@ -1,5 +1,6 @@
 """`a1jax plan --topology`: the train step compiled by XLA:TPU (libtpu, no TPU needed) for a TPU topology, with the
 Pallas kernels compiled by Mosaic, and memory figures that add up."""
+import math
 import os
 
 import jax
@@ -116,3 +117,21 @@ def test_stage_3_plans_count_the_resident_teachers():
     assert aot.local_teachers(c) == 1  # a remote teacher holds no memory here
     assert aot.local_teachers(experiment.load(os.path.join(REPO, "experiments", "agents_a1_teacher.py") +
                                               ":domain=search")) == 0
+
+
+def test_tiny_model_compiles_for_h100_without_a_gpu():
+    """XLA:GPU from jax's CUDA plugin (the gpu-aot extra, not installed in CI): a deviceless 4 x H100 compile of the
+    tiny model with the Triton kernels; its memory figures hold the sharded state, and it gives no cost analysis."""
+    why = aot.cuda_plugin_available()
+    if why:
+        pytest.skip(why)
+    c = experiment.load(QUICKSTART)
+    # the DeltaNet kernel stays XLA: Triton wants power-of-two blocks, and this model's DeltaNet value head dim is 24
+    c.model.overrides = dict(TINY, moe_impl="pallas_gpu", attention_impl="pallas_gpu", deltanet_impl="xla")
+    c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 256, 4, 4
+    c.mesh = dict(data=1, fsdp=2, expert=2, tensor=1, sequence=1)
+    p = aot.plan_topology(experiment.validate(c, check_vocabulary=False), c, aot.parse_topology("h100-4"))
+    m = p["memory_per_device"]
+    assert p["config"]["device_kind"] == "NVIDIA H100 80GB HBM3" and p["custom_calls"]["sites"] > 0
+    assert m["state"] <= m["arguments"] and m["temporaries"] > 0 and p["fits"]
+    assert math.isnan(p["flops_per_device"]["xla_cost_analysis"])
