@@ -13,8 +13,9 @@ Full size: Qwen3.5-35B-A3B on TPU v5p-512 (256 chips; same mesh as agents_a1_sft
 step (4 microbatches), rollouts up to 100 turns / 128K tokens. Not run at this size yet: times and results are not measured.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_teacher.py:domain=search
 --topology v5p-512`, libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam
-state), 47.45 GB of temporaries, peak 57.38 GB of 95 GB HBM (39.6% headroom); 164 Mosaic kernel call sites. The step
-only: the rollout engine's KV cache is not planned.
+state), 47.45 GB of temporaries, peak 57.38 GB of 95 GB HBM (39.6% headroom); 164 Mosaic kernel call sites. With `rl`
+(GRPO step): 47.58 GB of temporaries, peak 57.52 GB (39.5% headroom). The step only: the rollout engine's KV cache is
+not planned.
 Tiny: the tiny recipe model on 2 CPU cores; expert iteration (verified rollouts mixed with the domain's expert
 demonstrations) for 30 steps at 2 x 2,048 tokens (3 rollout rounds of 8 tasks; 3-4 minutes). Measured (README.md,
 "Status"): held-out success 0.375 against the stage-1 student's 0.344 on instruction_following; 0 on tool_calling.
