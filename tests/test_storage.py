@@ -206,14 +206,26 @@ def test_a_gs_data_source_trains_like_the_local_file(gcs, tmp_path):
         load_or_build(url, tok, cache_dir=f"{bucket}/cache")
 
 
-def test_profile_writes_a_trace_for_tensorboard(tmp_path):
-    env = _env()
-    out = subprocess.run(_train_cmd(tmp_path, "--config.profile.start_step=1", "--config.profile.steps=2"),
-                         env=env, capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "profile of steps 2..3 written to" in out.stdout
-    runs = os.listdir(tmp_path / "tensorboard" / "plugins" / "profile")
-    assert len(runs) == 1
-    files = os.listdir(tmp_path / "tensorboard" / "plugins" / "profile" / runs[0])
-    assert any(f.endswith(".xplane.pb") and os.path.getsize(tmp_path / "tensorboard" / "plugins" / "profile" /
-                                                            runs[0] / f) > 0 for f in files), files
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_profile_traces_the_configured_steps_where_tensorboard_looks(request, tmp_path, where, capsys):
+    """config.profile = {start_step: 1, steps: 2}: the trace starts after step 1 and stops after step 3, in
+    WORKDIR/tensorboard/plugins/profile/RUN/HOST.xplane.pb (the profile plugin's layout), on the bucket too."""
+    import jax
+    import jax.numpy as jnp
+
+    from a1jax.train import metrics
+    workdir = str(tmp_path) if where == "local" else f"{request.getfixturevalue('gcs')[1]}/profile"
+    profiler = metrics.Profiler(workdir, {"start_step": 1, "steps": 2})
+    step_fn = jax.jit(lambda x: jnp.tanh(x @ x))
+    x, started = jnp.ones((64, 64)), []
+    for step in range(5):
+        profiler.before(step)
+        started.append(profiler._local is not None)
+        x = step_fn(x)
+        profiler.after(step + 1, x)
+    profiler.close()
+    assert started == [False, True, True, False, False]
+    assert "profile of steps 2..3 written to" in capsys.readouterr().out
+    traces = [f for f in storage.walk_files(f"{workdir}/tensorboard") if f.endswith(".xplane.pb")]
+    assert len(traces) == 1 and traces[0].startswith("plugins/profile/"), traces
+    assert storage.getsize(f"{workdir}/tensorboard/{traces[0]}") > 0

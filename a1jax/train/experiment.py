@@ -40,7 +40,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"--config {spec}: get_config must return an ml_collections.ConfigDict")
+    for name, default in OPTIONAL_SECTIONS.items():  # so `--config.profile.steps=3` works on any experiment
+        if name not in config:
+            config[name] = ml_collections.ConfigDict(default)
     return config
+
+
+# Sections an experiment file may leave out; their defaults (all off) are filled in by `load`.
+OPTIONAL_SECTIONS = {"profile": {"start_step": 0, "steps": 0}}  # a1jax.train.metrics.Profiler
 
 
 def _parse_value(text: str, current: Any, flag: str):
