@@ -66,7 +66,9 @@ a1jax_check_experiment() {  # FLAG VALUE: experiments/FILE.py[:ARG], relative to
 
 a1jax_check_workdir() {  # FLAG VALUE: a path, or a gs:// URL (a1jax/storage.py); other object stores are refused
   [[ -n $2 ]] || a1jax_die "$1 is required"
-  if [[ $2 == *://* && ! $2 =~ ^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?$ ]]; then
+  if [[ $2 == gs://* && ! $2 =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?$ ]]; then
+    a1jax_die "$1 $2: not a gs://BUCKET[/DIR] URL (a bucket name is 3-63 lowercase letters, digits, '-', '_', '.')"
+  elif [[ $2 == *://* && $2 != gs://* ]]; then
     a1jax_die "$1 $2: the object store a1jax writes to is Google Cloud Storage, as gs://BUCKET[/DIR]; or give a" \
       "path (a local one on a single host, a shared mount for several)"
   fi
