@@ -125,6 +125,18 @@ def replace(src, dst) -> None:
         os.replace(src, dst)
 
 
+def upload(local: str, path) -> None:
+    """Copies a local file to `path` (a URL: one object, whole when the upload completes; a local path: a copy
+    renamed into place)."""
+    if is_remote(path):
+        _fs(path).put_file(local, os.fspath(path))
+        return
+    import shutil
+    tmp = os.fspath(path) + ".tmp"
+    shutil.copyfile(local, tmp)
+    os.replace(tmp, path)
+
+
 def remove(path) -> None:
     if is_remote(path):
         _epath(path).unlink()

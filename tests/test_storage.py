@@ -186,24 +186,27 @@ def test_bad_storage_is_one_clear_error_naming_the_path_not_a_hang(gcs, tmp_path
     assert took < 90, took
 
 
-def test_a_gs_data_source_trains_like_the_local_file(gcs, tmp_path):
-    """A trajectory file given as a gs:// path is read into the local token cache; same records, same tokens."""
+def test_a_gs_data_source_tokenizes_like_the_local_file(gcs, tmp_path):
+    """Trajectories written to the bucket (as demos and imports write them), then given as a gs:// source, are read
+    into the local token cache: same records, same tokens."""
     from a1jax.data import tokenizers
     from a1jax.data.cache import load_or_build
+    from a1jax.data.records import read_records, write_records
     _, bucket = gcs
-    src = os.path.join(REPO, "data", "quickstart")
-    name = "heldout.jsonl"
-    url = f"{bucket}/data/{name}"
-    with open(os.path.join(src, name), "rb") as f:
-        storage.write_atomic(url, f.read())
+    src = os.path.join(REPO, "data", "quickstart", "heldout.jsonl")
+    url = f"{bucket}/data/heldout.jsonl"
+    n = write_records(url, (r for _, r in read_records(src)))
     tok = tokenizers.load("qwen3_5")  # the quickstart's
-    local = load_or_build(os.path.join(src, name), tok, cache_dir=tmp_path / "a")
+    local = load_or_build(src, tok, cache_dir=tmp_path / "a")
     remote = load_or_build(url, tok, cache_dir=tmp_path / "b")
-    assert len(remote) == len(local) > 0
+    assert len(remote) == len(local) == n > 0
     np.testing.assert_array_equal(remote.tokens, local.tokens)
+    np.testing.assert_array_equal(remote.offsets, local.offsets)
     assert remote.ids == local.ids
     with pytest.raises(ValueError, match="must be a local directory"):
         load_or_build(url, tok, cache_dir=f"{bucket}/cache")
+    with pytest.raises(FileNotFoundError, match=f"{bucket}/data/missing.jsonl"):
+        load_or_build(f"{bucket}/data/missing.jsonl", tok, cache_dir=tmp_path / "b")
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
