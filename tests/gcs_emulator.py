@@ -82,7 +82,7 @@ def main():
     server = Emulator(args.port)
     server.create_bucket(args.bucket)
     print(f"# gs://{args.bucket} served at {server.url} (in memory; Ctrl-C stops it). In the shell of the run:")
-    for k, v in server.env().items():  # noqa: B007
+    for k, v in server.env().items():
         print(f"export {k}={v}")
     try:
         while True:

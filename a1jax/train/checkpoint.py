@@ -3,7 +3,9 @@
 A checkpoint at WORKDIR/checkpoints/<step>/ holds the train state (params, optimizer state, step, rng, counters),
 the data iterator state of every process and the experiment config. Orbax writes into a temporary directory and
 renames it when the write completes, so a run killed mid-save leaves the previous checkpoints intact and the partial
-one invisible.
+one invisible. On object storage (a `gs://` directory, through `a1jax.storage`), which has no rename, orbax writes
+the step in place and its commit marker (STEP/commit_success.txt) last; a step without one is never listed, so never
+restored (tests/test_storage.py).
 
 Multi-process runs: every process calls `save` and `restore`. Orbax writes each array shard from the process that
 holds it and commits from process 0; restoring reads onto whatever shardings the abstract state carries, so a
