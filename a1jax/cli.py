@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from a1jax.storage import StorageError
+
 # subcommand -> module with `add_parser(subparsers)`; the module's parser sets `func(args) -> int`.
 SUBCOMMANDS = {
     "summary": "a1jax.model.summary",
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_overrides = extra
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, StorageError) as e:  # user errors: one clear line, no traceback
         print(f"a1jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a run that stopped itself (guard, no usable checkpoint): one line, no traceback

@@ -9,8 +9,8 @@
 #   --image          a container image with a1jax and the CUDA build of jax installed (`a1jax` on PATH) and
 #                    the experiment file at EXPERIMENT relative to its working directory
 #   --experiment     experiments/FILE.py[:ARG]
-#   --workdir        absolute path inside the pods (not gs://); with --pvc the claim is mounted there, and it must
-#                    be ReadWriteMany so that all pods share it
+#   --workdir        gs://BUCKET/DIR, or an absolute path inside the pods; with --pvc the claim is mounted there,
+#                    and it must be ReadWriteMany so that all pods share it
 #   --nodes          pods = processes (default 1); --gpus-per-node G GPUs each (default 8)
 #   --max-restarts   JobSet restarts of all pods after a failure or preemption (default 3); each resumes
 #   --grace-period   terminationGracePeriodSeconds (default 120): SIGTERM, then this long to save a checkpoint
@@ -50,7 +50,9 @@ a1jax_check_name --name "$NAME"
 [[ -n $EXPERIMENT ]] || a1jax_die "--experiment is required (experiments/FILE.py[:ARG])"
 a1jax_check_experiment --experiment "$EXPERIMENT"
 a1jax_check_workdir --workdir "$WORKDIR"
-[[ $WORKDIR == /* ]] || a1jax_die "--workdir must be an absolute path inside the pods, got '$WORKDIR'"
+[[ $WORKDIR == /* || $WORKDIR == gs://* ]] ||
+  a1jax_die "--workdir must be gs://BUCKET/DIR or an absolute path inside the pods, got '$WORKDIR'"
+[[ -z $PVC || $WORKDIR != gs://* ]] || a1jax_die "--pvc mounts a volume at --workdir, which a gs:// workdir does not use"
 a1jax_check_int --nodes "$NODES" 1
 a1jax_check_int --gpus-per-node "$GPUS" 1
 a1jax_check_int --max-restarts "$RESTARTS" 0

@@ -64,10 +64,17 @@ a1jax_check_experiment() {  # FLAG VALUE: experiments/FILE.py[:ARG], relative to
   [[ -f $path || -f $A1JAX_ROOT/$path ]] || a1jax_die "$1 $2: no such experiment file '$path'"
 }
 
-a1jax_check_workdir() {  # FLAG VALUE: the trainer writes with local file I/O, so no object-store URLs yet
+a1jax_check_workdir() {  # FLAG VALUE: a path, or a gs:// URL (a1jax/storage.py); other object stores are refused
   [[ -n $2 ]] || a1jax_die "$1 is required"
-  if [[ $2 == gs://* || $2 == s3://* ]]; then
-    a1jax_die "$1 $2: the trainer does not write to object stores yet (checkpoints and metrics use local file" \
-      "I/O); use a local path on a single host, or a shared NFS/Filestore/Lustre mount for several hosts"
+  if [[ $2 == gs://* && ! $2 =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?$ ]]; then
+    a1jax_die "$1 $2: not a gs://BUCKET[/DIR] URL (a bucket name is 3-63 lowercase letters, digits, '-', '_', '.')"
+  elif [[ $2 == *://* && $2 != gs://* ]]; then
+    a1jax_die "$1 $2: the object store a1jax writes to is Google Cloud Storage, as gs://BUCKET[/DIR]; or give a" \
+      "path (a local one on a single host, a shared mount for several)"
   fi
+}
+
+a1jax_log_dir() {  # WORKDIR FALLBACK: where a launcher's per-process logs go. The shell appends to them, which object
+  # storage cannot do, so a gs:// workdir keeps them in FALLBACK on each host instead of WORKDIR/logs
+  if [[ $1 == gs://* ]]; then echo "$2"; else echo "$1/logs"; fi
 }

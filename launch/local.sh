@@ -8,7 +8,8 @@
 #   --processes N    processes to start (default 1); N > 1 sets A1JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT,
 #                    A1JAX_NUM_PROCESSES=N and A1JAX_PROCESS_ID=0..N-1
 #   --cpu-devices M  run on CPU with M virtual devices per process (JAX_PLATFORMS=cpu, A1JAX_CPU_DEVICES=M)
-#   --workdir DIR    checkpoints and metrics (default workdirs/FILE or workdirs/FILE-ARG); relaunching resumes
+#   --workdir DIR    checkpoints and metrics (default workdirs/FILE or workdirs/FILE-ARG), or gs://BUCKET/DIR (logs
+#                    then go to workdirs/logs); relaunching resumes
 #   --port P         coordinator port (default: a free port)
 #   --dry-run        print the commands instead of running them
 #   -h, --help       this text
@@ -54,7 +55,7 @@ if ((!A1JAX_DRY_RUN)) && [[ ! -x $A1JAX_VENV/bin/a1jax ]]; then
   a1jax_die "$A1JAX_VENV/bin/a1jax not found: run 'bash launch/quickstart.sh' once, or set A1JAX_VENV"
 fi
 
-LOGDIR="$WORKDIR/logs"
+LOGDIR="$(a1jax_log_dir "$WORKDIR" "$A1JAX_ROOT/workdirs/logs")"
 TRAIN=("$A1JAX_VENV/bin/a1jax" train --config "$EXPERIMENT" --workdir "$WORKDIR" "${EXTRA[@]}")
 a1jax_run mkdir -p "$LOGDIR"
 pids=()

@@ -13,15 +13,15 @@
 #                        v5litepod v2-alpha-tpuv5-lite, v4 and older tpu-ubuntu2204-base)
 #   --spot               create the slice as Spot capacity (preemptible; relaunch to resume)
 #   --experiment         experiments/FILE.py[:ARG], relative to the repository root
-#   --workdir            checkpoints, metrics and logs. Not gs:// (the trainer has no object-store I/O yet): a local
-#                        path works on a single-host slice; a multi-host slice needs a shared NFS/Filestore mount
-#                        present on every worker. Relative paths are relative to --remote-dir.
+#   --workdir            checkpoints, metrics and logs: gs://BUCKET/DIR (what a multi-host slice needs: every worker
+#                        sees it), or a local path (single-host slice) or a shared NFS/Filestore mount. Relative paths
+#                        are relative to --remote-dir.
 #   --sync scp           (default) tar this checkout (without .git, .venv*, .cache, workdirs) and scp it to all
 #                        workers; --sync git clones --git-url (default: origin) at --git-rev (default: HEAD)
 #   --remote-dir         the checkout on each worker, relative to the home directory (default a1jax)
 #   --skip-setup         do not run the install step (.venv with jax[tpu]; the workers need Python 3.12)
 #   --dry-run            print the commands instead of running them
-# Each worker logs to WORKDIR/logs/worker-HOSTNAME.log; all workers' output also streams here. Stopping: relaunch
+# Each worker logs to WORKDIR/logs/worker-HOSTNAME.log (REMOTE_DIR/logs/ for a gs:// workdir); all workers' output also streams here. Stopping: relaunch
 # resumes from the last checkpoint (the trainer saves one on SIGTERM).
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -119,6 +119,6 @@ if ((SETUP)); then
 fi
 
 # 4. The same command on all workers; each also keeps its own log.
-q_workdir="$(a1jax_quote "$WORKDIR")"
-on_all_workers "cd $q_remote && mkdir -p $q_workdir/logs && set -o pipefail && $(a1jax_quote .venv/bin/a1jax train \
---config "$EXPERIMENT" --workdir "$WORKDIR" "${EXTRA[@]}") 2>&1 | tee -a $q_workdir/logs/worker-\$(hostname).log"
+q_logs="$(a1jax_quote "$(a1jax_log_dir "$WORKDIR" logs)")"
+on_all_workers "cd $q_remote && mkdir -p $q_logs && set -o pipefail && $(a1jax_quote .venv/bin/a1jax train \
+--config "$EXPERIMENT" --workdir "$WORKDIR" "${EXTRA[@]}") 2>&1 | tee -a $q_logs/worker-\$(hostname).log"

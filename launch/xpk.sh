@@ -9,8 +9,8 @@
 #   --tpu-type             e.g. v5p-512, v5litepod-256, v6e-256
 #   --num-slices           slices (default 1). More than 1 is untested: a1jax's mesh is not multislice-aware yet.
 #   --experiment           experiments/FILE.py[:ARG], relative to the repository root
-#   --workdir              checkpoints, metrics, logs. Not gs:// (the trainer has no object-store I/O yet): a shared
-#                          volume mounted in every pod (e.g. Filestore or a GCS FUSE mount)
+#   --workdir              checkpoints, metrics, TensorBoard: gs://BUCKET/DIR (the pods' service account needs
+#                          read/write access to the bucket), or a shared volume mounted in every pod
 #   --base-docker-image    (default python:3.12) xpk copies a clean copy of this checkout on top; the pod then
 #                          installs .venv with jax[tpu] before training (a few minutes per start)
 #   --docker-image         instead: a ready image with a1jax and jax[tpu] installed; runs `a1jax train` in it

@@ -3,6 +3,9 @@
 An a1jax checkpoint directory holds `params/` (orbax, the *unboxed* params tree; axis names are recomputed from the
 config on load) and `model_config.json` (`ModelConfig.to_dict()`). A HF directory holds `config.json` plus
 `*.safetensors`, optionally sharded with `model.safetensors.index.json`.
+
+The a1jax side may be a URL (`gs://bucket/ckpt`, through `a1jax.storage`; orbax writes the arrays); the HF side is
+a local directory (its safetensors are memory-mapped).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from a1jax import storage
 from a1jax.convert import safetensors
 from a1jax.convert.hf import Assembler, hf_tensors, infer_config
 from a1jax.convert.hf_config import config_to_hf
@@ -26,18 +30,17 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1000 ** 3  # the size HF's save_pretrained uses
 
 
 def _require_dir(path: str, what: str) -> None:
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"{what} directory {path} does not exist")
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path} not found")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    try:
+        return storage.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def safetensors_files(hf_dir: str) -> list[str]:
@@ -81,15 +84,14 @@ def read_hf_dir(hf_dir: str) -> tuple[ModelConfig, dict]:
 
 def save_params(ckpt_dir: str, cfg: ModelConfig, params) -> None:
     """Writes `ckpt_dir/params` (orbax) and `ckpt_dir/model_config.json`."""
-    target = os.path.abspath(os.path.join(ckpt_dir, PARAMS))
-    if os.path.exists(target):
+    target = storage.abspath(os.path.join(ckpt_dir, PARAMS))
+    if storage.exists(target):
         raise ValueError(f"{target} already exists; choose another output directory or remove it")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    storage.makedirs(ckpt_dir)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, unbox(params))
         ckptr.wait_until_finished()
-    with open(os.path.join(ckpt_dir, MODEL_CONFIG), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+    storage.write_atomic(os.path.join(ckpt_dir, MODEL_CONFIG), json.dumps(cfg.to_dict(), indent=2))
 
 
 def load_params(ckpt_dir: str, shardings=None) -> tuple[ModelConfig, dict]:
@@ -106,8 +108,8 @@ def load_params(ckpt_dir: str, shardings=None) -> tuple[ModelConfig, dict]:
     else:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype(s), sharding=sh), specs, shardings,
                                 is_leaf=is_spec)
-    path = os.path.abspath(os.path.join(ckpt_dir, PARAMS))
-    if not os.path.isdir(path):
+    path = storage.abspath(os.path.join(ckpt_dir, PARAMS))
+    if not storage.isdir(path):
         raise FileNotFoundError(f"{path} not found (not an a1jax checkpoint)")
     with ocp.StandardCheckpointer() as ckptr:
         values = ckptr.restore(path, abstract)

@@ -10,6 +10,10 @@ them and a new entry is built. An entry holds
   offsets.npy    int64[R + 1]   record r is [offsets[r], offsets[r + 1])
   records.json   ids, domains, source path, tokenizer name, the skip report of records that failed validation
 
+A source given as a URL (`gs://bucket/x.jsonl`, read through `a1jax.storage`) is copied into
+`<cache_dir>/remote/` first (its bytes are needed for the key anyway) and tokenized from there; the entry and its
+skip report name the URL. The cache itself is local: its arrays are memory-mapped.
+
 The key is the file's content, not its path, so two files with the same name and bytes share an entry; the skip
 report's `file:line` locations are rewritten to the path being loaded, never the path the entry was built from.
 Every load logs the file's skips (counts per reason and the first few locations) to the `a1jax.data` logger.
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a1jax import storage
 from a1jax.data.chat import tokenize_trajectory
 from a1jax.data.records import SkipReport, read_records
 from a1jax.data.tokenizers import Tokenizer
@@ -42,12 +47,8 @@ _ARRAYS = ("tokens", "loss_mask", "turn_ids", "offsets")
 log = logging.getLogger("a1jax.data")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: Path | str) -> str:
+    return storage.sha256(path)
 
 
 def cache_key(path: Path, tokenizer: Tokenizer, supervise: str) -> str:
@@ -122,18 +123,41 @@ def _write_entry(folder: Path, source: Path, tokenizer: Tokenizer, supervise: st
 def load_or_build(source: str | Path, tokenizer: Tokenizer, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                   supervise: str = "all", strict: bool = False) -> TokenCache:
     """The cache entry of a JSONL file, tokenizing it first if no entry matches its content and tokenizer."""
-    source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such trajectory file")
+    if storage.is_remote(cache_dir):
+        raise ValueError(f"data.cache_dir={cache_dir!r}: the token cache must be a local directory (its arrays are "
+                         f"memory-mapped); sources may be URLs")
     root = Path(cache_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
+    shown = str(source)
+    source = _local_copy(shown, root) if storage.is_remote(shown) else Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such trajectory file")
     folder = root / f"{source.stem}-{cache_key(source, tokenizer, supervise)[:16]}"
     if not (folder / "records.json").exists():
         log.info("tokenizing %s with %s into %s", source, tokenizer.name, folder)
         _write_entry(folder, source, tokenizer, supervise, strict)
-    entry = _read_entry(folder, source)
+    entry = _read_entry(folder, shown)
     if strict and entry.skips.total:  # the entry was built by a lenient run; strict mode must still stop
         raise ValueError(entry.skips.first[0] if entry.skips.first
                          else next(iter(entry.skips.examples.values()))[0])
-    entry.skips.log(str(source))
+    entry.skips.log(shown)
     return entry
+
+
+def _local_copy(url: str, root: Path) -> Path:
+    """`url`'s bytes in `<root>/remote/<hash of url>/<name>`, downloaded afresh (written to a temporary name and
+    renamed, so a concurrent reader never sees a part)."""
+    if not storage.isfile(url):
+        raise FileNotFoundError(f"{url}: no such trajectory file")
+    folder = root / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    local = folder / url.rstrip("/").rsplit("/", 1)[-1]
+    fd, tmp = tempfile.mkstemp(prefix=local.name + ".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, storage.open(url, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return local

@@ -134,7 +134,14 @@ def write_records(path: str | Path, records: Iterable[dict]) -> int:
     """Write records as JSONL (UTF-8, non-ASCII kept as is, key order kept); returns how many were written.
 
     Atomic: the lines go to a temporary file in the same folder, renamed over `path` only once all are written; if
-    `records` raises (a strict import meeting a bad record), `path` is left as it was."""
+    `records` raises (a strict import meeting a bad record), `path` is left as it was. A `gs://` path: written to a
+    local temporary file, then uploaded as one object (which appears whole when the upload completes)."""
+    from a1jax import storage
+    if storage.is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="a1jax-records-") as tmp:
+            n = write_records(os.path.join(tmp, "records.jsonl"), records)
+            storage.upload(os.path.join(tmp, "records.jsonl"), path)
+        return n
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 
+from a1jax import storage
+
 log = logging.getLogger("a1jax.distill")
 FILE = "gate.json"
 
@@ -61,9 +63,8 @@ def check(workdir: str, student_cfg, student_params, tok, teachers: dict, envs, 
     """{domain: verdict} for `teachers` ({domain: TeacherSpec}); read from WORKDIR/gate.json when a run already
     decided, else measured and written there."""
     path = os.path.join(workdir, FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if storage.exists(path):
+        saved = storage.read_json(path)
         if set(saved["domains"]) == set(teachers):
             return saved["domains"]
     out = {}
@@ -81,16 +82,13 @@ def check(workdir: str, student_cfg, student_params, tok, teachers: dict, envs, 
             t_cfg, t_params = load_trained_params(spec.workdir)
             t = greedy_success(t_cfg, model.unbox(t_params), tok, domain, ro, **kw)[0]["success_rate"]
         out[domain] = verdict(domain, s, t, gate)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"tasks": gate.tasks, "margin": gate.margin, "domains": out}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    storage.write_atomic(path, json.dumps({"tasks": gate.tasks, "margin": gate.margin, "domains": out}, indent=1))
     return out
 
 
 def distilled(workdir: str) -> dict | None:
     """The verdicts a stage-3 run recorded (None: it ran no check)."""
     path = os.path.join(workdir, FILE)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)["domains"]
+    return storage.read_json(path)["domains"]

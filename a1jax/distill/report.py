@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from a1jax import model
+from a1jax import model, storage
 from a1jax.distill import gate, rollouts as R, settings
 from a1jax.distill.settings import Rollout
 from a1jax.train import vocabulary
@@ -101,10 +101,9 @@ def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]
 
 def _distill_settings(root: str):
     path = os.path.join(root, "distill", "config.json")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: no distillation workdir config (run stage 3 first)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(storage.read_json(path))
     return config, settings.from_config(config, batch_size=int(config.data.batch_size))
 
 
@@ -148,7 +147,7 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
     paths.update({f"teacher_{d}": os.path.join(root, f"teacher_{d}") for d in domains})
     models = {}
     for name, path in paths.items():
-        if not os.path.isdir(os.path.join(path, "checkpoints")):
+        if not storage.isdir(os.path.join(path, "checkpoints")):
             raise FileNotFoundError(f"{path}: no training workdir (run the stage that writes it first)")
         vocabulary.check(path, tok, name)
         models[name] = load_model(path)
@@ -250,8 +249,11 @@ def figure(report: dict, path: str) -> None:
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    storage.write_atomic(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -270,8 +272,7 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs={args.jobs}: expected a positive integer")
     report = build_report_parallel(args.root, domains, n=args.n, horizons=horizons, jobs=args.jobs)
-    with open(os.path.join(args.root, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    storage.write_atomic(os.path.join(args.root, "report.json"), json.dumps(report, indent=1))
     figure(report, os.path.join(args.root, "report.png"))
     print(table(report))
     print(f"wrote {os.path.join(args.root, 'report.json')} and {os.path.join(args.root, 'report.png')}")

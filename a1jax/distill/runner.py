@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from a1jax import model
+from a1jax import model, storage
 from a1jax.data import tokenizers
 from a1jax.train import build, checkpoint, metrics as mt, steps, vocabulary
 from a1jax.train.checkpoint import load_init_params
@@ -34,7 +34,7 @@ class StageRun:
         from a1jax.train.loop import _check_same_model
         self.exp, self.workdir, self.settings = exp, workdir, exp.loop
         config = exp.config
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         _check_same_model(workdir, config)
         vocabulary.guard(workdir, init_from or self.settings.init_from, exp.data.tokenizer)
         if jax.process_index() == 0:
@@ -98,6 +98,7 @@ class StageRun:
         return jax.device_put(model.unbox(self.state.params), jax.devices()[0])
 
     def save(self, step: int, *, force: bool = False):
+        self.writer.flush()  # every step a checkpoint covers has its metrics line
         if self.ckpt.save(step, self.state, {"step": int(step)}, self.exp.config.to_dict(), force=force):
             self.last_saved = step
 

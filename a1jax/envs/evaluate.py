@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Iterable
 
+from a1jax import storage
 from a1jax.envs import registry
 from a1jax.envs.base import Session, Task
 
@@ -55,7 +56,7 @@ def web_tasks(name: str, path: str, n: int, tools: list) -> list[Task]:
     """The first `n` questions of an Agents-A1 web-search set as search-domain tasks."""
     from a1jax.envs.search import SYSTEM
     tasks = []
-    with open(path) as f:
+    with storage.open(path) as f:
         for line_no, line in enumerate(f, 1):
             if len(tasks) >= n:
                 break
@@ -141,7 +142,7 @@ def collect_tasks(domains, *, n, horizons, seed, env_options=None, web_evals=(),
         path = os.path.join(web_dir or "", WEB_EVALS[name])
         if search_backend is None:
             skipped[name] = "needs a real web search backend (--search-url); offline it is not scored"
-        elif not web_dir or not os.path.isfile(path):
+        elif not web_dir or not storage.isfile(path):
             skipped[name] = f"data file not found: {path!r} (pass --web-dir)"
         else:
             env = registry.get("search", backend=search_backend)
@@ -200,10 +201,9 @@ def scalars(result: dict) -> dict[str, float]:
 
 def write(result: dict, records: Iterable[dict], out_dir: str, *, writer=None, step: int = 0) -> None:
     from a1jax.train.metrics import MetricWriter
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out_dir, "trajectories.jsonl"), "w") as f:
+    storage.makedirs(out_dir)
+    storage.write_atomic(os.path.join(out_dir, "eval.json"), json.dumps(result, indent=1))
+    with storage.open(os.path.join(out_dir, "trajectories.jsonl"), "w") as f:  # an object appears on close
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     own = writer is None

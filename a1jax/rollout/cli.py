@@ -29,8 +29,9 @@ def load_model(checkpoint: str):
 
     import jax
 
+    from a1jax import storage
     from a1jax.model import unbox
-    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+    if storage.isdir(os.path.join(checkpoint, "checkpoints")):
         from a1jax.train.checkpoint import load_trained_params
         cfg, params = load_trained_params(checkpoint)
     else:

@@ -3,7 +3,9 @@
 A checkpoint at WORKDIR/checkpoints/<step>/ holds the train state (params, optimizer state, step, rng, counters),
 the data iterator state of every process and the experiment config. Orbax writes into a temporary directory and
 renames it when the write completes, so a run killed mid-save leaves the previous checkpoints intact and the partial
-one invisible.
+one invisible. On object storage (a `gs://` directory, through `a1jax.storage`), which has no rename, orbax writes
+the step in place and its commit marker (STEP/commit_success.txt) last; a step without one is never listed, so never
+restored (tests/test_storage.py).
 
 Multi-process runs: every process calls `save` and `restore`. Orbax writes each array shard from the process that
 holds it and commits from process 0; restoring reads onto whatever shardings the abstract state carries, so a
@@ -21,7 +23,6 @@ manifest, or the checkpoint predates manifests) is restored unverified, with a w
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from a1jax import distributed
+from a1jax import distributed, storage
 from a1jax.data.cache import file_sha256
 
 log = logging.getLogger("a1jax.train")
@@ -52,7 +53,7 @@ class CheckpointMismatch(ValueError):
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
         handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
@@ -84,7 +85,7 @@ class Checkpointer:
             self._sealer.join()
             self._sealer = None
         path = os.path.join(self.directory, str(step))
-        if step is None or jax.process_index() != 0 or not os.path.isdir(path):
+        if step is None or jax.process_index() != 0 or not storage.isdir(path):
             return
         if background:
             self._sealer = threading.Thread(target=_write_manifest_logged, args=(path,),
@@ -104,16 +105,16 @@ class Checkpointer:
 
     def set_aside_dirs(self) -> list[str]:
         """Step directories moved aside as damaged, by this run or an earlier one."""
-        if not os.path.isdir(self.directory):
+        if not storage.isdir(self.directory):
             return []
-        return sorted(n for n in os.listdir(self.directory) if n.startswith("damaged-"))
+        return sorted(n for n in storage.listdir(self.directory) if n.startswith("damaged-"))
 
     def _set_aside(self, step: int):
         """Moves a damaged checkpoint out of the step sequence (kept for inspection, never deleted): to
         damaged-STEP, or damaged-STEP.2, .3, ... when a step of that number was set aside before."""
         path = os.path.join(self.directory, str(step))
-        if jax.process_index() == 0 and os.path.isdir(path):
-            os.replace(path, _free_name(os.path.join(self.directory, f"damaged-{step}")))
+        if jax.process_index() == 0 and storage.isdir(path):
+            storage.replace(path, _free_name(os.path.join(self.directory, f"damaged-{step}")))
         distributed.barrier(f"a1jax_set_aside_{step}")  # no process re-lists the steps before the rename
         self._manager.reload()
 
@@ -185,7 +186,7 @@ class Checkpointer:
 def _free_name(path: str) -> str:
     """`path`, or `path.2`, `path.3`, ...: the first that does not exist."""
     n, out = 1, path
-    while os.path.exists(out):
+    while storage.exists(out):
         n += 1
         out = f"{path}.{n}"
     return out
@@ -193,20 +194,14 @@ def _free_name(path: str) -> str:
 
 def _files(step_dir: str) -> list[str]:
     """Every file under `step_dir` (relative paths, sorted), the manifest and temporaries excepted."""
-    out = []
-    for root, _, names in os.walk(step_dir):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), step_dir)
-            if rel not in (MANIFEST, MANIFEST + ".tmp"):
-                out.append(rel)
-    return sorted(out)
+    return [rel for rel in storage.walk_files(step_dir) if rel not in (MANIFEST, MANIFEST + ".tmp")]
 
 
 def write_manifest(step_dir: str) -> dict:
     """STEP/a1jax_manifest.json: {"files": {relative path: {"sha256", "bytes"}}} of a committed step directory,
     written atomically (a partial manifest is never read as a whole one)."""
     files = {rel: {"sha256": file_sha256(os.path.join(step_dir, rel)),
-                   "bytes": os.path.getsize(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
+                   "bytes": storage.getsize(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
     manifest = {"version": 1, "files": files}
     save_json(os.path.join(step_dir, MANIFEST), manifest)
     return manifest
@@ -223,20 +218,19 @@ def verify_manifest(step_dir: str) -> bool:
     """True if `step_dir` matches its manifest, False if it has none; raises CheckpointDamaged naming the first
     file that is missing, of another size or another sha256, or a manifest that cannot be read."""
     path = os.path.join(step_dir, MANIFEST)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return False
     try:
-        with open(path) as f:
-            files = json.load(f)["files"]
+        files = storage.read_json(path)["files"]
         expected = {rel: (int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointDamaged(f"{path} cannot be read ({type(e).__name__}: {e})") from None
     for rel, (size, digest) in sorted(expected.items()):
         full = os.path.join(step_dir, rel)
-        if not os.path.isfile(full):
+        if not storage.isfile(full):
             raise CheckpointDamaged(f"{full} is missing (listed in {MANIFEST})")
-        if os.path.getsize(full) != size:
-            raise CheckpointDamaged(f"{full} has {os.path.getsize(full)} bytes, {size} when saved")
+        if (got := storage.getsize(full)) != size:
+            raise CheckpointDamaged(f"{full} has {got} bytes, {size} when saved")
         if file_sha256(full) != digest:
             raise CheckpointDamaged(f"{full} differs from the sha256 recorded when it was saved")
     return True
@@ -279,11 +273,9 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def save_json(path: str, obj) -> None:
-    """Atomic small-file write (config.json and the like): write a temp file, then rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """Atomic small-file write (config.json and the like): a temp file renamed into place, or one object write on
+    object storage (`storage.write_atomic`)."""
+    storage.save_json(path, obj)
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -301,10 +293,9 @@ def load_trained_params(workdir: str, step: int | None = None):
     from a1jax.train.state import init_state
 
     config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
+    if not storage.isfile(config_path):
         raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(storage.read_json(config_path))
     cfg = experiment.model_config(config)
     opt = config.optimizer
     opt.total_steps = config.train.steps
@@ -328,7 +319,7 @@ def load_init_params(path: str):
     """(ModelConfig, unboxed params) to start a run from: a training workdir (its newest checkpoint) or a converted
     checkpoint directory (`a1jax convert --from-hf`)."""
     from a1jax.rollout.cli import load_model
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"init_from {path!r}: no such directory (a training workdir or a converted "
                                 f"checkpoint)")
     return load_model(path)

@@ -151,6 +151,7 @@ def _sections() -> dict:
         },
         "eval": {"every": required(integer(0)), "batches": required(integer(1))},
         "checkpoint": {"every": required(integer(1)), "keep": required(integer(1)), "async_save": required(boolean())},
+        "profile": {"start_step": integer(0), "steps": integer(0)},  # a1jax.train.metrics.Profiler; steps=0: off
         "envs": dataclass_fields(settings.Envs),
         "rollout": dataclass_fields(settings.Rollout),
         "teachers": list_of(mapping(), what="teacher dicts"),

@@ -21,7 +21,7 @@ import ml_collections
 from a1jax.data.pipeline import PipelineConfig, Source
 from a1jax.model import presets
 from a1jax.model.config import ModelConfig
-from a1jax import sharding
+from a1jax import sharding, storage
 from a1jax.data import tokenizers
 from a1jax.train import config_schema
 from a1jax.train.steps import STEPS
@@ -40,7 +40,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"--config {spec}: get_config must return an ml_collections.ConfigDict")
+    for name, default in OPTIONAL_SECTIONS.items():  # so `--config.profile.steps=3` works on any experiment
+        if name not in config:
+            config[name] = ml_collections.ConfigDict(default)
     return config
+
+
+# Sections an experiment file may leave out; their defaults (all off) are filled in by `load`.
+OPTIONAL_SECTIONS = {"profile": {"start_step": 0, "steps": 0}}  # a1jax.train.metrics.Profiler
 
 
 def _parse_value(text: str, current: Any, flag: str):
@@ -143,9 +150,9 @@ def _pipeline(config, sources_key: str) -> PipelineConfig | None:
         paths = s.get("paths") if isinstance(s, (dict, ml_collections.ConfigDict)) else None
         _check(bool(paths) and not isinstance(paths, str), f"data.{sources_key}[{i}].paths", paths,
                "a non-empty list of JSONL paths")
-        paths = tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in paths)
+        paths = tuple(p if os.path.isabs(p) or storage.is_remote(p) else os.path.join(base, p) for p in paths)
         for p in paths:
-            if not os.path.exists(p):
+            if not storage.exists(p):
                 raise FileNotFoundError(f"config.data.{sources_key}[{i}].paths: no such file {p!r}")
         sources.append(Source(paths=paths, weight=float(s.get("weight", 1.0)), domain=s.get("domain")))
     kw = {f.name: d[f.name] for f in dataclasses.fields(PipelineConfig) if f.name != "sources" and f.name in d}

@@ -10,7 +10,6 @@ SIGTERM on any process stops all of them at the same step, after a checkpoint.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from a1jax import distributed
+from a1jax import distributed, storage
 from a1jax.data import pipeline
 from a1jax.train import build, checkpoint, metrics as mt, vocabulary
 from a1jax.train.experiment import Experiment
@@ -77,10 +76,9 @@ def _check_same_model(workdir: str, config):
     """Resuming needs the model the checkpoints were written with; say which fields differ instead of failing
     inside the restore."""
     path = os.path.join(workdir, "config.json")
-    if not (os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    if not (storage.exists(path) and storage.isdir(os.path.join(workdir, "checkpoints"))):
         return
-    with open(path) as f:
-        old = json.load(f).get("model", {})
+    old = storage.read_json(path).get("model", {})
     new = config.to_dict().get("model", {})
     flat = lambda d, pre="": ({k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{pre}{k}.").items()}
                               if isinstance(d, dict) else {pre[:-1]: d})
@@ -118,7 +116,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
     mesh (default: all of them). `allow_fresh_start`: start from step 0 even though damaged checkpoints were set
     aside in `workdir` (otherwise that is an error)."""
     config, cfg = exp.config, exp.model
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)  # a URL: checked writable now, one clear error instead of a hang later
     _check_same_model(workdir, config)
     vocabulary.guard(workdir, init_from, exp.data.tokenizer)
     if jax.process_index() == 0:
@@ -160,6 +158,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
 
     # --- loop ----------------------------------------------------------------------------------------------------
     writer = mt.MetricWriter(workdir)
+    profiler = mt.Profiler(workdir, config.get("profile"))
     skipped = collections.Counter()
     for source_caches in pipeline.load_sources(exp.data)[0]:  # cached: no re-tokenization
         for cache in source_caches:
@@ -187,8 +186,10 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                      f"overlong handling: {dict(getattr(it, 'counts', {}))})")
                 break
             data_state = {"shard": list(shard), "iterator": it.get_state()}
+            profiler.before(step)
             state, m = step_fn(state, _global_batch(batch, batch_sh, shard[1]))
             step += 1
+            profiler.after(step, state)
             if unchecked is not None:  # the previous step's guard counter: done by now, so no wait on this step
                 check_skips(*unchecked, skips_limit, ckpt.directory)
             unchecked = (m["skipped_consecutive"], step)
@@ -233,6 +234,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             if exp.eval_data is not None and config.eval.every and step % config.eval.every == 0:
                 writer.scalars(step, evaluate(eval_fn, state.params, exp, batch_sh, config.eval.batches, domains))
             if step % config.checkpoint.every == 0:
+                writer.flush()  # every step a checkpoint covers has its metrics line
                 ckpt.save(step, state, data_state, config.to_dict())
                 last_saved = step
         if unchecked is not None:
@@ -244,6 +246,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
         ckpt.wait()
     finally:
         stop.close()
+        profiler.close()
         ckpt.close()
         writer.close()
     return state

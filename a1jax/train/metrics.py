@@ -9,6 +9,8 @@ import time
 import jax
 import numpy as np
 
+from a1jax import storage
+
 # Peak dense bf16 FLOP/s per chip, for MFU. CPU has no datasheet figure: measured once at start-up instead.
 PEAK_FLOPS = {"tpu v5p": 459e12, "tpu v5": 459e12, "tpu v6e": 918e12, "tpu v6 lite": 918e12, "tpu v5 lite": 197e12,
               "tpu v4": 275e12, "h100": 989e12, "h200": 989e12, "a100": 312e12, "b200": 2250e12}
@@ -47,33 +49,65 @@ def model_flops_per_token(cfg, seq_len: int) -> float:
 
 
 class MetricWriter:
-    """Writes every scalar to TensorBoard and metrics.jsonl (process 0 only)."""
+    """Writes every scalar to TensorBoard and metrics.jsonl (process 0 only).
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    Local workdir: metrics.jsonl is appended to and flushed at every call. Object storage (`gs://`) has no append
+    and no partial objects, so there the lines are kept in memory (after the file's existing lines, when resuming)
+    and the whole file is rewritten as one object write at most every `flush_s` seconds, at every `flush()` (the
+    loop calls it before each checkpoint) and at `close()`. A kill at any moment leaves the previous complete file:
+    never a torn line, and every step up to the last checkpoint is in it. TensorBoard events on object storage
+    follow the same scheme (tensorboardX rewrites the event object whole at each flush)."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, flush_s: float = 30.0):
         self.enabled = enabled and jax.process_index() == 0
         self._tb = self._jsonl = None
+        self._remote = storage.is_remote(workdir)
+        self._flush_s, self._flushed_at = flush_s, time.monotonic()
         if self.enabled:
             from tensorboardX import SummaryWriter
             self.logdir = os.path.join(workdir, "tensorboard")
             self._tb = SummaryWriter(self.logdir)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.path = os.path.join(workdir, "metrics.jsonl")
+            if self._remote:
+                self._lines = [storage.read_text(self.path)] if storage.exists(self.path) else []
+            else:
+                self._jsonl = open(self.path, "a")
 
     def scalars(self, step: int, scalars: dict[str, float]):
         if not self.enabled:
             return
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), step)
-        self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+        if not self._remote:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._flushed_at >= self._flush_s:
+            self.flush()
 
     def histogram(self, step: int, name: str, values):
         if self.enabled:
             self._tb.add_histogram(name, np.asarray(values), step)
 
+    def flush(self):
+        """Makes every line so far durable (object storage: one whole-file object write)."""
+        if not self.enabled:
+            return
+        self._tb.flush()
+        if self._remote:
+            self._lines = ["".join(self._lines)]
+            storage.write_atomic(self.path, self._lines[0])
+            self._flushed_at = time.monotonic()
+
     def close(self):
         if self.enabled:
+            if self._remote:
+                self.flush()
+            else:
+                self._jsonl.close()
             self._tb.close()
-            self._jsonl.close()
 
 
 class Progress:
@@ -105,3 +139,44 @@ def expert_load_scalars(expert_counts) -> dict[str, float]:
         out[f"experts/layer{layer:02d}_mean"] = mean
         out[f"experts/layer{layer:02d}_max_over_mean"] = float(c.max()) / mean if mean else 0.0
     return out
+
+
+class Profiler:
+    """config.profile = {start_step: S, steps: N}: a jax profiler trace of steps S+1 .. S+N (the N steps that start
+    once S are done) in WORKDIR/tensorboard/plugins/profile/<run>/, where TensorBoard's profile plugin finds it
+    (docs/metrics.md). Every process traces its own host. A URL workdir: the trace is written to a local temporary
+    folder and uploaded when it stops (the profiler writes through the local file system)."""
+
+    def __init__(self, workdir: str, profile=None):
+        profile = profile or {}
+        self.start, self.steps = int(profile.get("start_step", 0)), int(profile.get("steps", 0))
+        self.logdir = os.path.join(workdir, "tensorboard")
+        self._local = None  # the folder the running trace goes to; None: not tracing
+
+    def before(self, step: int):
+        """Call with the number of steps done, before the next one."""
+        if self.steps and step == self.start and self._local is None:
+            import tempfile
+            self._local = tempfile.mkdtemp(prefix="a1jax-profile-") if storage.is_remote(self.logdir) else self.logdir
+            jax.profiler.start_trace(self._local)
+
+    def after(self, step: int, state):
+        """Call with the number of steps done, after the step; stops once the N steps are done (waiting for them)."""
+        if self._local is not None and step >= self.start + self.steps:
+            jax.block_until_ready(state)
+            self.close()
+
+    def close(self):
+        if self._local is None:
+            return
+        jax.profiler.stop_trace()
+        local, self._local = self._local, None
+        if local != self.logdir:  # upload the trace files, then drop the local copy
+            import shutil
+            for rel in storage.walk_files(local):
+                with open(os.path.join(local, rel), "rb") as f:
+                    storage.write_atomic(os.path.join(self.logdir, rel), f.read())
+            shutil.rmtree(local, ignore_errors=True)
+        if jax.process_index() == 0:
+            print(f"profile of steps {self.start + 1}..{self.start + self.steps} written to "
+                  f"{os.path.join(self.logdir, 'plugins', 'profile')}", flush=True)

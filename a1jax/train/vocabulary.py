@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from a1jax import storage
+
 FILE = "vocabulary.json"
 
 
@@ -21,10 +23,9 @@ def describe(tok) -> dict:
 def recorded(workdir: str) -> dict | None:
     """The vocabulary WORKDIR recorded (None: not a workdir, or one written before vocabularies were recorded)."""
     path = os.path.join(workdir, FILE)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return storage.read_json(path)
 
 
 def check(workdir: str, tok, role: str) -> None:
@@ -33,10 +34,9 @@ def check(workdir: str, tok, role: str) -> None:
     got = recorded(workdir)
     if got is None:  # a workdir from before vocabularies were recorded: its config names the tokenizer
         config = os.path.join(workdir, "config.json")
-        if not os.path.isfile(config):
+        if not storage.isfile(config):
             return
-        with open(config) as f:
-            name = (json.load(f).get("data") or {}).get("tokenizer")
+        name = (storage.read_json(config).get("data") or {}).get("tokenizer")
         if name is None or name == tok.name:
             return
         got = {"tokenizer": name, "vocab_size": "?", "fingerprint": "?" * 12}
@@ -51,11 +51,7 @@ def check(workdir: str, tok, role: str) -> None:
 
 def record(workdir: str, tok) -> None:
     """Writes WORKDIR/vocabulary.json (call `check` first when the workdir may hold a run already)."""
-    path = os.path.join(workdir, FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(describe(tok), f, indent=1)
-    os.replace(tmp, path)
+    storage.write_atomic(os.path.join(workdir, FILE), json.dumps(describe(tok), indent=1))
 
 
 def guard(workdir: str, init_from: str, tokenizer: str) -> None:
@@ -65,7 +61,7 @@ def guard(workdir: str, init_from: str, tokenizer: str) -> None:
 
     from a1jax.data import tokenizers
     tok = tokenizers.load(tokenizer)
-    if init_from and os.path.isdir(init_from):
+    if init_from and storage.isdir(init_from):
         check(init_from, tok, "init_from")
     check(workdir, tok, "resume")
     if jax.process_index() == 0:
