@@ -3,7 +3,7 @@
 Local paths keep plain `os` calls, so their behaviour (atomic renames, memory-mapped arrays) is what it always was.
 URLs go through etils `epath`, the path layer orbax already uses for checkpoints: one library, one set of
 credentials and one emulator setting for everything a run writes. Without TensorFlow, epath reaches `gs://` through
-fsspec's `gcsfs` (`pip install 'a1jax[gcs]'`); tensorstore (orbax's array writer) and tensorboardX's event writer
+fsspec's `gcsfs` (a dependency of a1jax); tensorstore (orbax's array writer) and tensorboardX's event writer
 talk to GCS directly and read the same environment (GOOGLE_APPLICATION_CREDENTIALS, or the VM's service account).
 
 Atomicity on object storage: an object appears whole when its upload completes, or not at all, so `write_atomic` is
@@ -45,7 +45,7 @@ def _epath(path):
         try:
             import gcsfs  # noqa: F401  epath's fsspec backend needs it (absent TensorFlow)
         except ImportError:
-            raise ImportError(f"{path}: gs:// paths need gcsfs; pip install 'a1jax[gcs]'") from None
+            raise ImportError(f"{path}: gs:// paths need gcsfs (a dependency of a1jax); pip install gcsfs") from None
     return epath.Path(path)
 
 

@@ -63,6 +63,8 @@ def test_cli_start_up_without_jax_platforms_prints_no_libtpu_errors():
     """The real thing, in a fresh process without JAX_PLATFORMS: the CLI's start-up leaves jax on CPU, silently."""
     import importlib.util
     if importlib.util.find_spec("libtpu") is None or distributed._on_tpu_vm(os.environ):
+        if os.environ.get("A1JAX_REQUIRE_LIBTPU") == "1" and not distributed._on_tpu_vm(os.environ):
+            pytest.fail("A1JAX_REQUIRE_LIBTPU=1 but libtpu is not installed", pytrace=False)
         pytest.skip("needs libtpu installed on a host without a TPU")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     code = ("from a1jax import distributed; distributed.pin_host_platforms(); import jax, os; "

@@ -174,8 +174,7 @@ class Profiler:
         if local != self.logdir:  # upload the trace files, then drop the local copy
             import shutil
             for rel in storage.walk_files(local):
-                with open(os.path.join(local, rel), "rb") as f:
-                    storage.write_atomic(os.path.join(self.logdir, rel), f.read())
+                storage.upload(os.path.join(local, rel), os.path.join(self.logdir, rel))
             shutil.rmtree(local, ignore_errors=True)
         if jax.process_index() == 0:
             print(f"profile of steps {self.start + 1}..{self.start + self.steps} written to "
