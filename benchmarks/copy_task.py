@@ -8,7 +8,14 @@ target is a copy (B*L of them per step). Prints loss and copy accuracy every 50 
 the accuracy passes 0.9. The tiny recipe's domains need the same skill (an item name, a number or a topic copied
 from the prompt into a tool call or a reply), but a stage-1 step carries only a few dozen such targets among a few
 hundred template tokens, which is why tool_calling stays at 0 in the tiny recipe (README, "Status").
-The model is `recipe_tiny_sft.TINY_MODEL` (4 layers: 3 DeltaNet + 1 attention, 8 experts top-2, hidden 64).
+The model is `recipe_tiny_sft.TINY_MODEL` (4 layers: 3 DeltaNet + 1 attention, 8 experts top-2, hidden 128).
+
+Measured (2026-12-05, 2-core CPU, one XLA thread): copying is learned after a plateau whose length grows with the
+number of distinct tokens. With every layer full attention (`full_attention_interval=1`), accuracy first passes 0.9
+at step 172 with `--vocab 512` and at step 227 with `--vocab 1024`; with `--vocab 4096` (the compact vocabulary's
+size) the loss is still at chance (ln 4096 = 8.318) after 300 steps, for the 3:1 body, the all-attention body and
+`--lr 0.01` alike. The recipe's copy targets are far sparser than this task's, which fits tool_calling's greedy
+calls ignoring the request after 250 stage-1 steps.
 """
 from __future__ import annotations
 
