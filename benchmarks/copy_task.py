@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--tie", action="store_true", help="tie the output projection to the embedding")
     p.add_argument("--full_attention_interval", type=int, default=None,
                    help="every k-th layer full attention (1: all of them); default the tiny recipe's 3:1")
+    p.add_argument("--save", default="", help="write the trained params here (a checkpoint directory that "
+                   "`a1jax train --init_from` or `config.init_from` can start from)")
     args = p.parse_args()
     overrides = {**tiny_model_overrides(), "vocab_size": args.vocab, "tie_word_embeddings": args.tie}
     if args.full_attention_interval is not None:
@@ -96,6 +98,10 @@ def main() -> None:
             print(f"step {i:4d}  loss {float(loss):.3f}  copy accuracy {float(acc):.3f}  "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
     print(f"copy accuracy first above 0.9 at step {learned}" if learned else "copy accuracy never passed 0.9")
+    if args.save:
+        from a1jax.convert.checkpoint import save_params
+        save_params(args.save, cfg, params)
+        print(f"params written to {args.save}")
 
 
 if __name__ == "__main__":

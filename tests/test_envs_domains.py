@@ -147,3 +147,25 @@ def test_engineering_expert_at_long_horizons():
             record = env.solve(task)
             assert env.verify(task, record).success
             assert sum("tool_calls" in m for m in record["messages"]) == h
+
+
+def test_search_expert_queries_copy_the_entity_tokens_of_the_context():
+    """The expert's query "the REL of NAME" carries NAME as the same token ids as the question or the result it came
+    from (' Gal', 'vor'); "NAME REL" would start it with another token ('Gal'), which a small model must learn to
+    spell."""
+    from a1jax.data import chat, tokenizers
+    tok = tokenizers.load("qwen3_5_compact")
+    env = envs.get("search")
+    checked = 0
+    for task in env.tasks("train", 0, n=20, horizon=3):
+        record = env.solve(task)
+        for i, m in enumerate(record["messages"]):
+            for call in m.get("tool_calls") or []:
+                query = call["function"]["arguments"]["query"]
+                rel, name = query.removeprefix("the ").split(" of ", 1)
+                before = tok.encode(chat.render(record["messages"][:i]))
+                needle = tok.encode(f"\n{query}\n")[1:-1][-len(tok.encode(f" {name}")):]
+                assert needle == tok.encode(f" {name}"), query
+                assert any(before[j:j + len(needle)] == needle for j in range(len(before))), (query, task.messages)
+                checked += 1
+    assert checked == 60

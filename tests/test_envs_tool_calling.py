@@ -212,3 +212,35 @@ def test_bfcl_tasks_verify_through_the_tool_calling_domain(env):
             {"id": "c1", "type": "function", "function": {"name": "calculate_triangle_area", "arguments": args}}]}]}
     assert env.verify(task, record({"base": 10, "height": 5})).success
     assert not env.verify(task, record({"base": 10, "height": 6})).success
+
+
+@pytest.mark.parametrize("values", ["quoted", "code"])
+def test_marked_values_are_the_same_tokens_in_the_request_and_the_call(values):
+    """With values="quoted"/"code" every string argument of the expert's calls is a token-for-token copy of the
+    request; plain, most are not (the request's ' gears' is one token, the call's 'gears' two)."""
+    from a1jax.data import chat, tokenizers
+    tok = tokenizers.load("qwen3_5_compact")
+
+    def uncopied(env):
+        """(string arguments whose call tokens do not occur in the request's tokens, string arguments)."""
+        missing = total = 0
+        for task in env.tasks("train", 0, n=40, horizon=3):
+            record = env.solve(task)
+            assert env.verify(task, record).success
+            request = tok.encode(chat.render(task.messages))
+            for call in trajectory_calls(record):
+                for value in (v for v in call.arguments.values() if isinstance(v, str)):
+                    needle = tok.encode(f"\n{value}\n")[1:-1]  # as the template writes a parameter
+                    total += 1
+                    missing += not any(request[i:i + len(needle)] == needle for i in range(len(request)))
+        return missing, total
+
+    missing, total = uncopied(envs.get("tool_calling", tool_set="apis", values=values))
+    assert missing == 0 and total >= 60
+    plain_missing, _ = uncopied(envs.get("tool_calling", tool_set="apis"))
+    assert plain_missing >= 30
+
+
+def test_unknown_value_style_is_a_clear_error():
+    with pytest.raises(ValueError, match="values='bold'; expected one of"):
+        envs.get("tool_calling", values="bold")

@@ -208,8 +208,10 @@ class SearchEnv(T.ToolEnv):
         current = names[0]
         rels = [x.removeprefix("the ").rsplit(" of e", 1)[0] for x in names[1:]]
         tr = T.Transcript(self, task)
+        # The query repeats the thought's "the REL of NAME": the name's tokens are then the same as in the question and
+        # the results (' Gal', 'vor'), where "NAME REL" would start it with another token ('Gal').
         for rel in rels:
-            result = tr.call("search", f"I need the {rel} of {current}.", query=f"{current} {rel}")
+            result = tr.call("search", f"I need the {rel} of {current}.", query=f"the {rel} of {current}")
             current = _read_relation(result, current, rel)
         return tr.answer(f"Answer: {current}", f"The chain ends at {current}.")
 

@@ -149,56 +149,59 @@ def run_calls(state: dict, calls: Sequence[ToolCall]) -> tuple[dict, list[str]]:
 # ------------------------------------------------------------------------------------------------ task generation
 # A subtask: (request text, [turn-1 calls], follow-up: state -> [turn-2 calls] or None). Entities are drawn without
 # replacement, so subtasks never touch the same account, item, event or passenger.
-def _subtasks(rng: random.Random, state: dict, pools: dict) -> dict[str, tuple[int, Callable]]:
+def _subtasks(rng: random.Random, state: dict, pools: dict, name: Callable[[str], str] = str
+              ) -> dict[str, tuple[int, Callable]]:
     take = lambda pool: pools[pool].pop()  # noqa: E731
+    event = (lambda t: f"'{t}'") if name is str else name  # noqa: E731
     bank, stock = state["accounts"], state["stock"]
 
     def deposit():
         a, amt = take("accounts"), rng.randint(1, 20) * 10
-        return (f"deposit {amt} dollars into {a}'s account",
+        return (f"deposit {amt} dollars into {name(a)}'s account",
                 [ToolCall("deposit", {"account_name": a, "amount": amt})], None)
 
     def transfer():
         a, b = take("accounts"), take("accounts")
         amt = rng.randint(1, bank[a] // 10) * 10 if bank[a] >= 10 else bank[a]
-        return (f"send {amt} dollars from {a} to {b}",
+        return (f"send {amt} dollars from {name(a)} to {name(b)}",
                 [ToolCall("transfer", {"from_account": a, "to_account": b, "amount": amt})], None)
 
     def restock():
         it, q = take("items"), rng.randint(5, 50)
-        return f"receive {q} {it}", [ToolCall("add_stock", {"item_name": it, "quantity": q})], None
+        return f"receive {q} {name(it)}", [ToolCall("add_stock", {"item_name": it, "quantity": q})], None
 
     def ship():
         it = take("items")
         q = rng.randint(1, max(stock[it], 1))
-        return f"ship {q} {it}", [ToolCall("remove_stock", {"item_name": it, "quantity": q})], None
+        return f"ship {q} {name(it)}", [ToolCall("remove_stock", {"item_name": it, "quantity": q})], None
 
     def schedule():
         title, date = take("new_events"), rng.choice(DATES)
-        return (f"put '{title}' on my calendar for {date}",
+        return (f"put {event(title)} on my calendar for {date}",
                 [ToolCall("create_event", {"title": title, "date": date})], None)
 
     def cancel():
         title = take("old_events")
-        return f"cancel my '{title}' event", [ToolCall("cancel_event", {"title": title})], None
+        return f"cancel my {event(title)} event", [ToolCall("cancel_event", {"title": title})], None
 
     def fly():
         who, (a, b), date = take("passengers"), rng.sample(CITIES, 2), rng.choice(DATES)
-        return (f"book a flight for {who} from {a} to {b} on {date}",
+        return (f"book a flight for {name(who)} from {name(a)} to {name(b)} on {date}",
                 [ToolCall("book_flight", {"passenger": who, "origin": a, "destination": b, "date": date})], None)
 
     def half_balance():  # dependent: the amount is only known after reading the balance
         a, b = take("accounts"), take("accounts")
         def then(s):
             return [ToolCall("transfer", {"from_account": a, "to_account": b, "amount": s["accounts"][a] // 2})]
-        return (f"move half of {a}'s balance (rounded down to whole dollars) to {b}",
+        return (f"move half of {name(a)}'s balance (rounded down to whole dollars) to {name(b)}",
                 [ToolCall("get_balance", {"account_name": a})], then)
 
     def top_up():  # dependent: add exactly what is missing to reach the target
         it, target = take("items"), rng.randint(9, 12) * 10
         def then(s):
             return [ToolCall("add_stock", {"item_name": it, "quantity": target - s["stock"][it]})]
-        return f"bring our {it} stock up to exactly {target} units", [ToolCall("get_stock", {"item_name": it})], then
+        return (f"bring our {name(it)} stock up to exactly {target} units", [ToolCall("get_stock", {"item_name": it})],
+                then)
 
     return {"deposit": (1, deposit), "transfer": (1, transfer), "restock": (1, restock), "ship": (1, ship),
             "schedule": (1, schedule), "cancel": (1, cancel), "fly": (1, fly), "half_balance": (2, half_balance),
@@ -217,13 +220,13 @@ def _initial_state(rng: random.Random) -> dict:
             "events": [{"title": t, "date": rng.choice(DATES)} for t in old], "bookings": []}
 
 
-def _draw(rng: random.Random, horizon: int) -> dict:
+def _draw(rng: random.Random, horizon: int, name: Callable[[str], str] = str) -> dict:
     state = _initial_state(rng)
     pools = {"accounts": rng.sample(ACCOUNTS, len(ACCOUNTS)), "items": rng.sample(ITEMS, len(ITEMS)),
              "passengers": rng.sample([a.title() for a in ACCOUNTS], len(ACCOUNTS)),
              "old_events": [e["title"] for e in state["events"]],
              "new_events": [e for e in EVENTS if e not in {x["title"] for x in state["events"]}]}
-    kinds = _subtasks(rng, state, pools)
+    kinds = _subtasks(rng, state, pools, name)
     ask = horizon >= 2 and rng.random() < 0.4  # end with a question (one more read)
     budget, parts, touched = horizon - ask, [], []
     while budget > 0:
@@ -259,11 +262,11 @@ def _expert_turns(draw: dict) -> list[list[ToolCall]]:
     return turns
 
 
-def _prompt(draw: dict) -> str:
+def _prompt(draw: dict, name: Callable[[str], str] = str) -> str:
     steps = [text for text, _, _ in draw["parts"]]
     lines = ["Please take care of the following using the tools:"] + [f"{i + 1}. {s}." for i, s in enumerate(steps)]
     if draw["question"]:
-        lines.append(f"When everything is done, tell me {draw['question'][1]}'s final balance in dollars.")
+        lines.append(f"When everything is done, tell me {name(draw['question'][1])}'s final balance in dollars.")
     return "\n".join(lines)
 
 
@@ -292,6 +295,12 @@ APIS = {"get_balance": "bank", "deposit": "bank", "transfer": "bank", "get_stock
         "add_stock": "inventory", "remove_stock": "inventory", "create_event": "calendar",
         "cancel_event": "calendar", "list_events": "calendar", "book_flight": "travel"}
 TOOL_SETS = ("all", "apis")
+# How a request names the accounts, items, events, passengers and cities it is about: plain, in double quotes
+# ('ship 17 "gears"') or in backticks ('ship 17 `gears`'). After ' "' or ' `' the tokenizer splits a value exactly as in
+# the call's "<parameter=item_name>\ngears\n", so the argument is a copy of the request's tokens. Plain, ' gears' is
+# one token and the argument's 'gears' another two ('g', 'ears'): a model must also learn how every value is spelled.
+# Backticks never occur in the tool schemas (JSON, full of ' "'), so they also mark the values unambiguously.
+VALUE_STYLES = {"plain": "", "quoted": '"', "code": "`"}
 
 
 def task_tools(turns, tool_set: str) -> list[dict]:
@@ -305,13 +314,16 @@ def task_tools(turns, tool_set: str) -> list[dict]:
 class ToolCalling:
     """tool_set: "all" (every task shows the ten tools, about 1,000 tokens of schema) or "apis" (only the tools of
     the APIs the request touches, e.g. the three bank tools: the model still picks the tool and copies its
-    arguments, at a fraction of the prompt; the tiny CPU recipe uses it)."""
+    arguments, at a fraction of the prompt; the tiny CPU recipe uses it). values: "plain", "quoted" or "code"
+    (VALUE_STYLES: how the request marks the values a call copies; the tiny CPU recipe uses "code")."""
     name = NAME
 
-    def __init__(self, tool_set: str = "all"):
+    def __init__(self, tool_set: str = "all", values: str = "plain"):
         if tool_set not in TOOL_SETS:
             raise ValueError(f"tool_calling: tool_set={tool_set!r}; expected one of {TOOL_SETS}")
-        self.tool_set = tool_set
+        if values not in VALUE_STYLES:
+            raise ValueError(f"tool_calling: values={values!r}; expected one of {tuple(VALUE_STYLES)}")
+        self.tool_set, self.values = tool_set, values
 
     def tasks(self, split: str, seed: int, *, n: int, horizon: int | None = None) -> Iterator[Task]:
         check_request(NAME, split, n, horizon, MAX_HORIZON)
@@ -319,8 +331,10 @@ class ToolCalling:
         i = 0
         while i < n:
             h = horizon if horizon is not None else rng.randint(1, 5)
-            draw = _draw(rng, h)
-            prompt = _prompt(draw)
+            mark = VALUE_STYLES[self.values]
+            name = (lambda v: f"{mark}{v}{mark}") if mark else str  # noqa: E731
+            draw = _draw(rng, h, name)
+            prompt = _prompt(draw, name)
             if split_of(json.dumps([draw["state"], prompt], sort_keys=True)) != split:
                 continue
             turns = _expert_turns(draw)
@@ -387,5 +401,5 @@ class ToolCalling:
 
 
 @register(NAME)
-def make(tool_set: str = "all") -> ToolCalling:
-    return ToolCalling(tool_set)
+def make(tool_set: str = "all", values: str = "plain") -> ToolCalling:
+    return ToolCalling(tool_set, values)
