@@ -11,6 +11,7 @@ from a1jax.storage import StorageError
 SUBCOMMANDS = {
     "summary": "a1jax.model.summary",
     "train": "a1jax.train.cli",
+    "warmup": "a1jax.train.warmup",
     "convert": "a1jax.convert.cli",
     "data": "a1jax.data.cli",
     "generate": "a1jax.rollout.cli_generate",

@@ -1,16 +1,23 @@
-"""The tiny CPU recipe, stage 1: SFT on expert demonstrations of the recipe's domains plus the shipped trajectories.
+"""The tiny CPU recipe, stage 1: SFT on expert demonstrations of the recipe's domains plus the shipped trajectories,
+from the copy warm-up.
 
-    a1jax envs demos --domain instruction_following --n 1000 --horizon 1 \
+    a1jax envs demos --domain instruction_following --n 2000 --horizon 1 \
         --out workdirs/quickstart/demos/instruction_following.jsonl
-    a1jax envs demos --domain tool_calling --n 1000 --horizon 1 --out workdirs/quickstart/demos/tool_calling.jsonl
-    a1jax train --config experiments/recipe_tiny_sft.py:root=workdirs/quickstart --workdir workdirs/quickstart/sft
+    a1jax envs demos --domain tool_calling --n 2000 --horizon 1 --option tool_set=apis --option values=code \
+        --out workdirs/quickstart/demos/tool_calling.jsonl
+    a1jax envs demos --domain search --n 2000 --horizon 2 --out workdirs/quickstart/demos/search.jsonl
+    a1jax warmup --config experiments/recipe_tiny_sft.py --out workdirs/quickstart/warmup
+    a1jax train --config experiments/recipe_tiny_sft.py:root=workdirs/quickstart --workdir workdirs/quickstart/sft \
+        --init_from workdirs/quickstart/warmup
 
-Hardware: CPU, 2 cores; 300 steps of 2 x 2,048 tokens (about 17 minutes on an idle 2-core machine).
+Hardware: CPU, 2 cores, one XLA thread; 150 steps of 4 x 1,024 tokens (WARMUP_AND_SFT_TIME below).
 `bash launch/quickstart.sh` runs this as step 1 of the whole recipe (then agents_a1_teacher.py:tiny,domain=D for each
 domain, then agents_a1_distill.py:tiny). Args (comma-separated key=value): root (where the demos are and the later
 stages look; default workdirs/quickstart), domains (colon-separated), steps.
-The model is the quickstart's tiny Qwen3.5-MoE (4 layers, 8 experts top-2, hidden 64) with the real 248,320-token
-vocabulary, which dominates its cost; TINY_MODEL here is the one all tiny recipe stages share.
+The model is the tiny Qwen3.5-MoE (3 DeltaNet + 1 attention layer, 8 experts top-2, hidden 128, tied embeddings) on
+the compact 4,096-id vocabulary; TINY_MODEL here is the one all tiny recipe stages share. It starts from the copy
+warm-up (`a1jax warmup`, docs/recipe.md "Why the tiny recipe starts with a copy warm-up"): from random weights the
+same SFT leaves tool_calling and search at 0/32.
 """
 import os
 
@@ -24,13 +31,18 @@ DOMAINS = ("instruction_following", "tool_calling", "search")
 HORIZONS = {"instruction_following": 1, "tool_calling": 1, "search": 2}
 # tool_calling shows only the tools of the APIs a request touches (its tool_set option): about 540 tokens a task
 # instead of 1,160, so a step holds twice the examples; the model still picks the tool and copies its arguments.
-ENV_OPTIONS = {"tool_calling": {"tool_set": "apis"}}
+# Its requests write the values a call copies in backticks (values="code"): then ' `gears`' and the call's "\ngears\n"
+# hold the same tokens, where a plain ' gears' is one token and the argument's 'gears' two (a1jax/envs/tool_calling.py).
+ENV_OPTIONS = {"tool_calling": {"tool_set": "apis", "values": "code"}}
 # The compact Qwen3.5 vocabulary (a1jax/data/tokenizers/compact.py: its bytes, special tokens and the recipe
 # corpus's 3,807 most frequent tokens; lossless, same chat template) instead of 248,320 rows, so the budget goes into
 # the body and more steps.
 TOKENIZER = "qwen3_5_compact"
+# Tied input and output embeddings, as the small Qwen3.5 models have: copying a token is then close to the identity
+# from the start (benchmarks/copy_task.py: all-attention copy over 4,096 ids passes 0.9 at step 166 tied, still at
+# chance at step 700 untied).
 TINY_MODEL = dict(
-    vocab_size=4096, hidden_size=128, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=128,
+    vocab_size=4096, tie_word_embeddings=True, hidden_size=128, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=128,
     shared_expert_intermediate_size=128, loss_chunk_size=256, deltanet_chunk_size=64, max_position_embeddings=16384)
 SEQ_LEN = 1024
 

@@ -2,10 +2,12 @@
 # The main job: sets up .venv (Python 3.12) with a1jax, then runs the whole Agents-A1 recipe on CPU with a tiny
 # Qwen3.5-MoE and the compact Qwen3.5 vocabulary (4,096 ids, lossless; a1jax/data/tokenizers/compact.py), end to end,
 # on three domains: instruction_following and tool_calling (one call) and search at horizon 2 (two dependent calls):
-#   0. expert demonstrations of the recipe's domains (`a1jax envs demos`), written into the workdir;
-#   1. stage-1 SFT on them plus the shipped trajectories in data/quickstart  (experiments/recipe_tiny_sft.py);
-#   2. one teacher per domain from the stage-1 checkpoint, SFT on more of its own domain (agents_a1_teacher.py:tiny);
-#      the teachers train side by side, one process per domain;
+#   0. expert demonstrations of the recipe's domains (`a1jax envs demos`), written into the workdir, and a synthetic
+#      copy warm-up of the freshly initialised model (`a1jax warmup`, about 80 s), a stand-in for pretraining;
+#   1. stage-1 SFT from the warm-up on the demonstrations plus the shipped trajectories in data/quickstart
+#      (experiments/recipe_tiny_sft.py);
+#   2. one teacher per domain from the stage-1 checkpoint, SFT on more of its own domain (agents_a1_teacher.py:tiny),
+#      one after the other (two trainings side by side on 2 cores run 4x slower each);
 #   3. multi-teacher, domain-routed on-policy distillation into the student, after checking on the validation split
 #      that each teacher beats the student (agents_a1_distill.py:tiny);
 #   then a per-domain table on 128 held-out test tasks per domain with 95% intervals: the student's success before
@@ -22,14 +24,13 @@ DOMAINS="instruction_following tool_calling search"
 A1JAX="$A1JAX_VENV/bin/a1jax"
 EXP="$A1JAX_ROOT/experiments"
 # One XLA thread per process: for a model this small, XLA:CPU's multi-threaded Eigen spends more on synchronising
-# two threads than it gains (2.2 s against 3.4 s per stage-1 step on 2 cores), and the teachers then train in
-# parallel, one process per core.
+# two threads than it gains (2.2 s against 3.4 s per stage-1 step on 2 cores).
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # a CPU job, also where the tpu-aot extra installed libtpu
 start=$(date +%s)
 stamp() { echo; echo "=== $1 ($(( $(date +%s) - start ))s elapsed)"; }
 horizon() { case "$1" in search) echo 2;; *) echo 1;; esac; }  # recipe_tiny_sft.HORIZONS
-options() { case "$1" in tool_calling) echo "--option tool_set=apis";; esac; }  # recipe_tiny_sft.ENV_OPTIONS
+options() { case "$1" in tool_calling) echo "--option tool_set=apis --option values=code";; esac; }  # ENV_OPTIONS
 
 mkdir -p "$WORKDIR"
 "$A1JAX" summary --preset qwen35_35b_a3b > "$WORKDIR/summary_35b_a3b.txt"  # the full model's layout
@@ -43,18 +44,20 @@ for d in $DOMAINS; do
   [ -s "$out" ] || "$A1JAX" envs demos --domain "$d" --n 2000 --horizon "$(horizon "$d")" $(options "$d") --out "$out"
 done
 
-stamp "1. stage-1 SFT (demonstrations + data/quickstart)"
-"$A1JAX" train --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --workdir "$WORKDIR/sft" "$@"
+stamp "0. copy warm-up"
+if [ ! -s "$WORKDIR/warmup/warmup.json" ]; then
+  rm -rf "$WORKDIR/warmup"  # an interrupted warm-up (it takes about 80 s) starts over
+  "$A1JAX" warmup --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --out "$WORKDIR/warmup"
+fi
 
-stamp "2. teachers, side by side (SFT on each domain from the stage-1 checkpoint)"
-pids=()
+stamp "1. stage-1 SFT (demonstrations + data/quickstart, from the warm-up)"
+"$A1JAX" train --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --workdir "$WORKDIR/sft" \
+  --init_from "$WORKDIR/warmup" "$@"
+
+stamp "2. teachers (SFT on each domain from the stage-1 checkpoint)"
 for d in $DOMAINS; do
   "$A1JAX" train --config "$EXP/agents_a1_teacher.py:tiny,domain=$d,root=$WORKDIR" --workdir "$WORKDIR/teacher_$d" \
-    2>&1 | sed -u "s/^/[teacher $d] /" &
-  pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
-for d in $DOMAINS; do
+    2>&1 | sed -u "s/^/[teacher $d] /"
   [ -d "$WORKDIR/teacher_$d/checkpoints" ] || { echo "teacher $d failed (see above)" >&2; exit 1; }
 done
 
