@@ -16,9 +16,11 @@ Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agen
 state), 47.45 GB of temporaries, peak 57.38 GB of 95 GB HBM (39.6% headroom); 164 Mosaic kernel call sites. With `rl`
 (GRPO step): 47.58 GB of temporaries, peak 57.52 GB (39.5% headroom). The step only: the rollout engine's KV cache is
 not planned.
-Tiny: the tiny recipe model on 2 CPU cores; expert iteration (verified rollouts mixed with the domain's expert
-demonstrations) for 30 steps at 2 x 2,048 tokens (3 rollout rounds of 8 tasks; 3-4 minutes). Measured (README.md,
-"Status"): held-out success 0.375 against the stage-1 student's 0.344 on instruction_following; 0 on tool_calling.
+Tiny: the tiny recipe model on 2 CPU cores; plain SFT on 2,000 of the domain's expert demonstrations (expert
+iteration with rollout_fraction 0) for 120 steps of 4 x 1,024 tokens. Measured (2026-12-05, a fresh
+`bash launch/quickstart.sh`, the three teachers one after the other: 675 s in all): on 32 validation tasks the
+instruction_following teacher 0.656 against the stage-1 student's 0.094, tool_calling 0.062 against 0.031, search
+0.000 against 0.000 (README.md, "Results, as measured so far": this loop learns search far slower than stage-1 SFT).
 Stage: config.stage = "teacher_sft" (steps.teacher_sft_step) or, with `rl`, "grpo" (steps.grpo_step).
 """
 import importlib.util

@@ -10,7 +10,8 @@ from the copy warm-up.
     a1jax train --config experiments/recipe_tiny_sft.py:root=workdirs/quickstart --workdir workdirs/quickstart/sft \
         --init_from workdirs/quickstart/warmup
 
-Hardware: CPU, 2 cores, one XLA thread; 150 steps of 4 x 1,024 tokens (WARMUP_AND_SFT_TIME below).
+Hardware: CPU, 2 cores, one XLA thread; 150 steps of 4 x 1,024 tokens. Measured (2026-12-05, a fresh
+`bash launch/quickstart.sh`): warm-up 116 s, then this SFT 256 s (2,550-2,900 tokens/s).
 `bash launch/quickstart.sh` runs this as step 1 of the whole recipe (then agents_a1_teacher.py:tiny,domain=D for each
 domain, then agents_a1_distill.py:tiny). Args (comma-separated key=value): root (where the demos are and the later
 stages look; default workdirs/quickstart), domains (colon-separated), steps.
@@ -42,7 +43,8 @@ TOKENIZER = "qwen3_5_compact"
 # from the start (benchmarks/copy_task.py: all-attention copy over 4,096 ids passes 0.9 at step 166 tied, still at
 # chance at step 700 untied).
 TINY_MODEL = dict(
-    vocab_size=4096, tie_word_embeddings=True, hidden_size=128, linear_key_head_dim=32, linear_value_head_dim=32, moe_intermediate_size=128,
+    vocab_size=4096, tie_word_embeddings=True, hidden_size=128, linear_key_head_dim=32, linear_value_head_dim=32,
+    moe_intermediate_size=128,
     shared_expert_intermediate_size=128, loss_chunk_size=256, deltanet_chunk_size=64, max_position_embeddings=16384)
 SEQ_LEN = 1024
 
