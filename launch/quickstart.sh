@@ -3,7 +3,7 @@
 # Qwen3.5-MoE and the compact Qwen3.5 vocabulary (4,096 ids, lossless; a1jax/data/tokenizers/compact.py), end to end,
 # on three domains: instruction_following and tool_calling (one call) and search at horizon 2 (two dependent calls):
 #   0. expert demonstrations of the recipe's domains (`a1jax envs demos`), written into the workdir, and a synthetic
-#      copy warm-up of the freshly initialised model (`a1jax warmup`, about 80 s), a stand-in for pretraining;
+#      copy warm-up of the freshly initialised model (`a1jax warmup`, about 2 minutes), a stand-in for pretraining;
 #   1. stage-1 SFT from the warm-up on the demonstrations plus the shipped trajectories in data/quickstart
 #      (experiments/recipe_tiny_sft.py);
 #   2. one teacher per domain from the stage-1 checkpoint, SFT on more of its own domain (agents_a1_teacher.py:tiny),
@@ -46,7 +46,7 @@ done
 
 stamp "0. copy warm-up"
 if [ ! -s "$WORKDIR/warmup/warmup.json" ]; then
-  rm -rf "$WORKDIR/warmup"  # an interrupted warm-up (it takes about 80 s) starts over
+  rm -rf "$WORKDIR/warmup"  # an interrupted warm-up (about 2 minutes) starts over
   "$A1JAX" warmup --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --out "$WORKDIR/warmup"
 fi
 

@@ -324,6 +324,8 @@ class ToolCalling:
         if values not in VALUE_STYLES:
             raise ValueError(f"tool_calling: values={values!r}; expected one of {tuple(VALUE_STYLES)}")
         self.tool_set, self.values = tool_set, values
+        mark = VALUE_STYLES[values]
+        self._name = (lambda v: f"{mark}{v}{mark}") if mark else str  # how a request writes a value
 
     def tasks(self, split: str, seed: int, *, n: int, horizon: int | None = None) -> Iterator[Task]:
         check_request(NAME, split, n, horizon, MAX_HORIZON)
@@ -331,10 +333,8 @@ class ToolCalling:
         i = 0
         while i < n:
             h = horizon if horizon is not None else rng.randint(1, 5)
-            mark = VALUE_STYLES[self.values]
-            name = (lambda v: f"{mark}{v}{mark}") if mark else str  # noqa: E731
-            draw = _draw(rng, h, name)
-            prompt = _prompt(draw, name)
+            draw = _draw(rng, h, self._name)
+            prompt = _prompt(draw, self._name)
             if split_of(json.dumps([draw["state"], prompt], sort_keys=True)) != split:
                 continue
             turns = _expert_turns(draw)
