@@ -60,7 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         domains = a["domains"].split(":") if a["domains"] else list(tiny.DOMAINS)
         tiny.tiny_model(c)
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = 2048, 2 * len(domains)
+        c.data.seq_len, c.data.batch_size = 2048, 4 * len(domains)
         c.envs = ml_collections.ConfigDict(dict(
             domains=domains, horizons=[1], tasks_per_domain=8, task_seed=2,
             domain_horizons={d: [tiny.HORIZONS[d]] for d in domains if tiny.HORIZONS.get(d, 1) != 1},

@@ -16,12 +16,15 @@ Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agen
 state), 47.45 GB of temporaries, peak 57.38 GB of 95 GB HBM (39.6% headroom); 164 Mosaic kernel call sites. With `rl`
 (GRPO step): 47.58 GB of temporaries, peak 57.52 GB (39.5% headroom). The step only: the rollout engine's KV cache is
 not planned.
-Tiny: the tiny recipe model on 2 CPU cores; plain SFT on 2,000 of the domain's expert demonstrations (expert
-iteration with rollout_fraction 0) for 120 steps of 4 x 1,024 tokens. Measured (2026-12-05, a fresh
-`bash launch/quickstart.sh`, the three teachers one after the other: 675 s in all): on 32 validation tasks the
-instruction_following teacher 0.656 against the stage-1 student's 0.094, tool_calling 0.062 against 0.031, search
-0.000 against 0.000 (README.md, "Results, as measured so far": this loop learns search far slower than stage-1 SFT).
-Stage: config.stage = "teacher_sft" (steps.teacher_sft_step) or, with `rl`, "grpo" (steps.grpo_step).
+Tiny: the tiny recipe model on 2 CPU cores; SFT by the stage-1 loop (config.stage "sft", config.init_from the
+stage-1 workdir) on the domain's 2,000 expert demonstrations in another order than the student's, TINY_STEPS steps of
+4 x 1,024 tokens (1.3-2 s each). Measured (2026-12-05, WORKDIR=/tmp/qs2, 32 validation tasks, the teacher check):
+instruction_following 0.656 against the stage-1 student's 0.094 (loss 0.09 after 60 steps); tool_calling 0.000
+against 0.031 (loss 0.11 after 150 steps, but one fixed call, "bolts" x 4, for every request); search 0.000 against
+0.000 (loss 0.45 after 120 steps; from another stage-1 run, whose search loss was 0.96 instead of 1.12, the same
+120 steps reached 0.08 and 26/32). README.md, "Results, as measured so far".
+Stage: config.stage = "teacher_sft" (steps.teacher_sft_step) or, with `rl`, "grpo" (steps.grpo_step); tiny without
+`rl`: "sft".
 """
 import importlib.util
 import os
@@ -33,6 +36,12 @@ _spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
                                                os.path.join(REPO, "experiments", "recipe_tiny_sft.py"))
 tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
+
+
+# Steps of each tiny teacher (4 x 1,024 tokens each; the student's stage 1 had 150 over all three domains). search:
+# 120 steps left the teacher on its plateau (loss 0.45, 0/32) and 120 more took it to 0.026 and 27/32 (2026-12-05,
+# WORKDIR=/tmp/qs2; as two runs of 120, not yet as one of 240). tool_calling: 300 steps still 0/32 (docs/recipe.md).
+TINY_STEPS = {"instruction_following": 60, "tool_calling": 150, "search": 240}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -58,28 +67,32 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.grpo = ml_collections.ConfigDict(dict(loss_type="ppo", eps_low=0.2, eps_high=0.28, kl_coef=0.0, norm="token"))
     c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2, async_save=True))
-    if a["tiny"]:
-        # Plain SFT on the domain's expert demonstrations (rollout_fraction 0): at this scale expert iteration
-        # accepted 0-1 rollouts per round, so the teacher's edge comes from more steps on more of its own domain.
+    if a["tiny"] and not a["rl"]:
+        # Plain SFT on the domain's expert demonstrations, by the stage-1 loop and objective: at this scale expert
+        # iteration accepted 0-1 rollouts per round, so the teacher's edge comes from more steps on more of its own
+        # domain (another data order than the student's, so mostly demonstrations the student never saw).
+        d = a["domain"]
+        c = tiny.get_config(f"root={a['root']},domains={d},steps={a['steps'] or TINY_STEPS.get(d, 120)}")
+        c.init_from = a["init"] or os.path.join(tiny.root_dir(a["root"]), "sft")
+        c.data.seed = 1
+        c.checkpoint.every = 60
+        return c
+    if a["tiny"]:  # tiny GRPO
         root = tiny.root_dir(a["root"])
         tiny.tiny_model(c)
         d = a["domain"]
         c.envs.horizons = [tiny.HORIZONS.get(d, 1)]
         c.envs.options = {d: dict(tiny.ENV_OPTIONS[d])} if d in tiny.ENV_OPTIONS else {}
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 4 if not a["rl"] else 16
-        c.expert_iteration.update(dict(rollout_fraction=0.0, demos=2000))
-        if a["rl"]:
-            c.data.seq_len = 1024
-            c.expert_iteration.rollout_fraction = 0.5
+        c.data.seq_len, c.data.batch_size = tiny.SEQ_LEN, 16
+        c.expert_iteration.update(dict(rollout_fraction=0.5, demos=2000))
+        c.envs.tasks_per_domain = 4
         c.optimizer = ml_collections.ConfigDict(dict(
             learning_rate=2e-3, warmup_steps=5, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0,
             b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
         c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 120), microbatches=1, log_every=10,
                                                  z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
         c.checkpoint.every = 60
-        if a["rl"]:
-            c.envs.tasks_per_domain = 4
         return c
     # Full size: the stage-1 model and mesh (agents_a1_sft.py), rollouts at the Agents-A1 eval budget.
     c.model = ml_collections.ConfigDict()

@@ -4,9 +4,9 @@
 # on three domains: instruction_following and tool_calling (one call) and search at horizon 2 (two dependent calls):
 #   0. expert demonstrations of the recipe's domains (`a1jax envs demos`), written into the workdir, and a synthetic
 #      copy warm-up of the freshly initialised model (`a1jax warmup`, about 2 minutes), a stand-in for pretraining;
-#   1. stage-1 SFT from the warm-up on the demonstrations plus the shipped trajectories in data/quickstart
-#      (experiments/recipe_tiny_sft.py);
-#   2. one teacher per domain from the stage-1 checkpoint, SFT on more of its own domain (agents_a1_teacher.py:tiny),
+#   1. stage-1 SFT from the warm-up on the demonstrations (experiments/recipe_tiny_sft.py; the real trajectories of
+#      data/quickstart are left out of this mix, see SHIPPED_NOTE there);
+#   2. one teacher per domain from the stage-1 checkpoint, more SFT steps on its own domain (agents_a1_teacher.py:tiny),
 #      one after the other (two trainings side by side on 2 cores run 4x slower each);
 #   3. multi-teacher, domain-routed on-policy distillation into the student, after checking on the validation split
 #      that each teacher beats the student (agents_a1_distill.py:tiny);
@@ -50,7 +50,7 @@ if [ ! -s "$WORKDIR/warmup/warmup.json" ]; then
   "$A1JAX" warmup --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --out "$WORKDIR/warmup"
 fi
 
-stamp "1. stage-1 SFT (demonstrations + data/quickstart, from the warm-up)"
+stamp "1. stage-1 SFT (demonstrations, from the warm-up)"
 "$A1JAX" train --config "$EXP/recipe_tiny_sft.py:root=$WORKDIR" --workdir "$WORKDIR/sft" \
   --init_from "$WORKDIR/warmup" "$@"
 

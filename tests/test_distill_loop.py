@@ -309,3 +309,16 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
     for d in DOMAINS:
         assert hist[0][f"tokens/{d}"] == sum(sum(t.record["loss_mask"]) for t in trajs if t.task.domain == d) > 0
     assert np.isfinite(hist[0]["train/loss"]) and hist[0]["train/loss"] > 0 and hist[0]["kl/search"] == 0.0
+
+
+def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_ones():
+    import types
+    from a1jax.distill import opd
+    exp = experiment.validate(_config())
+    run = types.SimpleNamespace(settings=exp.loop, domains={d: i for i, d in enumerate(DOMAINS)})
+    envs = R.make_envs(exp.loop)
+    every = opd.step_items(run, envs, 0, DOMAINS)
+    assert [t.domain for t, _ in every] == [d for d in DOMAINS for _ in range(2)]  # tasks_per_domain=2 each
+    kept = opd.step_items(run, envs, 0, DOMAINS[1:])
+    assert len(kept) == len(every) and {t.domain for t, _ in kept} == {DOMAINS[1]}
+    assert len({t.id for t, _ in kept}) == len(kept)

@@ -77,12 +77,15 @@ def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
 
 
 def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
-    """Step 1: this step's (task, env) pairs, tasks_per_domain train tasks per domain of `domains`."""
+    """Step 1: this step's (task, env) pairs: the step draws tasks_per_domain train tasks for each configured domain,
+    shared equally among `domains` (the distilled ones), so a domain the teacher check left out hands its tasks and
+    batch rows to the others instead of leaving them empty."""
     s = run.settings
     step = 0 if s.envs.fixed_tasks else step
+    n = s.envs.tasks_per_domain * len(s.envs.domains) // max(len(domains), 1)
     items = []
     for d in domains:
-        tasks = R.draw_tasks(envs[d], d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(d),
+        tasks = R.draw_tasks(envs[d], d, n=n, horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
         items += [(t, envs[d]) for t in tasks]
     return items

@@ -20,7 +20,7 @@ from a1jax.data import tokenizers
 from a1jax.train import build, checkpoint, metrics as mt, steps, vocabulary
 from a1jax.train.checkpoint import load_init_params
 from a1jax.train.experiment import Experiment
-from a1jax.train.state import TrainState
+from a1jax.train.state import TrainState, with_new_params
 
 log = logging.getLogger("a1jax.distill")
 
@@ -70,10 +70,8 @@ class StageRun:
         cfg, values = load_init_params(path)
         params = checkpoint.place_init_params(path, cfg, values, self.built.abstract_state.params,
                                               self.built.state_shardings.params)
-        s = self.state
         log.info("initialised params from %s", path)
-        return TrainState(step=s.step, params=params, opt_state=jax.jit(self.built.tx.init)(params), rng=s.rng,
-                          skipped_total=s.skipped_total, skipped_consecutive=s.skipped_consecutive)
+        return with_new_params(self.state, params, self.built.tx, self.built.state_shardings)
 
     def _sharding(self, x):
         spec = self.built.batch_sharding.spec

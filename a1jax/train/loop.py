@@ -21,7 +21,7 @@ from a1jax import distributed, storage
 from a1jax.data import pipeline
 from a1jax.train import build, checkpoint, metrics as mt, vocabulary
 from a1jax.train.experiment import Experiment
-from a1jax.train.state import TrainState
+from a1jax.train.state import TrainState, with_new_params
 
 log = logging.getLogger("a1jax.train")
 
@@ -116,6 +116,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
     mesh (default: all of them). `allow_fresh_start`: start from step 0 even though damaged checkpoints were set
     aside in `workdir` (otherwise that is an error)."""
     config, cfg = exp.config, exp.model
+    init_from = init_from or config.get("init_from", "")  # --init_from, else the experiment's own
     storage.makedirs(workdir)  # a URL: checked writable now, one clear error instead of a hang later
     _check_same_model(workdir, config)
     vocabulary.guard(workdir, init_from, exp.data.tokenizer)
@@ -150,8 +151,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
         if init_from:
             params = checkpoint.place_init_params(init_from, *checkpoint.load_init_params(init_from), abstract.params,
                                                   state_sh.params)
-            state = TrainState(step=state.step, params=params, opt_state=jax.jit(tx.init)(params), rng=state.rng,
-                               skipped_total=state.skipped_total, skipped_consecutive=state.skipped_consecutive)
+            state = with_new_params(state, params, tx, state_sh)
             log.info("initialised params from %s", init_from)
 
     step_fn, eval_fn = built.step_fn, built.eval_fn

@@ -31,6 +31,14 @@ def init_state(cfg, tx, rng) -> TrainState:
                       skipped_total=zero, skipped_consecutive=zero)
 
 
+def with_new_params(state: TrainState, params, tx, shardings: TrainState) -> TrainState:
+    """`state` with `params` (already placed) and a fresh optimizer state for them, laid out as `shardings` (the
+    step's in/out shardings): an optimizer state with another layout would make the first step's output differ from
+    its input, and the step compile twice."""
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return dataclasses.replace(state, params=params, opt_state=opt_state)
+
+
 def state_shardings(abstract_state, mesh, rules):
     """Parameters and every optimizer moment follow their logical axes; scalars and the rng are replicated."""
     replicated = NamedSharding(mesh, P())
