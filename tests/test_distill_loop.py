@@ -322,3 +322,37 @@ def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_on
     kept = opd.step_items(run, envs, 0, DOMAINS[1:])
     assert len(kept) == len(every) and {t.domain for t, _ in kept} == {DOMAINS[1]}
     assert len({t.id for t, _ in kept}) == len(kept)
+
+
+def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(tmp_path):
+    """config.gate.anchor: a left-out domain is distilled toward the frozen weights the student started from (so the
+    other domains' updates do not drag it away); with anchor=False it sits out."""
+    from a1jax.convert import save_params
+    from a1jax.distill import opd
+    from a1jax.distill.runner import StageRun
+    cfg = M.presets.tiny(**MODEL)
+    start = jax.device_get(M.init(cfg, jax.random.PRNGKey(5), include_mtp=False))
+    save_params(str(tmp_path / "start"), cfg, start)
+    exp = experiment.validate(_config(init_from=str(tmp_path / "start")))
+    run = StageRun(exp, str(tmp_path / "distill"), devices=ONE)
+    try:
+        assert opd.anchored_domains(run, ["search"]) == ["scientific_agents"]
+        assert opd.anchored_domains(run, DOMAINS) == []
+        anchor = opd.anchor_teacher(run, k=8)
+        for a, b in zip(jax.tree.leaves(anchor.params), jax.tree.leaves(M.unbox(start))):
+            np.testing.assert_array_equal(a, b)
+        # a copy of its own: the student's state (donated to every step) is not the anchor's buffers
+        assert all(x is not y for x, y in zip(jax.tree.leaves(anchor.params),
+                                              jax.tree.leaves(M.unbox(run.state.params))))
+    finally:
+        run.close()
+    c = _config(init_from=str(tmp_path / "start"))
+    c.gate = ml_collections.ConfigDict(dict(anchor=False))
+    run = StageRun(experiment.validate(c), str(tmp_path / "distill2"), devices=ONE)
+    try:
+        assert opd.anchored_domains(run, ["search"]) == []
+    finally:
+        run.close()
+    c.gate = ml_collections.ConfigDict(dict(anchor="yes"))
+    with pytest.raises(ValueError, match="config.gate.anchor"):
+        experiment.validate(c)

@@ -5,9 +5,10 @@ Before the first distillation step, each local teacher and the student roll out 
 the test tasks the report scores). A domain whose teacher does not beat the student by more than `margin` success is
 left out of distillation, unless `config.gate.keep` names it (or is "all"). An HTTP teacher cannot be rolled out
 here: it is kept, and the verdict says so. The verdicts go to WORKDIR/gate.json, so a resumed run distils the same
-domains, and the report says which domains were distilled.
+domains, and the report says which domains were distilled. With `anchor` (the default) a left-out domain keeps its
+place in each step, its teacher replaced by the frozen starting weights of the student (opd.py, `anchor_teacher`).
 
-    config.gate = dict(tasks=32, margin=0.0, keep=[])   # tasks=0 turns the check off (every domain is distilled)
+    config.gate = dict(tasks=32, margin=0.0, keep=[], anchor=True)   # tasks=0: no check, every domain is distilled
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Gate:
     margin: float = 0.0   # the teacher must beat the student by more than this (absolute success)
     keep: tuple = ()      # domains distilled whatever the check says; ("all",) for every domain
     seed: int = 0
+    # A domain left out is still rolled out and distilled toward the student's own starting weights (config.init_from,
+    # frozen), so the updates of the other domains do not drag it away; False: it sits out (its tasks and rows go to
+    # the distilled domains) and drifts with the shared weights.
+    anchor: bool = True
 
 
 def greedy_success(cfg, params, tok, domain: str, ro, *, n: int, horizons, split: str, seed: int = 0,

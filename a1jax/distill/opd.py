@@ -76,6 +76,25 @@ def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
     return kept
 
 
+def anchored_domains(run: StageRun, kept) -> list[str]:
+    """The domains the teacher check left out that stay in training, distilled toward the student's own frozen
+    starting weights (config.gate.anchor; needs the start, config.init_from). One line each."""
+    s = run.settings
+    out = [d for d in s.envs.domains if d not in kept] if s.gate.anchor and run.init_from else []
+    for d in out:
+        print(f"teacher check  {d}: anchored to the student's start ({run.init_from}): its rollouts are distilled "
+              f"toward those frozen weights, so training the other domains does not move it", flush=True)
+    if out and not run.resumed:
+        run.writer.scalars(0, {f"gate/{d}/anchored": 1.0 for d in out})
+    return out
+
+
+def anchor_teacher(run: StageRun, k: int):
+    """The frozen starting weights of the student as a teacher (config.gate.anchor)."""
+    return routing.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size, params=run.start_params(),
+                                cfg=run.exp.model)
+
+
 def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
     """Step 1: this step's (task, env) pairs: the step draws tasks_per_domain train tasks for each configured domain,
     shared equally among `domains` (the distilled ones), so a domain the teacher check left out hands its tasks and
@@ -180,6 +199,11 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
         by_id = (load_teachers(run, kept) if teachers is None else
                  {run.domains[d]: t for d, t in teachers.items() if d in kept})
         k = max(getattr(t, "k", 1) for t in by_id.values())
+        anchored = anchored_domains(run, kept) if teachers is None else []
+        if anchored:
+            anchor = anchor_teacher(run, k)
+            by_id.update({run.domains[d]: anchor for d in anchored})
+        kept = [d for d in s.envs.domains if d in kept or d in anchored]  # every domain this run trains on
         off = run.built.ctx.options.policy == "off"
         if off:
             engines = teacher_engines(run, by_id)

@@ -153,7 +153,8 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
         models[name] = load_model(path)
     verdicts = gate.distilled(os.path.join(root, "distill")) or {}
     seq_len = ro.max_tokens + ro.max_new_tokens
-    report = {"n": n, "horizons": {d: list(horizons or s.envs.horizons_of(d)) for d in domains}, "domains": {}}
+    report = {"n": n, "horizons": {d: list(horizons or s.envs.horizons_of(d)) for d in domains}, "domains": {},
+              "anchored": bool(s.gate.anchor and s.init_from)}
     for d in domains:
         row, trajs = {}, {}
         for name in ("before", "after", f"teacher_{d}"):
@@ -187,7 +188,7 @@ def build_report_parallel(root: str, domains=None, *, n: int, horizons=None, job
     with concurrent.futures.ProcessPoolExecutor(min(jobs, len(domains)),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(functools.partial(_one_domain, root, n=n, horizons=horizons), domains))
-    report = {"n": n, "horizons": {}, "domains": {}}
+    report = {"n": n, "horizons": {}, "domains": {}, "anchored": parts[0]["anchored"]}
     for part in parts:
         report["horizons"].update(part["horizons"])
         report["domains"].update(part["domains"])
@@ -220,7 +221,10 @@ def table(report: dict) -> str:
                  f"after - before >= half the gap)")
     left_out = [d for d, r in report["domains"].items() if not r["distilled"]]
     if left_out:
-        lines.append(f"left out of distillation by the teacher check (validation split): {', '.join(left_out)}")
+        anchored = " (each distilled toward the student's own starting weights instead: config.gate.anchor)" \
+            if report.get("anchored") else ""
+        lines.append(f"left out of distillation by the teacher check (validation split): {', '.join(left_out)}"
+                     f"{anchored}")
     return "\n".join(lines)
 
 

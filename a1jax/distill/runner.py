@@ -20,7 +20,7 @@ from a1jax.data import tokenizers
 from a1jax.train import build, checkpoint, metrics as mt, steps, vocabulary
 from a1jax.train.checkpoint import load_init_params
 from a1jax.train.experiment import Experiment
-from a1jax.train.state import TrainState, with_new_params
+from a1jax.train.state import with_new_params
 
 log = logging.getLogger("a1jax.distill")
 
@@ -40,6 +40,7 @@ class StageRun:
         if jax.process_index() == 0:
             checkpoint.save_json(os.path.join(workdir, "config.json"), config.to_dict())
         self.domains = {d: i for i, d in enumerate(self.settings.envs.domains)}
+        self.init_from = init_from or self.settings.init_from  # where the student started (also on resume)
         self.built = build.build(exp, num_domains=len(self.domains), devices=devices)
         self.tok = tokenizers.load(exp.data.tokenizer)
         self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
@@ -57,21 +58,21 @@ class StageRun:
         else:
             self.resumed = False
             self.state = self.built.init_state(jax.random.key(config.seed))
-            init_from = init_from or self.settings.init_from
-            if init_from:
-                self.state = self._with_params_from(init_from)
+            if self.init_from:
+                log.info("initialised params from %s", self.init_from)
+                self.state = with_new_params(self.state, self.start_params(), self.built.tx,
+                                             self.built.state_shardings)
             self.step = 0
         self.last_saved = self.step if restored is not None else None
         self.writer = mt.MetricWriter(workdir)
         self.progress = mt.Progress(int(config.train.steps), self.step)
         self._jitted = {}
 
-    def _with_params_from(self, path: str) -> TrainState:
-        cfg, values = load_init_params(path)
-        params = checkpoint.place_init_params(path, cfg, values, self.built.abstract_state.params,
-                                              self.built.state_shardings.params)
-        log.info("initialised params from %s", path)
-        return with_new_params(self.state, params, self.built.tx, self.built.state_shardings)
+    def start_params(self):
+        """The parameters the student started from (`init_from`), boxed and placed like the state's."""
+        cfg, values = load_init_params(self.init_from)
+        return checkpoint.place_init_params(self.init_from, cfg, values, self.built.abstract_state.params,
+                                            self.built.state_shardings.params)
 
     def _sharding(self, x):
         spec = self.built.batch_sharding.spec

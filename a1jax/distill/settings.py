@@ -11,7 +11,7 @@
     config.expert_iteration  (teacher_sft) rollout_every (steps between rollout rounds), rollout_fraction (max share
                      of a batch's rows given to accepted rollouts; the rest are the domain's expert demonstrations),
                      demos (how many demonstrations the domain's expert writes up front)
-    config.gate      (opd) tasks, margin, keep: the teacher check before distilling (gate.py)
+    config.gate      (opd) tasks, margin, keep, anchor: the teacher check before distilling (gate.py)
     config.init_from the checkpoint to start from (a training workdir or a converted directory); `--init_from` wins
 
 The loss options stay where their steps read them (`config.distill`, `config.grpo`: a1jax/distill/steps.py).
@@ -203,5 +203,7 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
            "a number in [0, 1)")
     _check(all(d == "all" or d in envs.domains for d in gate.keep), "config.gate.keep", gate.keep,
            f"domains of config.envs.domains {list(envs.domains)}, or 'all'")
+    _check(isinstance(gate.anchor, bool), "config.gate.anchor", gate.anchor,
+           "true or false (distil a left-out domain toward the student's frozen starting weights)")
     return LoopSettings(envs=envs, rollout=ro, teachers=teachers, expert_iteration=ei, init_from=init_from,
                         gate=gate)
