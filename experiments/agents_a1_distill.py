@@ -19,9 +19,10 @@ pass between steps and the rollouts' KV cache.
 Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores, 40 steps of 4 rows x
 2,048 tokens per configured domain, 8 tasks per configured domain (a domain the teacher check leaves out hands its
 tasks to the others). Measured (2026-12-05, WORKDIR=/tmp/qs2, instruction_following alone distilled: its 8 tasks in
-12 rows, before left-out domains handed theirs on): about 13.7 s a step (rollout 2.4 s, teacher scoring 2.6 s, update 8.7 s; medians); on 128 test tasks the
-student's instruction_following success 0.250 before and 0.242 after against the teacher's 0.727, while its KL to
-the teacher fell 1.40 -> 0.80 per token and the left-out domains drifted (README.md, "Results, as measured so far").
+12 rows, before left-out domains handed theirs on): about 13.7 s a step (rollout 2.4 s, teacher scoring 2.6 s,
+update 8.7 s; medians); on 128 test tasks the student's instruction_following success 0.250 before and 0.242 after
+against the teacher's 0.727, while its KL to the teacher fell 1.40 -> 0.80 per token and the left-out domains
+drifted (README.md, "Results, as measured so far").
 Stage: config.stage = "opd" (steps.opd_step, with the routed teacher targets as its third argument). Sampling is at
 T = 1 without filters or penalties, so behaviour log-probs are the student's own (settings.py enforces it).
 """
