@@ -54,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # token of an empty think block, which an a1jax-trained model has never seen).
     c.rollout = ml_collections.ConfigDict(dict(  # T = 1, no filters, no penalties: behaviour = student
         batch_size=8, max_len=16384, max_new_tokens=96, max_turns=3, max_tokens=1536, enable_thinking="model",
-        temperature=1.0, top_p=1.0, top_k=0, presence_penalty=0.0, group_size=1))
+        temperature=1.0, top_p=1.0, top_k=0, presence_penalty=0.0, group_size=1, reuse=1))
     c.eval = ml_collections.ConfigDict(dict(every=0, batches=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=10, keep=2, async_save=True))
     if a["tiny"]:

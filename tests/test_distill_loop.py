@@ -356,3 +356,44 @@ def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(t
     c.gate = ml_collections.ConfigDict(dict(anchor="yes"))
     with pytest.raises(ValueError, match="config.gate.anchor"):
         experiment.validate(c)
+
+
+@pytest.mark.slow  # 8 OPD updates and 4 rollouts on the 248K vocabulary: ~45 s of CPU
+def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exactly(tmp_path, monkeypatch, teachers):
+    """config.rollout.reuse=2: one rollout (and one teacher scoring) per two updates, both on the same batch and
+    targets; a run stopped at a checkpoint (between rollouts) and resumed gives the uninterrupted run's steps."""
+    from a1jax.distill import opd, runner
+    rolls, seen = [], []
+    real_route, real_step = routing.route, runner.StageRun.step_fn
+
+    def route_spy(*a, **kw):
+        rolls.append(1)
+        return real_route(*a, **kw)
+
+    def step_spy(self, state, batch, *rest):
+        seen.append({k: np.asarray(v).copy() for k, v in batch.items()})
+        return real_step(self, state, batch, *rest)
+
+    monkeypatch.setattr(opd.routing, "route", route_spy)
+    monkeypatch.setattr(runner.StageRun, "step_fn", step_spy)
+
+    def config(steps):
+        c = _config(steps=steps, reuse=2)
+        c.checkpoint.every = 2
+        return experiment.validate(c)
+
+    full = run_opd(config(4), str(tmp_path / "a"), devices=ONE, teachers=teachers)
+    assert len(rolls) == 2 and len(seen) == 4
+    for a, b in ((0, 1), (2, 3)):
+        assert all(np.array_equal(seen[a][k], seen[b][k]) for k in seen[a])
+    assert not np.array_equal(seen[1]["tokens"], seen[2]["tokens"])  # a new rollout at step 2
+    assert full[0]["train/loss"] != full[1]["train/loss"]  # the second update sees moved weights
+    run_opd(config(2), str(tmp_path / "b"), devices=ONE, teachers=teachers)
+    resumed = run_opd(config(4), str(tmp_path / "b"), devices=ONE, teachers=teachers)
+    assert [h["step"] for h in resumed] == [3, 4]
+    for got, want in zip(resumed, full[2:]):
+        assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match=r"config.rollout.reuse=2: expected a divisor of config.checkpoint.every=3"):
+        c = _config(steps=4, reuse=2)
+        c.checkpoint.every = 3
+        experiment.validate(c)

@@ -209,14 +209,20 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             engines = teacher_engines(run, by_id)
         else:
             engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
+        reuse, packed = s.rollout.reuse, None
         while run.step < total:
             t0 = time.perf_counter()
-            if off:
+            fresh = packed is None or run.step % reuse == 0  # else config.rollout.reuse: the last batch once more
+            if not fresh:
+                pass
+            elif off:
                 packed, trajs, row_domains = off_policy_batch(run, engines, envs, run.step, kept)
             else:
                 packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
             t1 = time.perf_counter()
-            if off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
+            if not fresh:
+                pass
+            elif off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
                 B, T = packed.batch["tokens"].shape
                 targets, tstats = routing.empty_targets(B, T, k), {}
             else:

@@ -4,7 +4,8 @@
                      domain_horizons {domain: [h, ...]} (a domain's own horizons instead of `horizons`),
                      fixed_tasks (every step rolls out step 0's tasks with step 0's sampler seed: a debugging check)
     config.rollout   engine and sampling: batch_size, max_len, max_new_tokens, max_turns, max_tokens,
-                     enable_thinking, temperature, top_p, top_k, presence_penalty, group_size (grpo)
+                     enable_thinking, temperature, top_p, top_k, presence_penalty, group_size (grpo),
+                     reuse (opd: updates per rollout batch)
     config.teachers  (opd) one dict per domain: domain, and workdir (a frozen a1jax training workdir, the default
                      path) or url (an HTTP prompt-logprobs endpoint); k (top-k), tokenizer (default: the student's),
                      timeout (HTTP seconds), kxm ("mask" | "chain", cross-tokenizer k:m groups)
@@ -59,6 +60,9 @@ class Rollout:
     top_k: int = 0
     presence_penalty: float = 0.0
     group_size: int = 4  # grpo: rollouts per task
+    # opd: consecutive updates on each rollout batch (1: a fresh rollout per update). The teacher targets stay valid
+    # (they score fixed tokens) and the truncated IS weights absorb the student having moved since the rollout.
+    reuse: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
     _check(isinstance(envs.options, dict) and set(envs.options) <= set(envs.domains), "config.envs.options",
            envs.options, "a dict {domain: {factory options}} over config.envs.domains")
     ro = _section(config, "rollout", Rollout)
-    for name in ("batch_size", "max_len", "max_new_tokens", "max_turns", "max_tokens", "group_size"):
+    for name in ("batch_size", "max_len", "max_new_tokens", "max_turns", "max_tokens", "group_size", "reuse"):
         _check(isinstance(getattr(ro, name), int) and getattr(ro, name) >= 1, f"config.rollout.{name}",
                getattr(ro, name), "a positive integer")
     _check(ro.max_new_tokens < ro.max_len, "config.rollout.max_new_tokens", ro.max_new_tokens,
@@ -158,6 +162,11 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
                "config.rollout (temperature, top_p, top_k, presence_penalty)",
                (ro.temperature, ro.top_p, ro.top_k, ro.presence_penalty),
                "(1.0, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution")
+        every = int((config.get("checkpoint") or {}).get("every", 1))
+        steps = int((config.get("train") or {}).get("steps", 1))
+        _check(every % ro.reuse == 0 and steps % ro.reuse == 0, "config.rollout.reuse", ro.reuse,
+               f"a divisor of config.checkpoint.every={every} and config.train.steps={steps} (a checkpoint must "
+               f"fall between two rollouts, so a resumed run rolls out what the uninterrupted one did)")
         _check(batch_size % len(envs.domains) == 0, "config.data.batch_size", batch_size,
                f"a multiple of the {len(envs.domains)} domains (domain-balanced rows)")
     if stage in ("teacher_sft", "grpo"):
