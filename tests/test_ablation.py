@@ -25,7 +25,7 @@ def test_each_variant_changes_one_thing_and_turns_the_teacher_check_off(tmp_path
     a, b, c, d = (configs[v] for v in "abcd")
     assert [t["workdir"] for t in a.teachers] == [t["workdir"] for t in base.teachers]
     assert [t["workdir"] for t in b.teachers] == [os.path.join(root, f"teacher_{DOMAIN}")] * 2
-    assert c.distill.policy == "off" and "policy" not in a.distill and d.distill.estimator == "sampled"
+    assert c.distill.policy == "off" and a.distill.policy == "on" and d.distill.estimator == "sampled"
     assert a.distill.estimator == "salient"
     with pytest.raises(ValueError, match="single_teacher='science': expected one of"):
         ablation.get_config(f"root={root},variant=b,single_teacher=science,domains={DOMAIN}:search")
