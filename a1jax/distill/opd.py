@@ -211,23 +211,20 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
             engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         reuse, packed = s.rollout.reuse, None
         while run.step < total:
-            t0 = time.perf_counter()
-            fresh = packed is None or run.step % reuse == 0  # else config.rollout.reuse: the last batch once more
-            if not fresh:
-                pass
-            elif off:
-                packed, trajs, row_domains = off_policy_batch(run, engines, envs, run.step, kept)
-            else:
-                packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
-            t1 = time.perf_counter()
-            if not fresh:
-                pass
-            elif off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
-                B, T = packed.batch["tokens"].shape
-                targets, tstats = routing.empty_targets(B, T, k), {}
-            else:
-                targets, tstats = routing.route(by_id, packed.batch, row_domains, k, vocab_size=exp.model.vocab_size)
-            t2 = time.perf_counter()
+            t0 = t1 = t2 = time.perf_counter()
+            if packed is None or run.step % reuse == 0:  # else config.rollout.reuse: the last batch once more
+                if off:
+                    packed, trajs, row_domains = off_policy_batch(run, engines, envs, run.step, kept)
+                else:
+                    packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
+                t1 = time.perf_counter()
+                if off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
+                    B, T = packed.batch["tokens"].shape
+                    targets, tstats = routing.empty_targets(B, T, k), {}
+                else:
+                    targets, tstats = routing.route(by_id, packed.batch, row_domains, k,
+                                                    vocab_size=exp.model.vocab_size)
+                t2 = time.perf_counter()
             batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
             run.state, m = run.step_fn(run.state, batch, targets)
             m = jax.device_get(m)
