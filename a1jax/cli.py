@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "data": "a1jax.data.cli",
     "generate": "a1jax.rollout.cli_generate",
     "rollout": "a1jax.rollout.cli",
-    "plan": "a1jax.plan",
+    "plan": "a1jax.plan_cli",
     "envs": "a1jax.envs.cli",
     "eval": "a1jax.envs.evaluate",
 }

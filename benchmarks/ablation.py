@@ -9,7 +9,8 @@ Variants (each a stage-3 run, `a1jax train --config benchmarks/ablation.py:root=
 OUT/<variant>/distill; this file's get_config is experiments/agents_a1_distill.py:tiny plus the variant's change):
   a  routed: the recipe, multi-teacher on-policy distillation, each domain's rollouts scored by its own teacher;
   b  single_teacher: the same, but every domain distils from ONE teacher (--single-teacher, default the first
-     domain's): routing switched off;
+     domain's; any domain with a ROOT/teacher_<domain> workdir, so a one-domain run can distil from another
+     domain's teacher): routing switched off;
   c  off_policy: sequence-level KD, SFT of the student on the teachers' own rollouts of the same tasks
      (config.distill.policy="off", a1jax/distill/opd.py);
   d  sampled: the recipe with the single-sample estimator instead of the salient top-k one
@@ -66,8 +67,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     domains = list(c.envs.domains)
     if a["variant"] == "b":
         one = a["single_teacher"] or domains[0]
-        if one not in domains:
-            raise ValueError(f"benchmarks/ablation.py arg single_teacher={one!r}: expected one of {domains}")
+        if one not in domains and not os.path.isdir(os.path.join(root, f"teacher_{one}")):
+            raise ValueError(f"benchmarks/ablation.py arg single_teacher={one!r}: no teacher workdir "
+                             f"{os.path.join(root, f'teacher_{one}')} (a domain of {domains} or another trained one)")
         teachers = [dict(t) for t in c.teachers]
         for t in teachers:
             t["workdir"] = os.path.join(root, f"teacher_{one}")
@@ -191,9 +193,8 @@ def main(argv=None) -> int:
                         + (f",domains={args.domains}" if args.domains else ""))
     domains = list(config.envs.domains)
     args.single_teacher = args.single_teacher or domains[0]
-    if args.single_teacher not in domains:
-        p.error(f"--single-teacher={args.single_teacher!r}: expected one of {domains}")
-    need = [os.path.join(args.root, "sft")] + [os.path.join(args.root, f"teacher_{d}") for d in domains]
+    need = [os.path.join(args.root, "sft")] + [os.path.join(args.root, f"teacher_{d}")
+                                               for d in dict.fromkeys([*domains, args.single_teacher])]
     missing = [w for w in need if not os.path.isdir(os.path.join(w, "checkpoints"))]
     if missing:
         p.error(f"--root {args.root}: no training workdir at {missing} (run launch/quickstart.sh first)")

@@ -3,7 +3,7 @@
 A script, not a test. For each sequence length it prints forward and backward time, TFLOP/s and tokens/s of our kernel
 beside the baseline measured in the same run:
   * attention: `jax.nn.dot_product_attention` (implementation="cudnn" on GPU, XLA elsewhere), causal, GQA;
-  * DeltaNet: the pure-jnp chunked rule (a1jax/model/gated_delta_rule.py);
+  * DeltaNet: the pure-jnp chunked rule (kernels/reference/gated_delta_rule.py);
 then the ring / context-parallel overhead over all local devices against the single-device kernel.
 
     python benchmarks/sequence.py                      # on a GPU/TPU: 4K..128K tokens per device, production heads

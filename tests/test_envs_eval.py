@@ -147,7 +147,7 @@ def test_eval_cli_end_to_end_on_a_tiny_random_model(ckpt_and_config, tmp_path, c
 def test_evaluate_function_for_trainers_logs_scalars_at_the_given_step(ckpt_and_config):
     from a1jax.envs.evaluate import evaluate
     from a1jax.rollout.agent import RolloutConfig
-    from a1jax.rollout.cli import load_model
+    from a1jax.train.checkpoint import load_model
 
     class Writer:
         def __init__(self):

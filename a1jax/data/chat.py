@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from a1jax.data.schema import is_tool_response_wrapper, parse_arguments
-from a1jax.data.tokenizers import Tokenizer
+from a1jax.data.tokenizers.base import Tokenizer
 
 ROLE_IDS = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 SUPERVISE_MODES = ("all", "after_last_query")

@@ -18,21 +18,10 @@ import logging
 import os
 
 from a1jax import storage
+from a1jax.distill.settings import Gate  # noqa: F401 (gate.Gate: the config section this module checks)
 
 log = logging.getLogger("a1jax.distill")
 FILE = "gate.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Gate:
-    tasks: int = 32       # validation tasks per domain; 0: no check
-    margin: float = 0.0   # the teacher must beat the student by more than this (absolute success)
-    keep: tuple = ()      # domains distilled whatever the check says; ("all",) for every domain
-    seed: int = 0
-    # A domain left out is still rolled out and distilled toward the student's own starting weights (config.init_from,
-    # frozen), so the updates of the other domains do not drag it away; False: it sits out (its tasks and rows go to
-    # the distilled domains) and drifts with the shared weights.
-    anchor: bool = True
 
 
 def greedy_success(cfg, params, tok, domain: str, ro, *, n: int, horizons, split: str, seed: int = 0,

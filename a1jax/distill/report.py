@@ -15,7 +15,6 @@ Writes ROOT/report.json and ROOT/report.png (the figure).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -30,8 +29,7 @@ from a1jax import model, storage
 from a1jax.distill import gate, rollouts as R, settings
 from a1jax.distill.settings import Rollout
 from a1jax.train import vocabulary
-from a1jax.envs import evaluate, registry
-from a1jax.rollout.sampling import SamplingParams
+from a1jax.envs import registry
 
 TARGET = 0.9
 
@@ -119,7 +117,7 @@ def student_on_test(root: str, workdir: str, domains=None, *, n: int = 128, hori
     (its domains, rollout settings, horizons and environment options by default): {domain: {"success",
     "success_ci" (95% Wilson), "n"}}. benchmarks/ablation.py scores its variants with it."""
     from a1jax.data import tokenizers
-    from a1jax.rollout.cli import load_model
+    from a1jax.train.checkpoint import load_model
     config, s = _distill_settings(root)
     tok = tokenizers.load(config.data.tokenizer)
     vocabulary.check(workdir, tok, "student")
@@ -139,7 +137,7 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
     the reverse KL before and after, whether stage 3's teacher check let the domain be distilled, and the recipe's
     targets."""
     from a1jax.data import tokenizers
-    from a1jax.rollout.cli import load_model
+    from a1jax.train.checkpoint import load_model
     config, s = _distill_settings(root)
     domains, ro = domains or list(s.envs.domains), ro or s.rollout
     tok = tokenizers.load(config.data.tokenizer)

@@ -57,7 +57,7 @@ def sampling_params(ro) -> SamplingParams:
 
 
 def make_engine(cfg, params, tok, ro, *, sampling: SamplingParams | None = None):
-    from a1jax.rollout.cli import make_engine as _make
+    from a1jax.rollout.engine import make_engine as _make
     return _make(cfg, params, tok, sampling=sampling or sampling_params(ro), batch_size=ro.batch_size,
                  max_len=ro.max_len, max_new_tokens=ro.max_new_tokens)
 

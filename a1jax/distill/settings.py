@@ -25,8 +25,6 @@ from typing import Any
 
 from a1jax.data.chat import check_thinking
 
-from a1jax.distill.gate import Gate
-
 ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
 KXM = ("mask", "chain")
 
@@ -81,6 +79,19 @@ class ExpertIteration:
     rollout_every: int = 10
     rollout_fraction: float = 0.5
     demos: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """config.gate: the teacher check before distilling (a1jax/distill/gate.py)."""
+    tasks: int = 32       # validation tasks per domain; 0: no check
+    margin: float = 0.0   # the teacher must beat the student by more than this (absolute success)
+    keep: tuple = ()      # domains distilled whatever the check says; ("all",) for every domain
+    seed: int = 0
+    # A domain left out is still rolled out and distilled toward the student's own starting weights (config.init_from,
+    # frozen), so the updates of the other domains do not drag it away; False: it sits out (its tasks and rows go to
+    # the distilled domains) and drifts with the shared weights.
+    anchor: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,7 +181,7 @@ def evaluate(params, model_cfg, *, tokenizer: str = "qwen3_5", sampling=None, ba
              max_len: int = 32768, max_new_tokens: int = 4096, sample_seed: int = 0, **kwargs) -> dict:
     """`evaluate_engine` with a fresh engine over `params` (what a trainer calls every so many steps)."""
     from a1jax.data import tokenizers
-    from a1jax.rollout.cli import make_engine
+    from a1jax.rollout.engine import make_engine
     from a1jax.rollout.sampling import SamplingParams
     tok = tokenizers.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
     engine = make_engine(model_cfg, params, tok, sampling=sampling or SamplingParams(), batch_size=batch_size,
@@ -293,7 +293,9 @@ def settings(args, config) -> dict:
 def run(args) -> int:
     from a1jax.data import tokenizers
     from a1jax.rollout.agent import RolloutConfig
-    from a1jax.rollout.cli import load_model, make_engine, sampling_from_args
+    from a1jax.rollout.cli import sampling_from_args
+    from a1jax.rollout.engine import make_engine
+    from a1jax.train.checkpoint import load_model
     from a1jax.train import experiment
     config = experiment.load(args.config)
     s = settings(args, config)

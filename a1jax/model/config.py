@@ -12,7 +12,7 @@ LINEAR = "linear_attention"
 FULL = "full_attention"
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out")
 # Implementation switches. Kernel issues add their Pallas paths here and in the dispatch of the matching layer.
-# "reference": plain softmax attention (a1jax/model/attention.py); "chunked"/"scan": a1jax/model/gated_delta_rule.py.
+# "reference": plain softmax attention (a1jax/model/attention.py); "chunked"/"scan": kernels/reference/gated_delta_rule.py.
 # The others go through kernels.attention.flash_attention / kernels.gdn.chunk_gated_delta_rule, like moe_impl.
 ATTENTION_IMPLS = ("reference", "auto", "xla", "pallas_tpu", "pallas_gpu")
 DELTANET_IMPLS = ("chunked", "scan", "auto", "xla", "pallas_tpu", "pallas_gpu")

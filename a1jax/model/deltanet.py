@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from a1jax.model import gated_delta_rule as gdr
+from kernels.reference import gated_delta_rule as gdr
 from a1jax.model.config import ModelConfig
 from a1jax.model.layers import gated_rms_norm, l2_normalize
 from a1jax.model.parallel import Parallel

@@ -23,35 +23,6 @@ from a1jax.rollout.environment import ScriptedEnvironment
 from a1jax.rollout.sampling import SamplingParams
 
 
-def load_model(checkpoint: str):
-    """(cfg, params) from a converted params directory or a training workdir, with params on the default device."""
-    import os
-
-    import jax
-
-    from a1jax import storage
-    from a1jax.model import unbox
-    if storage.isdir(os.path.join(checkpoint, "checkpoints")):
-        from a1jax.train.checkpoint import load_trained_params
-        cfg, params = load_trained_params(checkpoint)
-    else:
-        from a1jax.convert import load_params
-        cfg, params = load_params(checkpoint)
-    return cfg, jax.device_put(unbox(params))
-
-
-def make_engine(cfg, params, tok, *, sampling: SamplingParams, batch_size: int, max_len: int, max_new_tokens: int,
-                stop=(), seed: int = 0):
-    """The engine; `stop` strings become token sequences (as the tokenizer writes them on their own)."""
-    from a1jax.rollout.engine import Engine
-    if max_len > cfg.max_position_embeddings:
-        raise ValueError(f"--max-len={max_len} exceeds the model's max_position_embeddings="
-                         f"{cfg.max_position_embeddings}")
-    return Engine(params, cfg, batch_size=batch_size, max_len=max_len, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                  sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
-                  stop_sequences=[tok.encode(s) for s in stop or ()])
-
-
 def add_sampling_args(p) -> None:
     d = SamplingParams()
     p.add_argument("--temperature", type=float, default=None, help=f"0 = greedy (default {d.temperature})")
@@ -114,6 +85,8 @@ def run(args) -> int:
             engine_conf[name] = getattr(args, name)
     tasks = [json.loads(line) for line in open(args.tasks) if line.strip()]
     tok = tokenizers.load(args.tokenizer)
+    from a1jax.rollout.engine import make_engine
+    from a1jax.train.checkpoint import load_model
     cfg, params = load_model(args.checkpoint)
     eng = make_engine(cfg, params, tok, sampling=sampling_from_args(args, conf.get("sampling")), seed=args.seed,
                       stop=args.stop, **engine_conf)

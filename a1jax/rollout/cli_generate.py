@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from a1jax.rollout.cli import add_sampling_args, load_model, make_engine, sampling_from_args
+from a1jax.rollout.cli import add_sampling_args, sampling_from_args
 
 
 def add_parser(sub) -> None:
@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from a1jax.data import tokenizers
     from a1jax.data.chat import render
+    from a1jax.rollout.engine import make_engine
+    from a1jax.train.checkpoint import load_model
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
     tok = tokenizers.load(args.tokenizer)

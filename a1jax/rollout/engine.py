@@ -211,3 +211,14 @@ class Engine:
                       "logprobs_t1": logp_t1[r, :k].tolist(),
                       "finish_reason": FINISH_REASONS[int(reason[r])] if k else "length"}
         return out
+
+
+def make_engine(cfg, params, tok, *, sampling: SamplingParams, batch_size: int, max_len: int, max_new_tokens: int,
+                stop=(), seed: int = 0):
+    """The engine; `stop` strings become token sequences (as the tokenizer writes them on their own)."""
+    if max_len > cfg.max_position_embeddings:
+        raise ValueError(f"--max-len={max_len} exceeds the model's max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    return Engine(params, cfg, batch_size=batch_size, max_len=max_len, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                  sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
+                  stop_sequences=[tok.encode(s) for s in stop or ()])

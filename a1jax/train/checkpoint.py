@@ -315,10 +315,22 @@ def load_trained_params(workdir: str, step: int | None = None):
     return cfg, state.params
 
 
+def load_model(checkpoint: str):
+    """(cfg, params) from a converted params directory or a training workdir, with params on the default device."""
+    import jax
+
+    from a1jax.model import unbox
+    if storage.isdir(os.path.join(checkpoint, "checkpoints")):
+        cfg, params = load_trained_params(checkpoint)
+    else:
+        from a1jax.convert import load_params
+        cfg, params = load_params(checkpoint)
+    return cfg, jax.device_put(unbox(params))
+
+
 def load_init_params(path: str):
     """(ModelConfig, unboxed params) to start a run from: a training workdir (its newest checkpoint) or a converted
     checkpoint directory (`a1jax convert --from-hf`)."""
-    from a1jax.rollout.cli import load_model
     if not storage.isdir(path):
         raise FileNotFoundError(f"init_from {path!r}: no such directory (a training workdir or a converted "
                                 f"checkpoint)")

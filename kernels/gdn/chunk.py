@@ -10,7 +10,7 @@ the per-chunk cotangents with batched einsums, and pulls them back through the i
 [B, H, n, dk, dv] exist only transiently (fwd: n*dk/C = dk/64 times the size of v; bwd: twice that), never as saved
 residuals.
 
-Semantics, shapes and segment handling follow a1jax/model/gated_delta_rule.py; q, k may have fewer heads than v
+Semantics, shapes and segment handling follow kernels/reference/gated_delta_rule.py; q, k may have fewer heads than v
 (Hv = rep * Hk, v-head h reads qk-head h // rep) without being repeated in memory.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from a1jax.model import gated_delta_rule as gdr
+from kernels.reference import gated_delta_rule as gdr
 from kernels import backend
 from kernels.attention import _pallas
 from kernels.gdn import intra, state
@@ -176,7 +176,7 @@ def apply(q, k, v, g, beta, segment_ids, initial_state, cfg: GdnConfig):
     pad_t = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
     # Padded tokens have k = v = beta = g = 0: they leave the state untouched and stay in the last segment.
     q, k, v, g, beta = (pad_t(a.astype(F32)) for a in (q, k, v, g, beta))
-    is_start = pad_t(gdr._segment_starts(segment_ids, T, B))  # the model's definition: t = 0 continues the state
+    is_start = pad_t(gdr.segment_starts(segment_ids, T, B))  # the model's definition: t = 0 continues the state
     sidx = jnp.cumsum(is_start.reshape(B, n, C).astype(jnp.int32), axis=-1).reshape(B, n * C)
     heads = lambda a: jnp.moveaxis(a, 2, 1)
     gamma = jnp.cumsum(heads(g).reshape(B, H, n, C), axis=-1).reshape(B, H, n * C)
@@ -193,7 +193,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, segment_ids=None, initial_state=
     """The gated delta rule, chunked. q, k [B,T,Hk,dk]; v [B,T,H,dv] (H a multiple of Hk); g (log decay <= 0), beta
     [B,T,H]; segment_ids [B,T]; initial_state [B,H,dk,dv]. Returns (o [B,T,H,dv] fp32, final_state fp32).
 
-    impl: "xla" (the pure-jnp chunked form of a1jax/model/gated_delta_rule.py), "pallas_tpu", "pallas_gpu", or
+    impl: "xla" (the pure-jnp chunked form of kernels/reference/gated_delta_rule.py), "pallas_tpu", "pallas_gpu", or
     None/"auto" for the platform default (kernels/backend.py, op "gdn"; $KERNELS_GDN_IMPL overrides)."""
     pallas = lambda name: apply(q, k, v, g, beta, segment_ids, initial_state,
                                 make_config(name, chunk_size, block_v, interpret))

@@ -2,7 +2,7 @@
 factor in pure jnp (the backward differentiates it with plain autodiff; it is parallel over chunks, so XLA batches it).
 
 Per chunk of C tokens with chunk-local cumulative log-decay gamma and chunk-local segment index sidx (0 = the segment
-that was open when the chunk began), as in a1jax/model/gated_delta_rule.py:
+that was open when the chunk began), as in kernels/reference/gated_delta_rule.py:
     A  = strict_tril(beta_i k_i.k_j e^{gamma_i - gamma_j}), same-segment pairs only
     X  = (I + A)^-1 by blockwise doubling;   U = X (beta V);   W = X (beta e^gamma K), rows with sidx = 0 only
     Qs = q e^gamma (sidx = 0 rows), P = tril(q.k e^{gamma_i - gamma_j}) (same segment), Kc = k e^{gamma_C - gamma}

@@ -1,6 +1,6 @@
 """Pure-jnp gated delta rule references with the signatures of `kernels.gdn`.
 
-Both forms live in a1jax/model/gated_delta_rule.py (one way to do a thing): the token scan is *the* reference, the
+Both forms live in kernels/reference/gated_delta_rule.py (one way to do a thing): the token scan is *the* reference, the
 chunked WY form is the "xla" implementation the Pallas kernels are measured against. Here they only gain the
 kernel API: q, k may carry fewer heads than v (v-head h reads qk-head h // (Hv / Hk)), and the context-parallel
 reference gathers the sequence and scans it whole.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from a1jax.model import gated_delta_rule as gdr
+from kernels.reference import gated_delta_rule as gdr
 
 
 def _repeat_qk(q, k, v):
