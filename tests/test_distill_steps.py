@@ -157,6 +157,20 @@ def test_teacher_score_equals_an_unchunked_brute_force():
     np.testing.assert_array_equal(got["valid"], np.asarray(batch["segment_ids"]) != 0)
 
 
+def test_report_kl_at_positions_equals_an_unchunked_brute_force():
+    from a1jax.distill import report
+    student, teacher = model.init(CFG, jax.random.key(3)), model.init(CFG, jax.random.key(4))
+    batch = _batch(CFG)
+    flat = np.asarray([0, 5, 17, 40, 41, 99, 127, 3, 64, 70, 71], np.int32)  # 11 positions in chunks of 4: padded
+    got = report.reverse_kl_at(student, CFG, teacher, CFG, {k: batch[k] for k in ("tokens", "positions",
+                                                                                "segment_ids")}, flat, chunk=4)
+    logq = np.asarray(_logp_all(student, CFG, batch), np.float64).reshape(-1, CFG.vocab_size)[flat]
+    logp = np.asarray(_logp_all(teacher, CFG, batch), np.float64).reshape(-1, CFG.vocab_size)[flat]
+    want = (np.exp(logq) * (logq - logp)).sum(-1)
+    assert want.min() > 1e-3  # two different models: a KL that is not trivially zero
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def _canned_response(ids, k, vocab):
     """What a vLLM server returns for prompt_logprobs=k on `ids`, from a fixed toy distribution."""
     r = np.random.default_rng(len(ids))

@@ -1,7 +1,7 @@
 """Stage-2/3 losses as pure functions of student log-probs and teacher targets (recipe.md §2, §6.2).
 
 Student quantities come from `chunked_logits_stats`, which projects hidden states through the LM head one sequence
-chunk at a time ([B, chunk, V] logits, rematerialised in the backward pass), so no [T, V] array ever exists. The
+chunk at a time (`a1jax.model.losses.map_logit_chunks`, the one chunked projection of the codebase) ([B, chunk, V] logits, rematerialised in the backward pass), so no [T, V] array ever exists. The
 full-vocabulary divergences (`full_reverse_kl`, ...) take dense logits: they are the reference for tests and small
 vocabularies only.
 
@@ -15,10 +15,12 @@ linear in the tokens, so microbatches accumulate to exactly the full-batch gradi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from a1jax.model.losses import map_logit_chunks  # noqa: F401 (the one chunked LM-head projection)
 
 F32 = jnp.float32
 DIRECTIONS = ("reverse", "forward", "jsd")
@@ -39,42 +41,6 @@ class LogitStats(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------------
 # Chunked projection through the LM head
 # ----------------------------------------------------------------------------------------------------------------
-
-def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool = True):
-    """Applies `fn(logits [B,c,V] fp32, xs_chunk) -> pytree of [B,c,...]` to T-chunks of `hidden @ unembed`.
-
-    hidden [B,T,D]; unembed [D,V]; xs a pytree of [B,T,...] per-position inputs. With `mask` [B,T], a chunk without
-    any masked-in position skips its projection and returns zeros. `remat` wraps each chunk in `jax.checkpoint`, so
-    the backward pass recomputes the chunk's logits instead of storing them.
-    """
-    B, T, _ = hidden.shape
-    c = max(1, min(int(chunk), T))
-    n = -(-T // c)
-    pad = n * c - T
-
-    def to_chunks(a):  # [B,T,...] -> [n,B,c,...]
-        if pad:
-            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        return jnp.moveaxis(a.reshape(B, n, c, *a.shape[2:]), 1, 0)
-
-    w = unembed.astype(hidden.dtype)
-    keep = jnp.ones((B, T), bool) if mask is None else mask != 0
-
-    def compute(h, x):
-        return fn(jnp.einsum("bcd,dv->bcv", h, w, preferred_element_type=F32), x)
-
-    def one(args):
-        h, x, k = args
-        if mask is None:
-            return compute(h, x)
-        shapes = jax.eval_shape(compute, h, x)
-        skip = lambda h, x: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return jax.lax.cond(jnp.any(k), compute, skip, h, x)
-
-    out = jax.lax.map(jax.checkpoint(one) if remat else one,
-                      (to_chunks(hidden), jax.tree.map(to_chunks, xs), to_chunks(keep)))
-    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(B, n * c, *a.shape[3:])[:, :T], out)
-
 
 def _fp(x):
     """At least float32 (float64 stays float64, for the gradient oracles)."""

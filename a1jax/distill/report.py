@@ -45,18 +45,14 @@ def _hidden_at(params, cfg, batch, flat_idx):
 def reverse_kl_at(s_params, s_cfg, t_params, t_cfg, batch, flat_idx, *, chunk: int = 64):
     """KL(student || teacher) over the full vocabulary at flat positions `flat_idx` [M] of a [B, T] batch -> [M]."""
     hs, ht = _hidden_at(s_params, s_cfg, batch, flat_idx), _hidden_at(t_params, t_cfg, batch, flat_idx)
-    ws, wt = model.lm_head_weight(s_params, s_cfg), model.lm_head_weight(t_params, t_cfg)
-    M = hs.shape[0]
-    n = -(-M // chunk)
-    pad = lambda h: jnp.pad(h, ((0, n * chunk - M), (0, 0))).reshape(n, chunk, -1)
 
-    def one(args):
-        a, b = args
-        logq = jax.nn.log_softmax(jnp.einsum("cd,dv->cv", a, ws.astype(a.dtype), preferred_element_type=jnp.float32))
-        logp = jax.nn.log_softmax(jnp.einsum("cd,dv->cv", b, wt.astype(b.dtype), preferred_element_type=jnp.float32))
+    def kl(student_logits, teacher_hidden):  # a chunk of positions: [1, c, V] and [1, c, D]
+        logq = jax.nn.log_softmax(student_logits)
+        logp = jax.nn.log_softmax(model.logits_from_hidden(t_params, teacher_hidden, t_cfg))
         return jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
 
-    return jax.lax.map(one, (pad(hs), pad(ht))).reshape(-1)[:M]
+    return model.map_logit_chunks(kl, hs[None], model.lm_head_weight(s_params, s_cfg), ht[None], chunk=chunk,
+                                  remat=False)[0]
 
 
 def mean_kl(student, teacher, trajs, tok, seq_len: int) -> float:

@@ -1,10 +1,13 @@
 """Token log-probabilities and losses from hidden states, in sequence chunks.
 
-The vocabulary is 248,320: [T, V] fp32 logits for a 262K-token row would be 260 GB. `token_logprobs` projects one
+The vocabulary is 248,320: [T, V] fp32 logits for a 262K-token row would be 260 GB. `map_logit_chunks` projects one
 chunk of positions at a time under `jax.checkpoint`, so neither the forward nor the backward pass ever holds more
-than [chunk, V] logits.
+than [chunk, V] logits. It is the codebase's one chunked LM-head projection: the loss and log-probs here, the
+distillation losses, teacher scoring and the report's KL all call it.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,51 +37,67 @@ def _permute_bwd(res, g):
 _permute.defvjp(_permute_fwd, _permute_bwd)
 
 
+def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool = True):
+    """Applies `fn(logits [B,c,V] fp32, xs_chunk) -> pytree of [B,c,...]` to T-chunks of `hidden @ unembed`.
+
+    hidden [B,T,D]; unembed [D,V]; xs a pytree of [B,T,...] per-position inputs. With `mask` [B,T], a chunk without
+    any masked-in position skips its projection and returns zeros. `remat` wraps each chunk in `jax.checkpoint`, so
+    the backward pass recomputes the chunk's logits instead of storing them.
+    """
+    B, T, _ = hidden.shape
+    c = max(1, min(int(chunk), T))
+    n = -(-T // c)
+    pad = n * c - T
+
+    def to_chunks(a):  # [B,T,...] -> [n,B,c,...]
+        if pad:
+            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape(B, n, c, *a.shape[2:]), 1, 0)
+
+    w = unembed.astype(hidden.dtype)
+    keep = jnp.ones((B, T), bool) if mask is None else mask != 0
+
+    def compute(h, x):
+        return fn(jnp.einsum("bcd,dv->bcv", h, w, preferred_element_type=F32), x)
+
+    def one(args):
+        h, x, k = args
+        if mask is None:
+            return compute(h, x)
+        shapes = jax.eval_shape(compute, h, x)
+        skip = lambda h, x: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.lax.cond(jnp.any(k), compute, skip, h, x)
+
+    out = jax.lax.map(jax.checkpoint(one) if remat else one,
+                      (to_chunks(hidden), jax.tree.map(to_chunks, xs), to_chunks(keep)))
+    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(B, n * c, *a.shape[3:])[:, :T], out)
+
+
 def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     """log p(targets) and logsumexp of the logits, both [B,T] fp32. hidden [B,T,H]; w_out [H,V]; targets [B,T].
 
-    Each row is cut into chunks of `chunk_size` positions; step j projects chunk j of every row at once, so a device
-    holds [its rows, chunk, V] logits and the batch dimension keeps its sharding (nothing here mixes rows, so the
-    SPMD partitioner splits the loss over the batch shards instead of replicating it).
+    `map_logit_chunks` does the projection: step j projects chunk j of every row at once, so a device holds
+    [its rows, chunk, V] logits and the batch dimension keeps its sharding (nothing here mixes rows, so the SPMD
+    partitioner splits the loss over the batch shards instead of replicating it).
 
     With `mask` [B,T], only masked-in positions are computed (the others return 0): within each row, positions are
     first gathered so that masked-in ones come first, and a step where no row has a masked-in position left skips
     its projection. In agentic SFT most tokens are tool output or user text, so this removes most of the vocabulary
     work. Exact: the loss is a sum over positions, and their order does not matter.
     """
-    B, T, H = hidden.shape
-    c = min(chunk_size, T)
-    n = -(-T // c)
-    pad = n * c - T
     if mask is not None:
         keep = mask != 0
         order = jnp.argsort(~keep, axis=1, stable=True)  # per row: masked-in positions first, in their order
         inverse = jnp.argsort(order, axis=1)
         hidden = _permute(hidden, order, inverse)
         targets, keep = jnp.take_along_axis(targets, order, axis=1), jnp.take_along_axis(keep, order, axis=1)
-    else:
-        keep = jnp.ones((B, T), bool)
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets, keep = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(keep, ((0, 0), (0, pad)))
-    w = w_out.astype(hidden.dtype)
 
-    @jax.checkpoint
-    def one_chunk(xs):
-        h, t, k = xs  # [B,c,H], [B,c], [B,c]
+    def logp_and_lse(logits, t):
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        return jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse, lse
 
-        def compute(h, t):
-            logits = jnp.einsum("bch,hv->bcv", h, w, preferred_element_type=F32)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse, lse
-
-        skip = lambda h, t: (jnp.zeros(t.shape, F32), jnp.zeros(t.shape, F32))
-        return jax.lax.cond(jnp.any(k), compute, skip, h, t)
-
-    steps = lambda x: jnp.moveaxis(x.reshape(B, n, c, *x.shape[2:]), 1, 0)  # [n, B, c, ...]
-    logp, lse = jax.lax.map(one_chunk, (steps(hidden), steps(targets), steps(keep)))
-    unsteps = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * c)[:, :T]
-    logp, lse = unsteps(logp), unsteps(lse)
+    logp, lse = map_logit_chunks(logp_and_lse, hidden, w_out, targets, chunk=chunk_size,
+                                 mask=None if mask is None else keep)
     if mask is not None:
         logp, lse = _permute(logp, inverse, order), _permute(lse, inverse, order)
     return logp, lse
