@@ -2,7 +2,9 @@
 teachers (KL falls, metrics written, resume is exact), domain routing per row, failing teachers counted, expert
 iteration keeps only verified trajectories, and the GRPO loop logs its metrics."""
 import json
+import logging
 import os
+import signal
 
 import jax
 import ml_collections
@@ -227,6 +229,13 @@ def test_bad_loop_config_names_the_field():
     c.data.batch_size = 1
     with pytest.raises(ValueError, match="config.data.batch_size"):
         experiment.validate(c)
+    c = _config(stage="teacher_sft", steps=20, domains=["search"])
+    c.expert_iteration.rollout_every, c.checkpoint.every = 10, 15  # a checkpoint inside a rollout round
+    with pytest.raises(ValueError, match=r"config.expert_iteration.rollout_every=10: expected a divisor of "
+                                         r"config.checkpoint.every=15"):
+        experiment.validate(c)
+    c.expert_iteration.rollout_fraction = 0.0  # plain SFT on demonstrations: no rounds to split
+    experiment.validate(c)
 
 
 class Echo:
@@ -359,9 +368,11 @@ def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(t
 
 
 @pytest.mark.slow  # 8 OPD updates and 4 rollouts on the 248K vocabulary: ~45 s of CPU
-def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exactly(tmp_path, monkeypatch, teachers):
+def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exactly(tmp_path, monkeypatch, teachers,
+                                                                                      caplog):
     """config.rollout.reuse=2: one rollout (and one teacher scoring) per two updates, both on the same batch and
-    targets; a run stopped at a checkpoint (between rollouts) and resumed gives the uninterrupted run's steps."""
+    targets; a run stopped by SIGTERM (at the next checkpoint between rollouts) and resumed gives the uninterrupted
+    run's steps."""
     from a1jax.distill import opd, runner
     rolls, seen = [], []
     real_route, real_step = routing.route, runner.StageRun.step_fn
@@ -388,7 +399,23 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
         assert all(np.array_equal(seen[a][k], seen[b][k]) for k in seen[a])
     assert not np.array_equal(seen[1]["tokens"], seen[2]["tokens"])  # a new rollout at step 2
     assert full[0]["train/loss"] != full[1]["train/loss"]  # the second update sees moved weights
-    run_opd(config(2), str(tmp_path / "b"), devices=ONE, teachers=teachers)
+    # SIGTERM (a preemption notice) during the first update: the run stops at the next rollout boundary (step 2,
+    # not step 1 inside the reused batch), saves there, and the resumed run gives the uninterrupted run's steps
+    calls = []
+
+    def preempted(self, state, batch, *rest):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, state, batch, *rest)
+
+    monkeypatch.setattr(runner.StageRun, "step_fn", preempted)
+    before = signal.getsignal(signal.SIGTERM)
+    with caplog.at_level(logging.WARNING, logger="a1jax.distill"):
+        stopped = run_opd(config(4), str(tmp_path / "b"), devices=ONE, teachers=teachers)
+    assert [h["step"] for h in stopped] == [1, 2]
+    assert "SIGTERM: saving a checkpoint at step 2" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) == before and len(calls) == 2  # handler restored; no third update
     resumed = run_opd(config(4), str(tmp_path / "b"), devices=ONE, teachers=teachers)
     assert [h["step"] for h in resumed] == [3, 4]
     for got, want in zip(resumed, full[2:]):

@@ -210,7 +210,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
         else:
             engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
         reuse, packed = s.rollout.reuse, None
-        while run.step < total:
+        while run.keep_going(total, reuse):
             t0 = t1 = t2 = time.perf_counter()
             if packed is None or run.step % reuse == 0:  # else config.rollout.reuse: the last batch once more
                 if off:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from a1jax import model, storage
+from a1jax import distributed, model, storage
 from a1jax.data import tokenizers
 from a1jax.train import build, checkpoint, metrics as mt, steps, vocabulary
 from a1jax.train.checkpoint import load_init_params
@@ -27,7 +27,9 @@ log = logging.getLogger("a1jax.distill")
 
 class StageRun:
     """One rollout-stage run in `workdir`: `state`, `step`, `step_fn(state, *arrays)`, `engine_params()`,
-    `save(step)`, `close()`; `writer` (TensorBoard + metrics.jsonl) and `progress` (the console line)."""
+    `save(step)`, `close()`; `writer` (TensorBoard + metrics.jsonl) and `progress` (the console line).
+    `keep_going(total, boundary)` is the loop condition: it also stops at SIGTERM (preemption), as the stage-1
+    trainer does, and `finish` then saves a checkpoint at the step reached."""
 
     def __init__(self, exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                  allow_fresh_start: bool = False):
@@ -67,6 +69,19 @@ class StageRun:
         self.writer = mt.MetricWriter(workdir)
         self.progress = mt.Progress(int(config.train.steps), self.step)
         self._jitted = {}
+        self.sigterm = False
+        self._stop = distributed.StopSignal()  # SIGTERM: every process stops at the same step
+
+    def keep_going(self, total: int, boundary: int = 1) -> bool:
+        """The loop condition: steps remain and no SIGTERM arrived. SIGTERM is honoured only at steps that are
+        multiples of `boundary` (the loop's rollout interval), where a resumed run rebuilds exactly the state an
+        uninterrupted one has (a rollout batch reused for several updates is not in the checkpoint)."""
+        if self.step >= total:
+            return False
+        if self.step % boundary == 0 and self._stop.requested(self.step):
+            self.sigterm = True
+            return False
+        return True
 
     def start_params(self):
         """The parameters the student started from (`init_from`), boxed and placed like the state's."""
@@ -114,10 +129,13 @@ class StageRun:
             self.save(self.step)
 
     def finish(self, step: int):
+        if self.sigterm:
+            log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
         if step != self.last_saved:
             self.save(step, force=True)
         self.ckpt.wait()
 
     def close(self):
+        self._stop.close()
         self.ckpt.close()
         self.writer.close()

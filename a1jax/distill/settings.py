@@ -212,6 +212,13 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
     if stage == "teacher_sft" and ei.rollout_fraction > 0:
         _check(int(ei.rollout_fraction * batch_size) >= 1, "config.expert_iteration.rollout_fraction",
                ei.rollout_fraction, f"0, or at least one row of config.data.batch_size={batch_size} for rollouts")
+        every = int((config.get("checkpoint") or {}).get("every", 1))
+        steps = int((config.get("train") or {}).get("steps", 1))
+        _check(every % ei.rollout_every == 0 and steps % ei.rollout_every == 0,
+               "config.expert_iteration.rollout_every", ei.rollout_every,
+               f"a divisor of config.checkpoint.every={every} and config.train.steps={steps} (a checkpoint must fall "
+               f"between two rollout rounds, so a resumed run trains on the accepted rollouts the uninterrupted one "
+               f"did)")
     _check(ei.demos >= (1 if stage == "teacher_sft" else 0), "config.expert_iteration.demos", ei.demos,
            "a positive integer (the demonstrations the rollouts are mixed with)")
     init_from = config.get("init_from", "") or ""

@@ -76,7 +76,8 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
         demos = demonstration_pieces(env, domain, run.tok, n=s.expert_iteration.demos, horizons=s.envs.horizons_of(domain),
                                      seed=R.step_seed(s.envs.task_seed, 0, 104729))
         engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
-        while run.step < total:
+        # the accepted rollouts of a round are not in the checkpoint: SIGTERM stops at a round's start
+        while run.keep_going(total, s.expert_iteration.rollout_every if n_roll_rows else 1):
             t0 = time.perf_counter()
             if n_roll_rows == 0:  # plain SFT on the domain's demonstrations: nothing to roll out
                 accepted = []
@@ -126,7 +127,7 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
     try:
         env = R.make_envs(s)[domain]
         engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
-        while run.step < total:
+        while run.keep_going(total):
             t0 = time.perf_counter()
             tasks = R.draw_tasks(env, domain, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(domain),
                                  seed=R.step_seed(s.envs.task_seed, run.step))
