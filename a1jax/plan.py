@@ -318,7 +318,7 @@ def largest_arrays(hlo_text: str, n: int = 5) -> list[dict]:
 
 
 def deltanet_flops_per_token(cfg) -> float:
-    """Training FLOPs per token of the chunked gated delta rule (WY form, kernels.md §3.3), all DeltaNet layers.
+    """Training FLOPs per token of the chunked gated delta rule (WY form, docs/spec/kernels.md §3.3), all layers.
 
     Per value head and token, forward, with chunk C, key dim dk, value dim dv: K Kᵀ within the chunk 2·C·dk,
     U = A(βV) 2·C·dv, W = A(βK) 2·C·dk, intra-chunk Q Kᵀ 2·C·dk and its product with V_new 2·C·dv, and three

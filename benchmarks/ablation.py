@@ -1,4 +1,4 @@
-"""What each part of stage 3 is worth (issue 18): the tiny recipe's distillation against three ablations, all from
+"""What each part of stage 3 is worth: the tiny recipe's distillation against three ablations, all from
 the same stage-1 student and stage-2 teachers, with the same steps, seeds, tasks per step and rollout settings.
 
     python -m benchmarks.ablation --root workdirs/quickstart [--steps N] [--n 128] [--variants a,b,c,d]

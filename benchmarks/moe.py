@@ -7,7 +7,7 @@
 Shape: Qwen3.5-35B-A3B routed experts (E=256, hidden 2048, expert width 512, top-8, bf16); m = routed rows per expert
 (128-2048), so the block sees N = m*E/k tokens. TFLOP/s counts useful FLOPs only (no padding rows, no skipped
 experts): 2*rows*K*N per grouped matmul, 3x the forward for fwd+bwd. The fraction of peak uses the card's dense bf16
-peak (H100 SXM: 989 TFLOP/s). Target on H100 (issue 6): >= 35% of peak for the block's fwd+bwd at m=512 and >= 5x the
+peak (H100 SXM: 989 TFLOP/s). Target on H100: >= 35% of peak for the block's fwd+bwd at m=512 and >= 5x the
 ragged_dot path.
 
 On CPU Pallas only interprets, so the default shape shrinks and the figures are for the record, not for tuning.

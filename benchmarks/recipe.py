@@ -1,4 +1,4 @@
-"""The measured target of issue 10 (a script): after multi-teacher distillation, the student's held-out success in
+"""The recipe's measured target (a script): after multi-teacher distillation, the student's held-out success in
 each distilled domain is >= 90% of that domain's teacher's.
 
     bash launch/quickstart.sh                                   # runs the tiny recipe and prints the same table

@@ -1,5 +1,5 @@
 """Agents-A1 stage 3: multi-teacher, domain-routed on-policy distillation of the six domain teachers into the
-student (recipe.md §2.6, §6.4; the loss options are config.distill, a1jax/distill/steps.py OPDOptions).
+student (docs/spec/recipe.md §2.6, §6.4; the loss options are config.distill, a1jax/distill/steps.py OPDOptions).
 
     a1jax train --config experiments/agents_a1_distill.py --workdir /shared/fs/agents_a1_distill
     a1jax train --config experiments/agents_a1_distill.py:tiny --workdir workdirs/quickstart/distill   # CPU recipe
@@ -99,7 +99,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                             task_seed=2, options={}))
     c.teachers = [dict(domain=d, workdir=f"/shared/fs/agents_a1_teacher_{d}", k=64) for d in SIX]
     c.rollout.update(dict(batch_size=96, max_len=262144, max_new_tokens=4096, max_turns=100, max_tokens=65536))
-    c.optimizer = ml_collections.ConfigDict(dict(  # MOPD's range (recipe.md §2.6)
+    c.optimizer = ml_collections.ConfigDict(dict(  # MOPD's range (docs/spec/recipe.md §2.6)
         learning_rate=1e-6, warmup_steps=10, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
         b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 300), microbatches=3, log_every=1,

@@ -10,7 +10,7 @@ over the `sequence` axis: full-attention layers run ring attention (zigzag order
 state passing with a conv halo (a1jax/model/parallel.py); the routed experts are split over `expert` with an
 all-to-all.
 Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
-hyper-parameters are not public (../shared/docs/recipe.md §1.2), so these follow common practice for MoE SFT.
+hyper-parameters are not public (docs/spec/recipe.md §1.2), so these follow common practice for MoE SFT.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_sft.py --topology v5p-512`,
 libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam state), 43.78 GB of
 temporaries, peak 53.72 GB of 95 GB HBM (43.5% headroom); the MoE, ring/flash attention and Gated DeltaNet Pallas

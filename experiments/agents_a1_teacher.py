@@ -1,4 +1,4 @@
-"""Agents-A1 stage 2: one domain teacher, initialised from the stage-1 checkpoint (recipe.md §1.3: the public
+"""Agents-A1 stage 2: one domain teacher, initialised from the stage-1 checkpoint (docs/spec/recipe.md §1.3: the public
 multi-teacher recipes train each teacher from the shared SFT checkpoint on its own domain).
 
     a1jax train --config experiments/agents_a1_teacher.py:domain=search --workdir /shared/fs/agents_a1_teacher_search

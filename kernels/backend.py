@@ -5,7 +5,7 @@ the caller's `impl=` (the experiment config, e.g. `ModelConfig.moe_impl`), the e
 `KERNELS_<OP>_IMPL` (e.g. `KERNELS_MOE_IMPL=pallas_gpu`), or the platform default; "auto" or an empty value defers to
 the next source. A named implementation is followed by "xla" alone, never by another platform's kernel. The pure-XLA
 reference ("xla") always closes the chain because it takes every shape: a kernel that cannot take a shape raises
-`NotImplementedError` while tracing, and `dispatch` moves on (the tokamax pattern, ../shared/docs/kernels.md §6.2).
+`NotImplementedError` while tracing, and `dispatch` moves on (the tokamax pattern, docs/spec/kernels.md §6.2).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def platform() -> str:
 def target_platform(name: str):
     """Traces kernels for platform `name` ("tpu", "cuda", ...) on any machine: picks that platform's chain and turns
     interpret mode off, so `jax.jit(f).trace(...).lower(lowering_platforms=(name,))` emits the real kernel
-    (cross-lowering, ../shared/docs/kernels.md §6.4). Only tracing and lowering make sense inside it."""
+    (cross-lowering, docs/spec/kernels.md §6.4). Only tracing and lowering make sense inside it."""
     token = _target.set(name)
     try:
         yield

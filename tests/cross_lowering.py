@@ -1,4 +1,5 @@
-"""Shared by the kernel tests: lowering for TPU or an abstract H100 on a CPU-only machine (kernels.md §6.4)."""
+"""Shared by the kernel tests: lowering for TPU or an abstract H100 on a CPU-only machine
+(docs/spec/kernels.md §6.4)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py (issue 18): every variant starts from the same stage-1 student and teachers, changes one
+"""benchmarks/ablation.py: every variant starts from the same stage-1 student and teachers, changes one
 thing, and the script prints a table and writes ablation.json from the variants' own runs and test-split scores."""
 import json
 import os

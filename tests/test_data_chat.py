@@ -175,7 +175,8 @@ def test_turn_ids_follow_the_chatml_turns(trajectories, qwen3_5):
 
 @needs_shared
 def test_tokenizing_turn_by_turn_gives_the_same_ids_for_qwen3_5(trajectories, qwen3_5):
-    # Turn boundaries sit on special tokens and newlines, so no BPE merge crosses them (recipe.md §6.5, test 12).
+    # Turn boundaries sit on special tokens and newlines, so no BPE merge crosses them
+    # (docs/spec/recipe.md §6.5, test 12).
     for record in trajectories[::7]:
         rendered = render_spans(record["messages"], record["tools"])
         pieces = [qwen3_5.encode(rendered.text[s.start:s.end]) for s in rendered.spans]

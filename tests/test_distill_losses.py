@@ -1,4 +1,5 @@
-"""Stage-2/3 losses (a1jax/distill/losses.py) against brute force and analytic gradients: recipe.md §6.5 items 1-8."""
+"""Stage-2/3 losses (a1jax/distill/losses.py) against brute force and analytic gradients: docs/spec/recipe.md §6.5 items
+1-8."""
 import functools
 
 import jax

@@ -1,4 +1,5 @@
-"""Stage-2/3 steps and teacher scoring: GRPO, OPD, teacher_sft, teacher.score, HttpTeacher (recipe.md §6.5 item 13)."""
+"""Stage-2/3 steps and teacher scoring: GRPO, OPD, teacher_sft, teacher.score, HttpTeacher (docs/spec/recipe.md §6.5
+item 13)."""
 import dataclasses
 import functools
 import json
@@ -252,7 +253,7 @@ def test_options_from_config_validates_fields_by_name():
     assert dsteps.options_from_config(ml_collections.ConfigDict(dict(stage="sft"))) is None
 
 
-# --- end to end (recipe.md §6.5 item 13) -------------------------------------------------------------------------
+# --- end to end (docs/spec/recipe.md §6.5 item 13) --------------------------------------------------------------
 
 def _experiment(cfg, stage, batch, distill=None):
     c = ml_collections.ConfigDict(dict(

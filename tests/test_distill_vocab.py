@@ -1,4 +1,5 @@
-"""Cross-tokenizer alignment (recipe.md §3.2, §6.3, §6.5 items 10-11): bytes, vocab map, groups, projection."""
+"""Cross-tokenizer alignment (docs/spec/recipe.md §3.2, §6.3, §6.5 items 10-11): bytes, vocab map, groups,
+projection."""
 import json
 
 import numpy as np

@@ -92,3 +92,23 @@ def test_command_runs_in_dry_run_form(where, command):
     else:
         raise AssertionError(f"{where}: `{command}` is not a command the tests exercise; show it as prose or add "
                              f"a check to tests/test_docs.py")
+
+
+def _source_files():
+    out = subprocess.run(["git", "ls-files", "*.py", "*.sh"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [f for f in out.stdout.split() if not f.startswith("docs/spec/")]
+
+
+def test_code_cites_docs_that_exist_here_and_no_tracker_numbers():
+    """Docstrings and comments cite documents in this repository (docs/...), never ../shared, and no issue numbers:
+    an installed a1jax, or a reader of one file, has neither the shared materials nor the tracker."""
+    cited, bad = set(), []
+    for f in _source_files():
+        text = open(os.path.join(ROOT, f), encoding="utf-8").read()
+        cited |= {(f, m) for m in re.findall(r"\bdocs/[\w/.-]+\.md", text)}
+        bad += [f"{f}: {m}" for m in re.findall(r"\.\./shared/docs/\S+|[Ii]ssues? #?\d+", text)]
+        bad += [f"{f}: bare {m}" for m in re.findall(r"(?<![\w/.-])(?:model|kernels)\.md\b", text)]
+    missing = sorted(f"{f}: {d}" for f, d in cited if not os.path.isfile(os.path.join(ROOT, d)))
+    assert not missing, missing
+    assert not bad, bad
+    assert any(d == "docs/spec/model.md" for _, d in cited)

@@ -1,4 +1,4 @@
-"""Training faults, checkpoint integrity and broken teachers (issue #20): the guard rejects a non-finite update, K
+"""Training faults, checkpoint integrity and broken teachers: the guard rejects a non-finite update, K
 skips in a row stop the run in one line, a damaged checkpoint is never restored silently, a run whose checkpoints are
 all damaged refuses to start over, and every bad teacher response is a counted failure that never reaches a loss."""
 import functools

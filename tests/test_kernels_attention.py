@@ -1,8 +1,8 @@
-"""Flash and ring attention kernels against the naive masked reference (kernels.md §4, §6.5).
+"""Flash and ring attention kernels against the naive masked reference (docs/spec/kernels.md §4, §6.5).
 
 CPU: Pallas in interpret mode, fp32 unless noted, few grid steps (blocks of 128, short sequences). Gradients use
 random cotangents (a uniform one hides softmax errors). The cross-lowering tests lower for TPU and an abstract H100
-at production shapes without executing (kernels.md §6.4).
+at production shapes without executing (docs/spec/kernels.md §6.4).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def _ring(n, scheme, impl="pallas_tpu", causal=True):
     body = lambda q, k, v, s, p: ring_attention(q, k, v, axis_name=AXIS, segment_ids=s, positions=p,
                                                 causal=causal, impl=impl)
     sm = jax.shard_map(body, mesh=_mesh(n), in_specs=(P(None, AXIS),) * 5, out_specs=P(None, AXIS),
-                       check_vma=False)  # interpreted kernels fail the vma check (kernels.md §2, gotcha 3)
+                       check_vma=False)  # interpreted kernels fail the vma check (docs/spec/kernels.md §2, gotcha 3)
 
     def f(q, k, v, seg):
         r = lambda x: load_balance.reorder(x, perm)

@@ -1,4 +1,5 @@
-"""Gated DeltaNet kernels: scan reference = chunked jnp = Pallas, and context parallel = one shard (kernels.md §3.3).
+"""Gated DeltaNet kernels: scan reference = chunked jnp = Pallas, and context parallel = one shard
+(docs/spec/kernels.md §3.3).
 
 CPU: Pallas in interpret mode, fp32. Cases carry packed segments (a boundary inside a chunk, a chunk-aligned one and
 the padding id 0), a non-zero initial state, dk != dv and Hv = 2 Hk; T = 200 is not a chunk multiple. Gradients of
@@ -113,7 +114,7 @@ def _context_parallel(n, impl, segment_ids):
     body = lambda q, k, v, g, b, seg, s0: context_parallel_gated_delta_rule(
         q, k, v, g, b, axis_name=AXIS, segment_ids=seg, initial_state=s0, impl=impl)
     sm = jax.shard_map(body, mesh=_mesh(n), in_specs=(P(None, AXIS),) * 6 + (P(),), out_specs=(P(None, AXIS), P()),
-                       check_vma=False)  # interpreted kernels fail the vma check (kernels.md §2, gotcha 3)
+                       check_vma=False)  # interpreted kernels fail the vma check (docs/spec/kernels.md §2, gotcha 3)
     return lambda q, k, v, g, b, s0: sm(q, k, v, g, b, segment_ids, s0)
 
 

@@ -1,7 +1,8 @@
 """MoE kernels (kernels/moe) against the pure-jnp reference (kernels/reference/moe.py), on CPU.
 
 Pallas kernels run in interpret mode at small shapes (few grid steps); the XLA path also runs at E=256. Cross-lowering
-tests lower the kernels for TPU and an abstract H100 at production shapes without executing them (kernels.md §6.4).
+tests lower the kernels for TPU and an abstract H100 at production shapes without executing them
+(docs/spec/kernels.md §6.4).
 """
 import math
 

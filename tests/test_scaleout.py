@@ -1,4 +1,4 @@
-"""Every mesh gives the single-device loss and gradients (issue 5): data, fsdp, tensor, expert parallel (all-to-all
+"""Every mesh gives the single-device loss and gradients: data, fsdp, tensor, expert parallel (all-to-all
 inside shard_map), sequence parallel (ring attention, context-parallel DeltaNet with the conv halo), and mixes.
 
 The batch is packed, with documents that cross the sequence-shard borders, and padding at the end of some rows.

@@ -30,7 +30,7 @@ _FLOAT32_LEAVES = ("A_log", "dt_bias")
 
 def canonical_name(key: str) -> str | None:
     """The `Qwen3_5MoeForCausalLM` name of a HF key, or None for tensors a text model does not use (the vision
-    tower). `model.language_model.` is the VLM / hub spelling (model.md §3.1)."""
+    tower). `model.language_model.` is the VLM / hub spelling (docs/spec/model.md §3.1)."""
     if key.startswith("model.visual.") or key.startswith("visual."):
         return None
     if key.startswith("model.language_model."):

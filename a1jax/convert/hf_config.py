@@ -2,7 +2,7 @@
 
 `save_pretrained` writes only the fields that differ from the class defaults, so a missing field means the HF class
 default (e.g. rope_theta 10000, not Qwen3.5's 1e7), never a1jax's. The defaults below are those of
-`Qwen3_5MoeTextConfig` and `Qwen3_5TextConfig` in transformers 5.24 (../shared/docs/model.md §1, §6).
+`Qwen3_5MoeTextConfig` and `Qwen3_5TextConfig` in transformers 5.24 (docs/spec/model.md §1, §6).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ _SHARED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attenti
                   "tie_word_embeddings", "initializer_range")
 _MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
                "router_aux_loss_coef")
-# Qwen3.5 configs list only <|endoftext|> as eos; generation_config stops on <|im_end|> too (model.md §5).
+# Qwen3.5 configs list only <|endoftext|> as eos; generation_config stops on <|im_end|> too (docs/spec/model.md §5).
 _QWEN_EOS = (248046, 248044)
 
 

@@ -9,7 +9,7 @@ Transforms (`kind`), HF -> a1jax; each is undone exactly by `piece_to_hf`:
     matrix   PyTorch [out, in] -> [in, out], then the out (or in) axis split into heads
     conv     depthwise conv1d [channels, 1, K] -> [K, heads, dim]
     experts  fused experts [E, out, in] -> [E, in, out]
-Names follow ../shared/docs/model.md §3.
+Names follow docs/spec/model.md §3.
 """
 from __future__ import annotations
 

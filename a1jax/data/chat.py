@@ -2,7 +2,7 @@
 
 `render` reproduces the official Qwen3.5 template (`a1jax/assets/tokenizers/qwen3_5/chat_template.jinja`, as HF
 `apply_chat_template` renders it) byte for byte; `chat_reference.render_reference` is the jinja2 reference the tests
-compare against. Rules it encodes (model.md §5):
+compare against. Rules it encodes (docs/spec/model.md §5):
 - ChatML turns `<|im_start|>{role}\\n{content}<|im_end|>\\n`, contents stripped of surrounding whitespace;
 - with tools, a system turn listing them as JSON lines inside `<tools>`, the qwen3_coder instructions, then the
   user's system text;
@@ -13,7 +13,7 @@ compare against. Rules it encodes (model.md §5):
   `<think>\\n{reasoning}\\n</think>\\n\\n`; earlier ones drop their reasoning.
 
 `tokenize_trajectory` renders once, tokenizes the whole text once (tokenizing turns separately would change merges at
-the boundaries, recipe.md §5) and derives the mask from the character spans the renderer records.
+the boundaries, docs/spec/recipe.md §5) and derives the mask from the character spans the renderer records.
 """
 from __future__ import annotations
 
@@ -230,8 +230,8 @@ def tokenize_trajectory(record: dict, tokenizer: Tokenizer, *, supervise: str = 
 
     supervise: "all" trains every assistant turn; "after_last_query" only the turns after the last real user query,
     the ones rendered with their `<think>` block exactly as at generation time (earlier turns lose their reasoning
-    in the template, recipe.md §5). A conversation that ends with a user message (tau-bench's "###STOP###") has
-    nothing to train in that mode.
+    in the template, docs/spec/recipe.md §5). A conversation that ends with a user message (tau-bench's "###STOP###")
+    has nothing to train in that mode.
 
     A token is supervised if any of its characters lies in a supervised span. With the Qwen tokenizers every span
     boundary falls on a token boundary (special tokens and newlines separate them); for other tokenizers a token

@@ -20,7 +20,7 @@ Batch layout (B = batch_size // process_count rows per process, T = seq_len):
                                 every segment has no target: 0.0 there, and 0.0 on padding.
     segment_ids  int32[B, T]    1, 2, ... for the trajectories packed in a row, 0 on padding. Attention must be
                                 block-diagonal causal over segments, and Gated DeltaNet state and conv history must
-                                reset where the segment id changes (recipe.md §5).
+                                reset where the segment id changes (docs/spec/recipe.md §5).
     positions    int32[B, T]    0, 1, ... restarting at every segment; 0 on padding
     domain_ids   int32[B, T]    `domains[name]` of the segment's domain; 0 on padding (mask with loss_mask)
 

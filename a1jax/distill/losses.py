@@ -1,11 +1,11 @@
-"""Stage-2/3 losses as pure functions of student log-probs and teacher targets (recipe.md §2, §6.2).
+"""Stage-2/3 losses as pure functions of student log-probs and teacher targets (docs/spec/recipe.md §2, §6.2).
 
 Student quantities come from `chunked_logits_stats`, which projects hidden states through the LM head one sequence
 chunk at a time (`a1jax.model.losses.map_logit_chunks`, the one chunked projection of the codebase) ([B, chunk, V] logits, rematerialised in the backward pass), so no [T, V] array ever exists. The
 full-vocabulary divergences (`full_reverse_kl`, ...) take dense logits: they are the reference for tests and small
 vocabularies only.
 
-Teacher targets are a `TeacherSparse` dict (recipe.md §6.1), all in the *student* vocabulary:
+Teacher targets are a `TeacherSparse` dict (docs/spec/recipe.md §6.1), all in the *student* vocabulary:
     topk_ids i32[B,T,K] (-1 = pad/unmapped), topk_logp f32[B,T,K], sampled_logp f32[B,T] (teacher log p of the
     target token), tail_logp f32[B,T] (log of the teacher mass outside the mapped top-k), valid f32[B,T].
 
@@ -142,7 +142,7 @@ def generalized_jsd(student_logits, teacher_logits, beta: float):
 
 
 def salient_kl(support_logp, teacher: dict, *, direction: str = "reverse", beta: float = 1.0, mode: str = "tail"):
-    """Divergence on the teacher's salient support (recipe.md §2.5.3), per position [B,T]; 0 where valid=0.
+    """Divergence on the teacher's salient support (docs/spec/recipe.md §2.5.3), per position [B,T]; 0 where valid=0.
 
     support_logp [B,T,K]: student log q of teacher["topk_ids"] (from chunked_logits_stats, -inf at id -1).
     mode "tail": the distributions lumped to {support} ∪ {rest}: q_rest = 1 - Σ_S q, p_rest = exp(tail_logp). This is
@@ -207,8 +207,8 @@ def sampled_token_opd(target_logp, teacher_sampled_logp, behavior_logp, mask=Non
                       is_high: float = 5.0):
     """Per-token sampled-token OPD surrogate ℓ = -w · sg[log p_T - log q] · log q, and the weights w, [B,T] each.
 
-    With w = q/μ its gradient is an unbiased estimate of ∇KL(q||p) at each position (recipe.md §2.5.1); tokens whose
-    ratio leaves [is_low, is_high] contribute exactly 0. `mask` zeroes positions (tool outputs, padding).
+    With w = q/μ its gradient is an unbiased estimate of ∇KL(q||p) at each position (docs/spec/recipe.md §2.5.1); tokens
+    whose ratio leaves [is_low, is_high] contribute exactly 0. `mask` zeroes positions (tool outputs, padding).
     """
     w = importance_weights(target_logp, behavior_logp, is_low=is_low, is_high=is_high)
     if mask is not None:
@@ -321,7 +321,7 @@ def multi_teacher_opd_loss(stats: LogitStats, teacher: dict, batch: dict, *, num
                            norm: str = "domain", domain_weights=None, domain_weighting: str = "fixed",
                            kl_power: float = 1.0, sft_coef: float = 0.0, reward_coef: float = 0.0,
                            weights=None, sft_weights=None):
-    """Domain-routed OPD loss (recipe.md §6.2) -> (scalar, metric sums).
+    """Domain-routed OPD loss (docs/spec/recipe.md §6.2) -> (scalar, metric sums).
 
     Per token: ℓ_t from `estimator` ("salient": analytic divergence on the teacher support; "sampled": the IS
     surrogate; "full": the full-vocab divergence, small V only; "mix": (1-mix_weight)·salient + mix_weight·sampled).

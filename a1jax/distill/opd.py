@@ -1,4 +1,4 @@
-"""Stage 3, the impure outer loop: multi-teacher, domain-routed on-policy distillation (recipe.md §6.4).
+"""Stage 3, the impure outer loop: multi-teacher, domain-routed on-policy distillation (docs/spec/recipe.md §6.4).
 
 Per step:
   1. draw a domain-balanced batch of train tasks (config.envs.tasks_per_domain per domain; never the test split);

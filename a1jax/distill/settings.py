@@ -168,7 +168,7 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
            f"less than config.rollout.max_len={ro.max_len}")
     check_thinking(ro.enable_thinking, "config.rollout.enable_thinking")
     if stage == "opd":
-        # On-policy distillation needs the behaviour log-probs to be the student's own (recipe.md §2.8).
+        # On-policy distillation needs the behaviour log-probs to be the student's own (docs/spec/recipe.md §2.8).
         _check(ro.temperature == 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,
                "config.rollout (temperature, top_p, top_k, presence_penalty)",
                (ro.temperature, ro.top_p, ro.top_k, ro.presence_penalty),

@@ -1,6 +1,6 @@
 """Teacher targets for on-policy distillation: a frozen a1jax teacher scored in-process, or a served one over HTTP.
 
-Both return a TeacherSparse dict (recipe.md §6.1) on the *exact* student token ids (never re-tokenised text):
+Both return a TeacherSparse dict (docs/spec/recipe.md §6.1) on the *exact* student token ids (never re-tokenised text):
 per position the teacher's log-prob of the target token, its top-k ids and log-probs, and the log of the mass
 outside the top-k. Both assume the teacher shares the student's tokenizer; a teacher with another vocabulary goes
 through a1jax/distill/vocab.py first.

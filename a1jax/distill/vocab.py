@@ -1,4 +1,4 @@
-"""Cross-tokenizer alignment for distillation (recipe.md §3.2, §6.3): host-side numpy, never jitted.
+"""Cross-tokenizer alignment for distillation (docs/spec/recipe.md §3.2, §6.3): host-side numpy, never jitted.
 
 A teacher with another tokenizer scores the student's rollout re-tokenised as its own ids; its top-k predictions are
 then carried back to the student's positions and vocabulary:
@@ -122,7 +122,8 @@ def token_bytes(tokenizer: Any) -> tuple[list[bytes | None], np.ndarray]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class VocabMap:
-    """Teacher id -> student id (recipe.md §6.1). ids int32[V_teacher] (-1 = unmapped); is_special bool[V_teacher]."""
+    """Teacher id -> student id (docs/spec/recipe.md §6.1). ids int32[V_teacher] (-1 = unmapped); is_special
+    bool[V_teacher]."""
     ids: np.ndarray
     is_special: np.ndarray
     n_student: int

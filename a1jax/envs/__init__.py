@@ -1,4 +1,4 @@
-"""Knowledge-action environments with verifiers (issue 9): procedurally generated tasks with a horizon knob,
+"""Knowledge-action environments with verifiers: procedurally generated tasks with a horizon knob,
 deterministic tools, scripted experts, and an evaluation harness. See base.py for the protocol, registry.py for the
 domains, demos.py for expert demonstrations and evaluate.py for `a1jax eval`."""
 from a1jax.envs.base import Environment, Session, StepResult, Task, Verdict, final_answer

@@ -1,4 +1,4 @@
-"""Gated full attention (model.md §2.2): interleaved output gate, per-head q/k RMSNorm1p, partial RoPE, GQA.
+"""Gated full attention (docs/spec/model.md §2.2): interleaved output gate, per-head q/k RMSNorm1p, partial RoPE, GQA.
 
 Masking is by index (causal) and by segment id (block-diagonal for packed rows). With a decode cache, keys live in
 cache slots 0..S-1 and a query at absolute slot `index + t` sees slots <= it whose segment id equals its own.

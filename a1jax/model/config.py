@@ -1,7 +1,7 @@
 """Model configuration for Qwen3.5 (MoE and dense) text models.
 
 Field names follow HF `Qwen3_5MoeTextConfig` so that a reader can match them to `config.json`; the extra fields at the
-end (`dtype`, `scan_layers`, ...) are implementation choices of a1jax. See ../shared/docs/model.md §1.
+end (`dtype`, `scan_layers`, ...) are implementation choices of a1jax. See docs/spec/model.md §1.
 """
 from __future__ import annotations
 

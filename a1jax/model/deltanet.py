@@ -1,4 +1,4 @@
-"""Gated DeltaNet layer (model.md §2.3): projections, causal depthwise conv + SiLU, gates, the delta rule, gated norm.
+"""Gated DeltaNet layer (docs/spec/model.md §2.3): projections, causal depthwise conv + SiLU, gates, delta rule, norm.
 
 Packed rows stay exact: the conv window never reaches across a segment start and the recurrent state resets there.
 HF zeroes padded inputs instead; for left padding the two are identical (a zero input leaves a zero state).

@@ -1,4 +1,4 @@
-"""Small shared layers: the two RMSNorm variants, partial rotate-half RoPE, SwiGLU. See model.md §2.1-2.2."""
+"""Small shared layers: the two RMSNorm variants, partial rotate-half RoPE, SwiGLU. See docs/spec/model.md §2.1-2.2."""
 from __future__ import annotations
 
 import jax

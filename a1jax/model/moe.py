@@ -1,4 +1,4 @@
-"""Sparse MoE block (model.md §2.4): fp32 router softmax, renormalised top-k, dropless SwiGLU experts, shared expert.
+"""Sparse MoE block (docs/spec/model.md §2.4): fp32 router softmax, renormalised top-k, dropless experts, shared one.
 
 Dispatch is dropless by construction: the N*k (token, slot) rows are sorted by expert and multiplied with
 `jax.lax.ragged_dot`, so each expert sees exactly its tokens and no capacity exists to overflow. A dense
@@ -79,7 +79,8 @@ def expert_parallel_experts(x, weights, ids, w_gate_up, w_down, impl: str, par: 
         return y.reshape(b, t, h), stats
 
     tokens, experts = par.tokens(None), P(axis, None, None)
-    # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values (kernels.md §2).
+    # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values
+    # (docs/spec/kernels.md §2).
     return jax.shard_map(body, mesh=par.mesh, in_specs=(tokens, tokens, tokens, experts, experts),
                          out_specs=(tokens, P()), check_vma=False)(x, weights, ids, w_gate_up, w_down)
 
@@ -132,7 +133,7 @@ def dense_mlp(p, x):
 
 
 def load_balancing_loss(expert_counts, router_prob_sum, num_tokens, num_experts: int):
-    """Switch-style aux loss pooled over layers, transformers >= 5.6 semantics (model.md §4).
+    """Switch-style aux loss pooled over layers, transformers >= 5.6 semantics (docs/spec/model.md §4).
 
     expert_counts, router_prob_sum: [L, E] summed over tokens; num_tokens: [L] valid tokens per layer.
     aux = E * sum_e f_e * P_e with f_e = counts_e / (L N) (sums to k) and P_e = prob_e / (L N); k at perfect balance.

@@ -1,4 +1,4 @@
-"""Named model sizes. Values are from ../shared/docs/model.md §1 (hub config copies and slime scripts)."""
+"""Named model sizes. Values are from docs/spec/model.md §1 (hub config copies and slime scripts)."""
 from __future__ import annotations
 
 from a1jax.model.config import ModelConfig
@@ -38,7 +38,7 @@ def qwen35_0_8b(**overrides) -> ModelConfig:
 
 
 def qwen35_4b(**overrides) -> ModelConfig:
-    # tie_word_embeddings is not verified for 4B (model.md §1.2); the small dense models tie, so we follow 0.8B.
+    # tie_word_embeddings is not verified for 4B (docs/spec/model.md §1.2); the small dense models tie: we follow 0.8B.
     return _dense(32, 2560, 9216, 16, 4, 32, True, overrides)
 
 

@@ -120,8 +120,8 @@ def logits_from_hidden(params, hidden, cfg: ModelConfig):
 
 
 def mtp_forward(params, hidden, tokens, cfg: ModelConfig, positions, segment_ids, parallel=None):
-    """Multi-token prediction (model.md §2.5): combines hidden state t with the embedding of token t+1 and runs one
-    full-attention layer; its output (after `mtp.norm`) predicts token t+2 through the shared LM head."""
+    """Multi-token prediction (docs/spec/model.md §2.5): combines hidden state t with the embedding of token t+1 and
+    runs one full-attention layer; its output (after `mtp.norm`) predicts token t+2 through the shared LM head."""
     p = unbox(params)
     mp = p["mtp"]
     dtype = hidden.dtype

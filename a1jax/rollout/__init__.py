@@ -1,4 +1,4 @@
-"""Generation engine and multi-turn agent rollouts (issue 8): sampler, tool-call parser, environments, rollout loop."""
+"""Generation engine and multi-turn agent rollouts: sampler, tool-call parser, environments, rollout loop."""
 from a1jax.rollout.agent import Rollout, RolloutConfig
 from a1jax.rollout.engine import Engine
 from a1jax.rollout.environment import Environment, ScriptedEnvironment

@@ -5,8 +5,9 @@ Two kernel variants exist for every sequential loop (a flash kv loop, a DeltaNet
     through VMEM with double-buffered DMA and nothing long-lived has to fit on chip but the carry.
   * "triton" (GPU): Triton grids are parallel only and have no scratch, so the loop is an in-kernel `fori_loop` over
     slices of whole-sequence refs (global memory), with the carry in registers.
-Both run on CPU under `interpret=True` (kernels.md §1.1), which is how the tests exercise them. Which implementation
-runs ("xla", "pallas_tpu", "pallas_gpu") is kernels/backend.py's choice, for the ops "attention" and "gdn".
+Both run on CPU under `interpret=True` (docs/spec/kernels.md §1.1), which is how the tests exercise them. Which
+implementation runs ("xla", "pallas_tpu", "pallas_gpu") is kernels/backend.py's choice, for the ops "attention" and
+"gdn".
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Flash attention block kernels (Pallas, TPU and Triton variants) and the single-device `flash_attention`.
 
 The forward returns (o, lse); the backward takes the *global* (o, lse) through lse and delta = sum(o * do), so the
-same block backward serves one device and every hop of the ring (kernels.md §4: the cuDNN VJP drops the lse
+same block backward serves one device and every hop of the ring (docs/spec/kernels.md §4: the cuDNN VJP drops the lse
 cotangent, which is why the ring cannot be built from cuDNN blocks).
 
 Kernel layout (built by `to_kernel_layout`): q [B, nh, T, D], k/v [B, nkv, S, D] (kv heads are picked by the index map
@@ -47,7 +47,7 @@ class FlashConfig:
 
 def make_config(impl: str, causal: bool, block_q=None, block_k=None, interpret=None) -> FlashConfig:
     variant = _pallas.variant_of(impl)
-    default = 128 if variant == "tpu" else 64  # Triton at head_dim 256 is register-bound (kernels.md §5)
+    default = 128 if variant == "tpu" else 64  # Triton at head_dim 256 is register-bound (docs/spec/kernels.md §5)
     return FlashConfig(causal=causal, variant=variant, block_q=block_q or default, block_k=block_k or default,
                        interpret=_pallas.interpret_default(variant) if interpret is None else interpret)
 

@@ -1,4 +1,4 @@
-"""Ring attention over the `sequence` mesh axis, called inside `shard_map` (kernels.md §6.3).
+"""Ring attention over the `sequence` mesh axis, called inside `shard_map` (docs/spec/kernels.md §6.3).
 
 One `custom_vjp` wraps the whole ring. Forward: n hops; at each hop the local queries attend to the kv block in hand
 with the flash block kernel (`flash.flash_fwd`), the partial (o_i, lse_i) merge in log-sum-exp form in fp32, and
@@ -178,8 +178,8 @@ def ring_attention(q, k, v, *, axis_name, segment_ids=None, positions=None, caus
     q [B,T,nh,D], k/v [B,T,nkv,D], ids [B,T] are this shard's tokens. `positions` are *global* (the causal mask
     compares them); they default to the contiguous layout, shard r holding tokens r*T .. r*T+T-1. Pass the permuted
     positions when the sequence was reordered with `load_balance`. Interpreted kernels need check_vma=False on the
-    enclosing shard_map (kernels.md §2, gotcha 3). impl as for `flash_attention`; "xla" is the same ring in pure jnp
-    (each hop materialises one [T, T] score block per head)."""
+    enclosing shard_map (docs/spec/kernels.md §2, gotcha 3). impl as for `flash_attention`; "xla" is the same ring in
+    pure jnp (each hop materialises one [T, T] score block per head)."""
     T = q.shape[1]
 
     def pallas(name):

@@ -1,4 +1,5 @@
-"""Context-parallel gated delta rule over the `sequence` mesh axis, inside shard_map (FLA fla/ops/cp; kernels.md §3.3).
+"""Context-parallel gated delta rule over the `sequence` mesh axis, inside shard_map (FLA fla/ops/cp;
+docs/spec/kernels.md §3.3).
 
 The state after a shard is affine in the state entering it: S_out = M S_in + S_ext, with M [dk, dk] the product of
 the chunk transitions cd I - Kc^T W. So:

@@ -1,6 +1,6 @@
 """Expert-parallel routed experts: tokens and experts are both sharded over one mesh axis; every (token, slot) row
 travels to the shard holding its expert, runs through that shard's local experts (`local_expert_ffn`: the grouped
-matmul kernels with megablox's group_offset), and travels back (kernels.md §2, §3.2).
+matmul kernels with megablox's group_offset), and travels back (docs/spec/kernels.md §2, §3.2).
 
 Two transports, both dropless:
 - "ragged" (GPU/TPU): `jax.lax.ragged_all_to_all` moves exactly the routed rows. XLA:CPU does not implement it, so on
@@ -141,7 +141,8 @@ def ep_routed_ffn(x, weights, expert_ids, w_gate_up, w_down, *, mesh, axis: str 
         raise ValueError(f"mesh axis {axis!r}={D} must divide the token count {N} and num_experts={E}")
     body = functools.partial(shard_ffn, axis=axis, num_shards=D, transport=transport, impl=impl, tile=tile)
     rows, experts = P(axis), P(axis, None, None)
-    # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values (kernels.md §2).
+    # check_vma=False: interpreted Pallas kernels re-evaluate their body on device-varying values
+    # (docs/spec/kernels.md §2).
     y, stats = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts),
                              out_specs=(rows, P()), check_vma=False)(x, weights, expert_ids, w_gate_up, w_down)
     stats["receive_buffer_rows"] = jnp.asarray(float(N * expert_ids.shape[1]), F32)  # per shard: D * n * k

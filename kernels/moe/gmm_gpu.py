@@ -1,6 +1,6 @@
 """Grouped matmul for GPU (Pallas Triton lowering): the activations and the whole weight array stay in global memory
 (`memory_space=pl.ANY`) and each program indexes its expert's weights in-kernel, `w_ref[e, ...]` with
-e = tile_expert[i] (Triton has no scalar prefetch; kernels.md §1.1, §3.2).
+e = tile_expert[i] (Triton has no scalar prefetch; docs/spec/kernels.md §1.1, §3.2).
 
 Rows arrive in the tile-aligned layout of `kernels.moe.routing`, so every program's row tile belongs to one expert
 and all programs are independent: the whole grid is parallel. The contraction runs as an in-kernel loop over

@@ -1,5 +1,6 @@
 """Grouped matmul for TPU (Mosaic): the tile -> expert map is scalar-prefetched into SMEM and drives the BlockSpec
-index maps, so the pipeline DMAs exactly the weight block each row tile needs (kernels.md §3.2, aligned variant).
+index maps, so the pipeline DMAs exactly the weight block each row tile needs (docs/spec/kernels.md §3.2,
+aligned variant).
 
 Rows arrive in the tile-aligned layout of `kernels.moe.routing` (every row tile belongs to one expert), so unlike
 megablox no tile straddles two experts: no masks, no double visits. The custom_vjp tying these kernels together, and

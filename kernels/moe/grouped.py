@@ -1,6 +1,7 @@
 """The grouped matmuls' custom_vjp, and the expert MLP on tile-aligned rows for every implementation.
 
-Pallas calls have no transpose rule (kernels.md §1.2), so each kernel pair is tied together here, megablox-style:
+Pallas calls have no transpose rule (docs/spec/kernels.md §1.2), so each kernel pair is tied together here
+(megablox-style):
     y = gmm(x, w)                   dx = gmm(dy, w^T)             dw = tgmm(x, dy)
     act = swiglu(x @ [Wg | Wu])     dh = swiglu'(gate, up) * dact  dx = gmm(dh, [Wg | Wu]^T), dw = tgmm(x, dh)
 The backward kernels run on the same tile-aligned layout as the forward, so they need no new permutation.

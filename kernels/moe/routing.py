@@ -1,4 +1,4 @@
-"""Routing and the dropless, tile-aligned token permutation (kernels.md §3.2).
+"""Routing and the dropless, tile-aligned token permutation (docs/spec/kernels.md §3.2).
 
 `route` is the model's router (the model calls it). `permute` sorts the N*k (token, slot) rows by expert into a buffer
 where each expert's segment is padded to a multiple of the row tile `tile`, so every tile of `tile` rows belongs to

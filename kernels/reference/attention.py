@@ -1,4 +1,4 @@
-"""Pure-jnp attention references with the signatures of `kernels.attention` (kernels.md §4, §6.2).
+"""Pure-jnp attention references with the signatures of `kernels.attention` (docs/spec/kernels.md §4, §6.2).
 
 Naive masked GQA softmax in fp32: q head j uses kv head j // (nh / nkv), and query t sees key s when both carry the same
 segment id and (if causal) position[t] >= position[s]. Masked scores take the finite value NEG rather than -inf, so a

@@ -4,7 +4,7 @@ The reference every Gated DeltaNet path is checked against: the model (a1jax/mod
 functions, the Pallas kernels (kernels/gdn/) are measured against them, and like all of kernels/ this file imports
 nothing from a1jax.
 
-Per value head, with state S in R^{dk x dv} (model.md §2.3 step 6):
+Per value head, with state S in R^{dk x dv} (docs/spec/model.md §2.3 step 6):
 
     S_t = exp(g_t) * S_{t-1};  u_t = beta_t * (v_t - S_t^T k_t);  S_t += k_t u_t^T;  o_t = S_t^T q_t
 

@@ -1,4 +1,5 @@
-"""Pure-jnp references for the routed-expert block, with the signatures of `kernels.moe` (kernels.md §3.1-3.2, §4).
+"""Pure-jnp references for the routed-expert block, with the signatures of `kernels.moe`
+(docs/spec/kernels.md §3.1-3.2, §4).
 
 Written to be obviously right rather than fast: routing by a descending argsort, the grouped matmul as
 `jax.lax.ragged_dot`, its weight gradient as the rhs cotangent of that `ragged_dot`, and the whole block as a loop over

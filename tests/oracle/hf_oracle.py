@@ -1,7 +1,7 @@
 """The HF reference for parity tests: tiny random Qwen3.5 models run by transformers on CPU in float32.
 
 Runs in the oracle venv (Python 3.11, torch, transformers; see setup_oracle.sh), never in the a1jax venv, and needs
-no network. For each case it builds a model as in ../shared/docs/model.md §6, perturbs every weight the default
+no network. For each case it builds a model as in docs/spec/model.md §6, perturbs every weight the default
 init leaves at a constant (RMSNorm offsets at 0, the gated-norm weight at 1, dt_bias at 1; A_log too), and runs a
 batch of two rows of T=150 tokens (> 2 DeltaNet chunks of 64): one full row and one left-padded row. It saves an .npz:
 
@@ -40,7 +40,7 @@ _SPEC = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_
              rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
 
 CASES = {
-    # exactly model.md §6
+    # exactly docs/spec/model.md §6
     "moe_spec": (Qwen3_5MoeTextConfig, Qwen3_5MoeForCausalLM,
                  dict(_SPEC, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                       shared_expert_intermediate_size=48)),

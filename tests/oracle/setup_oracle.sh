@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${A1JAX_ORACLE_VENV:-$ROOT/.venv-oracle}"
-# The oracle's numbers are those of these exact versions (model.md §9 lists what changed between releases).
+# The oracle's numbers are those of these exact versions (docs/spec/model.md §9 lists what changed between releases).
 CHECK='import torch, transformers; assert torch.__version__.split("+")[0] == "2.13.0" and transformers.__version__ == "5.24.0"'
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then exit 0; fi
 PY=""

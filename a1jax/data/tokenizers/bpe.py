@@ -30,7 +30,7 @@ QWEN2_PRETOKENIZE_REGEX = (
 )
 
 # Added tokens that behave like text (kept by skip_special_tokens) in the Qwen3 tokenizer_config; the same strings
-# carry the same role in Qwen3.5 (model.md §5).
+# carry the same role in Qwen3.5 (docs/spec/model.md §5).
 _TEXT_LIKE_ADDED = {
     "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>",
     "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
