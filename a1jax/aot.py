@@ -361,7 +361,7 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     params_b = planner._shard_bytes(state.params, built.state_shardings.params)
     # resident beside the step (stage 3): each local teacher's parameters, on the student's mesh with its shardings
-    # (a1jax/distill/routing.py LocalTeacher), assumed the student's architecture and parameter dtype
+    # (a1jax/distill/teachers.py LocalTeacher), assumed the student's architecture and parameter dtype
     teachers_b = local_teachers(config) * params_b
     total_b = peak_b + teachers_b
     opt_b = planner._shard_bytes(state.opt_state, built.state_shardings.opt_state)

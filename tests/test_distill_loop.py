@@ -15,9 +15,9 @@ from a1jax import model as M
 from a1jax.data.chat import tokenize_trajectory
 from a1jax.data.tokenizers import load
 from a1jax.distill import rollouts as R
-from a1jax.distill import routing
+from a1jax.distill import teachers as teacher_lib
 from a1jax.distill.opd import run_opd
-from a1jax.distill.teacher import score as full_score
+from a1jax.distill.teachers import score as full_score
 from a1jax.envs import registry
 from a1jax.train import experiment
 
@@ -57,7 +57,7 @@ def _teacher(seed, logit_scale=1.0):
     params = M.init(cfg, jax.random.PRNGKey(seed), include_mtp=False)
     w = params["lm_head"].value
     params["lm_head"] = M.Param(w * (logit_scale / w.std()), params["lm_head"].axes)
-    teacher = routing.LocalTeacher(f"toy-{seed}", k=8, chunk=128, params=params, cfg=cfg)
+    teacher = teacher_lib.LocalTeacher(f"toy-{seed}", k=8, chunk=128, params=params, cfg=cfg)
     teacher.params_boxed = params
     return teacher
 
@@ -89,8 +89,8 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
     base = dict(_teacher(3).params_boxed)
     e = base["embed"]
     base["embed"] = M.Param(jax.numpy.broadcast_to(e.value[:1], e.value.shape) * 1.0, e.axes)
-    teachers = {"search": routing.LocalTeacher("t-search", k=8, chunk=128, params=base, cfg=cfg),
-                "scientific_agents": routing.LocalTeacher("t-sci", k=8, chunk=128, params=_perturbed(base, 4, 0.3),
+    teachers = {"search": teacher_lib.LocalTeacher("t-search", k=8, chunk=128, params=base, cfg=cfg),
+                "scientific_agents": teacher_lib.LocalTeacher("t-sci", k=8, chunk=128, params=_perturbed(base, 4, 0.3),
                                                           cfg=cfg)}
     student = M.unbox(_perturbed(base, 5, 0.6))
     monkeypatch.setattr(runner, "load_init_params", lambda path: (cfg, student))
@@ -127,7 +127,7 @@ def test_routing_gives_each_row_its_own_domains_teacher_and_matches_the_full_sco
     packed = _batch(tok, [0, 1, 0, 1])
     b = packed.batch
     a, s = teachers["search"], teachers["scientific_agents"]
-    got, stats = routing.route({0: a, 1: s}, b, [0, 1, 0, 1], k=8)
+    got, stats = teacher_lib.route({0: a, 1: s}, b, [0, 1, 0, 1], k=8)
     assert stats[0]["failures"] == stats[1]["failures"] == 0
     mask = b["loss_mask"] > 0
     np.testing.assert_array_equal(got["valid"] > 0, mask)
@@ -154,7 +154,7 @@ class Broken:
 def test_a_failing_teacher_marks_its_rows_invalid_and_is_counted(teachers):
     tok = load("qwen3_5")
     b = _batch(tok, [0, 1]).batch
-    got, stats = routing.route({0: Broken(), 1: teachers["scientific_agents"]}, b, [0, 1], k=8)
+    got, stats = teacher_lib.route({0: Broken(), 1: teachers["scientific_agents"]}, b, [0, 1], k=8)
     assert stats[0]["failures"] == 1
     assert stats[0]["invalid_tokens"] == int((b["loss_mask"][0] > 0).sum()) > 0
     assert not got["valid"][0].any()  # never silently zero targets: the rows are invalid
@@ -162,7 +162,7 @@ def test_a_failing_teacher_marks_its_rows_invalid_and_is_counted(teachers):
 
 
 def test_teacher_sft_trains_on_verified_rollouts_only(tmp_path, monkeypatch):
-    from a1jax.distill import runner, teachers as T
+    from a1jax.distill import runner, teacher_training as T
     tok = load("qwen3_5")
     env = registry.get("scientific_agents")
     good_task, bad_task = env.tasks("train", 5, n=2, horizon=1)
@@ -203,7 +203,7 @@ def test_teacher_sft_trains_on_verified_rollouts_only(tmp_path, monkeypatch):
 
 
 def test_grpo_loop_runs_and_logs_per_domain_metrics(tmp_path):
-    from a1jax.distill.teachers import run_grpo
+    from a1jax.distill.teacher_training import run_grpo
     cfg = _config(stage="grpo", steps=1, domains=["scientific_agents"])
     cfg.envs.tasks_per_domain, cfg.data.batch_size = 1, 2
     cfg.grpo = ml_collections.ConfigDict(dict(loss_type="ppo"))
@@ -256,7 +256,7 @@ def test_a_teacher_with_another_tokenizer_is_aligned_onto_the_students_positions
     from a1jax.distill.vocab import Aligner
     student = load("qwen3_5")
     b = _batch(student, [0, 1]).batch
-    got, _ = routing.AlignedTeacher(Echo(), Aligner(load("qwen3"), student)).score(b)
+    got, _ = teacher_lib.AlignedTeacher(Echo(), Aligner(load("qwen3"), student)).score(b)
     m, v = b["loss_mask"] > 0, got["valid"] > 0
     assert not v[~m].any() and v.sum() > 0.5 * m.sum()
     # Where a position is aligned 1:1, the teacher's next token, mapped into the student's vocabulary, is the
@@ -375,7 +375,7 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
     run's steps."""
     from a1jax.distill import opd, runner
     rolls, seen = [], []
-    real_route, real_step = routing.route, runner.StageRun.step_fn
+    real_route, real_step = teacher_lib.route, runner.StageRun.step_fn
 
     def route_spy(*a, **kw):
         rolls.append(1)
@@ -385,7 +385,7 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
         seen.append({k: np.asarray(v).copy() for k, v in batch.items()})
         return real_step(self, state, batch, *rest)
 
-    monkeypatch.setattr(opd.routing, "route", route_spy)
+    monkeypatch.setattr(opd.teacher_lib, "route", route_spy)
     monkeypatch.setattr(runner.StageRun, "step_fn", step_spy)
 
     def config(steps):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from a1jax import model
-from a1jax.distill import losses, teacher as teacher_lib
+from a1jax.distill import losses, teachers as teacher_lib
 from a1jax.distill import steps as dsteps
 from a1jax.train import build, optim, steps
 from a1jax.train.experiment import Experiment

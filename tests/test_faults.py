@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -18,8 +17,7 @@ import pytest
 
 from a1jax import model
 from a1jax.cli import main as cli_main
-from a1jax.distill import routing
-from a1jax.distill import teacher as teacher_lib
+from a1jax.distill import teachers as teacher_lib
 from a1jax.train import checkpoint, steps
 from a1jax.train.state import init_state
 from test_train import QUICKSTART, _ctx, _toy_batch
@@ -328,7 +326,7 @@ def test_route_drops_each_invalid_row_and_keeps_the_others(seed):
         key = ["topk_logp", "sampled_logp", "tail_logp"][int(r.integers(3))]
         where = (bad_row, p, k) if key == "topk_logp" else (bad_row, p)
         got[key][where] = {"nan": np.nan, "posinf": np.inf, "positive": 0.25}[kind]
-    out, stats = routing.route({0: _Canned(got)}, batch, [0] * rows, K, vocab_size=V)
+    out, stats = teacher_lib.route({0: _Canned(got)}, batch, [0] * rows, K, vocab_size=V)
     assert stats[0]["failures"] == 1 and sum(stats[0]["reasons"].values()) == 1
     assert not out["valid"][bad_row].any() and stats[0]["invalid_tokens"] == T
     assert all(out["valid"][i].all() for i in range(rows) if i != bad_row)
@@ -340,7 +338,7 @@ def test_route_drops_each_invalid_row_and_keeps_the_others(seed):
 def test_a_wrongly_shaped_teacher_output_drops_all_its_rows():
     batch = _one_segment_batch(B=2, T=8)
     got = _valid_targets(2, 6)  # six positions for a batch of eight
-    out, stats = routing.route({0: _Canned(got)}, batch, [0, 0], K, vocab_size=V)
+    out, stats = teacher_lib.route({0: _Canned(got)}, batch, [0, 0], K, vocab_size=V)
     assert stats[0]["failures"] == 2 and stats[0]["reasons"] == {"shape": 2} and not out["valid"].any()
 
 

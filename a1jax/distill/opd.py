@@ -6,7 +6,7 @@ Per step:
   3. pack the trajectories into fixed [B, T] rows, B / n_domains rows per domain (loss on the generated tokens,
      behaviour log-probs shifted onto their positions);
   4. route each domain's rows to that domain's teacher, which scores the exact token ids in one forward pass
-     (routing.py; a teacher with another tokenizer is aligned through vocab.py; a failed teacher marks its rows
+     (teachers.py; a teacher with another tokenizer is aligned through vocab.py; a failed teacher marks its rows
      invalid and is counted);
   5. the jitted, pure `opd_step(state, batch, teacher_targets)` (a1jax/distill/steps.py);
   6. push the new weights to the engine.
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from a1jax.distill import rollouts as R
-from a1jax.distill import gate, routing
+from a1jax.distill import gate, teachers as teacher_lib
 from a1jax.distill.settings import TeacherSpec
 from a1jax.distill.runner import StageRun
 from a1jax.train.experiment import Experiment
@@ -43,7 +43,7 @@ log = logging.getLogger("a1jax.distill")
 def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
     """{domain id: teacher} from config.teachers (those of `domains`, default all), on the student's mesh."""
     chunk = run.exp.model.loss_chunk_size
-    return {run.domains[spec.domain]: routing.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
+    return {run.domains[spec.domain]: teacher_lib.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
                                                            rules=run.built.rules, vocab_size=run.exp.model.vocab_size)
             for spec in run.settings.teachers if domains is None or spec.domain in domains}
 
@@ -91,7 +91,7 @@ def anchored_domains(run: StageRun, kept) -> list[str]:
 
 def anchor_teacher(run: StageRun, k: int):
     """The frozen starting weights of the student as a teacher (config.gate.anchor)."""
-    return routing.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size, params=run.start_params(),
+    return teacher_lib.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size, params=run.start_params(),
                                 cfg=run.exp.model)
 
 
@@ -220,9 +220,9 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                 t1 = time.perf_counter()
                 if off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
                     B, T = packed.batch["tokens"].shape
-                    targets, tstats = routing.empty_targets(B, T, k), {}
+                    targets, tstats = teacher_lib.empty_targets(B, T, k), {}
                 else:
-                    targets, tstats = routing.route(by_id, packed.batch, row_domains, k,
+                    targets, tstats = teacher_lib.route(by_id, packed.batch, row_domains, k,
                                                     vocab_size=exp.model.vocab_size)
                 t2 = time.perf_counter()
             batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}

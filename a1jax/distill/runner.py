@@ -1,4 +1,4 @@
-"""Set-up shared by the rollout-stage loops (opd.py, teachers.py): mesh and jitted step, restore or initialise,
+"""Set-up shared by the rollout-stage loops (opd.py, teacher_training.py): mesh and jitted step, restore or initialise,
 checkpoints, metrics, and the sampler's copy of the weights. The loops themselves stay readable top to bottom.
 
 Checkpoints are the stage-1 trainer's (a1jax.train.checkpoint.Checkpointer: params, optimizer state, step, rng); the

@@ -38,7 +38,7 @@ def run(args) -> int:
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
     exp = experiment.validate(config)  # before anything compiles
     if exp.loop is not None:  # stages 2-3 (teacher_sft, grpo, opd): rollout loops in a1jax/distill
-        from a1jax.distill.teachers import run_stage
+        from a1jax.distill.teacher_training import run_stage
         run_stage(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
         return 0
     from a1jax.train.loop import train  # imports jax-heavy modules only once the config is known to be valid
