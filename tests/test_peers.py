@@ -27,13 +27,13 @@ def test_bad_sides_and_a_missing_oracle_are_refused_before_any_work(tmp_path, mo
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.slow  # two processes, the a1jax one compiling five programs: ~3 min on a busy 2-core CPU
+@pytest.mark.slow  # two processes; the a1jax one compiles six programs: 3-6 min cold on a busy 2-core CPU, 45 s warm
 def test_quick_run_prints_six_rows_and_both_sides_agree(tmp_path, capsys, monkeypatch):
     # the a1jax side shares this session's compilation cache (reruns compile less; start-up is then a warm one)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
     out = tmp_path / "peers.json"
     try:
-        rep = peers.main(["--quick", "--json", str(out)])
+        rep = peers.main(["--quick", "--steps", "1", "--repeats", "1", "--json", str(out)])
     except peers.OracleUnavailable as e:
         if os.environ.get("A1JAX_REQUIRE_ORACLE") == "1":
             pytest.fail(f"A1JAX_REQUIRE_ORACLE=1 but {e}", pytrace=False)
