@@ -64,7 +64,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +81,7 @@ from a1jax.rollout.engine import Engine
 from a1jax.rollout.sampling import SamplingParams
 from a1jax.train import optim, steps
 from a1jax.train.state import TrainState
+from benchmarks.peers_timing import row as _row, timed as _timed
 from tests.oracle import OracleUnavailable, oracle_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,22 +154,6 @@ def prepare(workdir: str, cfg: ModelConfig, sizes: dict, seed: int, threads: int
 
 
 # ---- the a1jax side (runs in its own process: `--run a1jax`) -----------------------------------------------------
-
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    """Wall times of `repeats` calls of fn() after one untimed call (compiles); returns (times, last result)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return times, out
-
-
-def _row(times: list[float], tokens: int) -> dict:
-    med = statistics.median(times)
-    return dict(tokens=tokens, seconds=times, median_s=med, tokens_per_s=tokens / med)
-
 
 def _train_batch(ids: np.ndarray) -> dict:
     """The trainer's batch for plain next-token prediction over whole rows (HF's labels=input_ids)."""
@@ -404,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    from a1jax import distributed
+    distributed.pin_host_platforms()  # a CPU host with libtpu installed stays on CPU, as the a1jax CLI does
     if args.run:
         res = run_a1jax(args.workdir, args.t0)
         with open(os.path.join(args.workdir, "a1jax.json"), "w") as f:

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import numpy as np
@@ -24,21 +23,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    """Wall times of `repeats` calls of fn() after one untimed call; returns (times, last result)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return times, out
-
-
-def _row(times: list[float], tokens: int) -> dict:
-    med = statistics.median(times)
-    return dict(tokens=tokens, seconds=times, median_s=med, tokens_per_s=tokens / med)
+from peers_timing import row as _row, timed as _timed  # this script's folder is on sys.path
 
 
 def _optimizer(model: torch.nn.Module, spec: dict) -> torch.optim.AdamW:
