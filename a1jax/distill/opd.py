@@ -243,8 +243,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                 kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
                                for n in kept)
                 print(f"    {kl}", flush=True)
-            run.check_skips()
-            run.save_if_due()
+            run.after_step()
         run.finish(run.step)
     finally:
         run.close()

@@ -128,6 +128,11 @@ class StageRun:
         if self.step % self.exp.config.checkpoint.every == 0:
             self.save(self.step)
 
+    def after_step(self):
+        """Once per finished step: the NaN guard's stop (`check_skips`), then the checkpoint if one is due."""
+        self.check_skips()
+        self.save_if_due()
+
     def finish(self, step: int):
         if self.sigterm:
             log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)

@@ -108,8 +108,7 @@ def run_teacher_sft(exp: Experiment, workdir: str, *, init_from: str = "", devic
                  f"{domain}: last rollout round: success {round_scalars[f'rollout/{domain}/success']:.2f}, "
                  f"{int(round_scalars[f'rollout/{domain}/accepted'])} accepted" if round_scalars else "")
             history.append({"step": run.step, **scalars})
-            run.check_skips()
-            run.save_if_due()
+            run.after_step()
         run.finish(run.step)
     finally:
         run.close()
@@ -154,8 +153,7 @@ def run_grpo(exp: Experiment, workdir: str, *, init_from: str = "", devices=None
                  time.perf_counter() - t0, f"{domain}: reward {scalars[f'rollout/{domain}/reward']:.3f} "
                                            f"success {scalars[f'rollout/{domain}/success']:.2f} "
                                            f"clip {scalars[f'clip_frac/{domain}']:.3f}")
-            run.check_skips()
-            run.save_if_due()
+            run.after_step()
         run.finish(run.step)
     finally:
         run.close()
