@@ -5,15 +5,14 @@ HF's position ids start at 0 at the pads. Logits are compared on real tokens onl
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 import a1jax.model as model
 from a1jax.convert import from_hf, write_hf_dir
-from oracle import CASES, MOE_CASES, OracleUnavailable, load_in_transformers
-from oracle.fixtures import oracle  # noqa: F401
+from oracle import CASES, MOE_CASES, load_in_transformers
+from oracle.fixtures import oracle, oracle_or_skip  # noqa: F401
 
 LOGIT_ATOL = 1e-5
 _RUNS: dict = {}
@@ -89,12 +88,8 @@ def test_to_hf_directory_loads_in_transformers(oracle, tmp_path):
         np.savez(d / "inputs.npz", input_ids=o["input_ids"], attention_mask=o["attention_mask"])
         dirs.append(str(d))
     assert (tmp_path / "moe_spec" / "model.safetensors.index.json").exists()
-    try:
+    with oracle_or_skip():
         results = load_in_transformers(dirs)
-    except OracleUnavailable as e:  # like the `oracle` fixture: never a silent skip in CI
-        if os.environ.get("A1JAX_REQUIRE_ORACLE") == "1":
-            pytest.fail(f"A1JAX_REQUIRE_ORACLE=1 but {e}", pytrace=False)
-        pytest.skip(str(e))
     for case, res in zip(cases, results):
         o = oracle(case)
         assert str(res["class_name"]) == str(o["class_name"])

@@ -5,13 +5,13 @@ A1JAX_REQUIRE_ORACLE=1 like tests/oracle) and checks the table's six rows and th
 and gradient norms of the two frameworks agree and the greedy tokens are identical.
 """
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from benchmarks import peers
+from oracle.fixtures import oracle_or_skip
 
 LABELS = ("train step 1 x 128", "train step 4 x 32", "forward 1 x 256", "prefill 8 x 32",
           "greedy decode 8 x 16 after 32", "start-up to first train step")
@@ -32,12 +32,8 @@ def test_quick_run_prints_six_rows_and_both_sides_agree(tmp_path, capsys, monkey
     # the a1jax side shares this session's compilation cache (reruns compile less; start-up is then a warm one)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
     out = tmp_path / "peers.json"
-    try:
+    with oracle_or_skip(peers.OracleUnavailable):
         rep = peers.main(["--quick", "--steps", "1", "--repeats", "1", "--json", str(out)])
-    except peers.OracleUnavailable as e:
-        if os.environ.get("A1JAX_REQUIRE_ORACLE") == "1":
-            pytest.fail(f"A1JAX_REQUIRE_ORACLE=1 but {e}", pytrace=False)
-        pytest.skip(str(e))
     table = capsys.readouterr().out
     assert json.loads(out.read_text()) == json.loads(json.dumps(rep))
     assert [r["label"] for r in rep["rows"]] == list(LABELS)
