@@ -90,8 +90,8 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
     e = base["embed"]
     base["embed"] = M.Param(jax.numpy.broadcast_to(e.value[:1], e.value.shape) * 1.0, e.axes)
     teachers = {"search": teacher_lib.LocalTeacher("t-search", k=8, chunk=128, params=base, cfg=cfg),
-                "scientific_agents": teacher_lib.LocalTeacher("t-sci", k=8, chunk=128, params=_perturbed(base, 4, 0.3),
-                                                          cfg=cfg)}
+                "scientific_agents": teacher_lib.LocalTeacher("t-sci", k=8, chunk=128,
+                                                              params=_perturbed(base, 4, 0.3), cfg=cfg)}
     student = M.unbox(_perturbed(base, 5, 0.6))
     monkeypatch.setattr(runner, "load_init_params", lambda path: (cfg, student))
     exp = experiment.validate(_config(steps=3, init_from="perturbed-copy"))

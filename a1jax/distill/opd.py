@@ -44,7 +44,8 @@ def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
     """{domain id: teacher} from config.teachers (those of `domains`, default all), on the student's mesh."""
     chunk = run.exp.model.loss_chunk_size
     return {run.domains[spec.domain]: teacher_lib.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
-                                                           rules=run.built.rules, vocab_size=run.exp.model.vocab_size)
+                                                               rules=run.built.rules,
+                                                               vocab_size=run.exp.model.vocab_size)
             for spec in run.settings.teachers if domains is None or spec.domain in domains}
 
 
@@ -91,8 +92,8 @@ def anchored_domains(run: StageRun, kept) -> list[str]:
 
 def anchor_teacher(run: StageRun, k: int):
     """The frozen starting weights of the student as a teacher (config.gate.anchor)."""
-    return teacher_lib.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size, params=run.start_params(),
-                                cfg=run.exp.model)
+    return teacher_lib.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size,
+                                    params=run.start_params(), cfg=run.exp.model)
 
 
 def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
@@ -223,7 +224,7 @@ def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                     targets, tstats = teacher_lib.empty_targets(B, T, k), {}
                 else:
                     targets, tstats = teacher_lib.route(by_id, packed.batch, row_domains, k,
-                                                    vocab_size=exp.model.vocab_size)
+                                                        vocab_size=exp.model.vocab_size)
                 t2 = time.perf_counter()
             batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
             run.state, m = run.step_fn(run.state, batch, targets)

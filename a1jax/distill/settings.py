@@ -140,6 +140,15 @@ def _check(cond: bool, where: str, value, expected: str):
         raise ValueError(f"{where}={value!r}: expected {expected}")
 
 
+def _check_rollout_interval(config, where: str, interval: int, why: str):
+    """`interval` steps share one rollout: it must divide config.checkpoint.every and config.train.steps, so every
+    checkpoint falls between two rollouts and a resumed run rebuilds what the uninterrupted one had."""
+    every = int((config.get("checkpoint") or {}).get("every", 1))
+    steps = int((config.get("train") or {}).get("steps", 1))
+    _check(every % interval == 0 and steps % interval == 0, where, interval,
+           f"a divisor of config.checkpoint.every={every} and config.train.steps={steps} ({why})")
+
+
 def from_config(config, *, batch_size: int) -> LoopSettings:
     """The typed loop settings of a rollout stage; `batch_size` is config.data.batch_size (rows per step)."""
     from a1jax.envs import registry
@@ -173,11 +182,8 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
                "config.rollout (temperature, top_p, top_k, presence_penalty)",
                (ro.temperature, ro.top_p, ro.top_k, ro.presence_penalty),
                "(1.0, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution")
-        every = int((config.get("checkpoint") or {}).get("every", 1))
-        steps = int((config.get("train") or {}).get("steps", 1))
-        _check(every % ro.reuse == 0 and steps % ro.reuse == 0, "config.rollout.reuse", ro.reuse,
-               f"a divisor of config.checkpoint.every={every} and config.train.steps={steps} (a checkpoint must "
-               f"fall between two rollouts, so a resumed run rolls out what the uninterrupted one did)")
+        _check_rollout_interval(config, "config.rollout.reuse", ro.reuse, "a checkpoint must fall between two "
+                                "rollouts, so a resumed run rolls out what the uninterrupted one did")
         _check(batch_size % len(envs.domains) == 0, "config.data.batch_size", batch_size,
                f"a multiple of the {len(envs.domains)} domains (domain-balanced rows)")
     if stage in ("teacher_sft", "grpo"):
@@ -212,13 +218,9 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
     if stage == "teacher_sft" and ei.rollout_fraction > 0:
         _check(int(ei.rollout_fraction * batch_size) >= 1, "config.expert_iteration.rollout_fraction",
                ei.rollout_fraction, f"0, or at least one row of config.data.batch_size={batch_size} for rollouts")
-        every = int((config.get("checkpoint") or {}).get("every", 1))
-        steps = int((config.get("train") or {}).get("steps", 1))
-        _check(every % ei.rollout_every == 0 and steps % ei.rollout_every == 0,
-               "config.expert_iteration.rollout_every", ei.rollout_every,
-               f"a divisor of config.checkpoint.every={every} and config.train.steps={steps} (a checkpoint must fall "
-               f"between two rollout rounds, so a resumed run trains on the accepted rollouts the uninterrupted one "
-               f"did)")
+        _check_rollout_interval(config, "config.expert_iteration.rollout_every", ei.rollout_every,
+                                "a checkpoint must fall between two rollout rounds, so a resumed run trains on the "
+                                "accepted rollouts the uninterrupted one did")
     _check(ei.demos >= (1 if stage == "teacher_sft" else 0), "config.expert_iteration.demos", ei.demos,
            "a positive integer (the demonstrations the rollouts are mixed with)")
     init_from = config.get("init_from", "") or ""
