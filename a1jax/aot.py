@@ -355,7 +355,9 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
     times["analysis_s"] = time.perf_counter() - t
 
     tokens = exp.data.batch_size * exp.data.seq_len
-    analytic = metrics.model_flops_per_token(exp.model, exp.data.seq_len) * tokens / n
+    mtp = built.ctx.mtp_loss_coef > 0
+    analytic = metrics.model_flops_per_token(exp.model, exp.data.seq_len, mtp) * tokens / n
+    remat = planner.remat_factor(exp.model, exp.data.seq_len, mtp)
     xla_flops = float(cost.get("flops", float("nan")))
     xla_bytes = float(cost.get("bytes accessed", float("nan")))
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -387,9 +389,10 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
             "teachers_resident": teachers_b, "total": total_b,
             "hbm": chip.hbm_bytes, "headroom": 1.0 - total_b / chip.hbm_bytes},
         "fits": total_b <= (1.0 - HEADROOM) * chip.hbm_bytes,
-        "flops_per_device": {"analytic": analytic, "program": prog / n, "xla_cost_analysis": xla_flops,
-                             "compiled": compiled_flops, "compiled_loops_without_trip_count": unknown_loops,
-                             "bytes_accessed": xla_bytes},
+        "flops_per_device": {"analytic": analytic, "trains_mtp": mtp, "remat_factor": remat, "program": prog / n,
+                             "xla_cost_analysis": xla_flops, "compiled": compiled_flops,
+                             "ratio_compiled_remat": compiled_flops / (analytic * remat) if remat else None,
+                             "compiled_loops_without_trip_count": unknown_loops, "bytes_accessed": xla_bytes},
         "custom_calls": kernels,
         "roofline": roofline(flops_bound, xla_bytes, chip, analytic),
         "times": times,
@@ -435,12 +438,15 @@ def format_report(p: dict) -> str:
         f"{m['total'] / m['hbm']:.1%}, headroom {m['headroom']:.1%} -> {verdict} (needs >= {HEADROOM:.0%} headroom)",
         "",
         "FLOPs per device per step",
-        f"  analytic 6*N_active + attention   {f['analytic']:11.3e}",
+        f"  analytic 6*N_active + attention   {f['analytic']:11.3e}"
+        + ("   (MTP module and its LM-head pass included)" if f["trains_mtp"] else ""),
         f"  planner (traced program)          {f['program']:11.3e}   ({f['program'] / f['analytic']:.2f} x analytic)",
         f"  {xla} HLO dots x loop trips     {f['compiled']:11.3e}   ({f['compiled'] / f['analytic']:.2f} x analytic; "
         + ("Mosaic kernels at their cost estimates" if p["chip"]["platform"] == "tpu" else
            "a floor: cuBLAS GEMMs and Triton kernels are custom calls it does not count")
-        + f"; {f['compiled_loops_without_trip_count']} loops without a trip count, counted once)",
+        + f"; {f['compiled_loops_without_trip_count']} loops without a trip count, counted once)"
+        + (f"\n  {'':34s}{f['ratio_compiled_remat']:.3f} x analytic x remat {f['remat_factor']:.3f} (the recompute "
+           "the step's remat does legitimately)" if f["remat_factor"] else ""),
         f"  {xla} cost_analysis             {f['xla_cost_analysis']:11.3e}   "
         f"({f['xla_cost_analysis'] / f['analytic']:.2f} x analytic; each loop body counted once)",
         f"  {xla} bytes accessed            {f['bytes_accessed']:11.3e} B (each loop body counted once)",

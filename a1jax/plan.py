@@ -26,8 +26,10 @@ What each number is, and how far to trust it:
   partitioner cannot split is replicated on every device. Compiled above program FLOPs flags both, instead of
   hiding them; "largest arrays" shows where the temporaries come from.
 - Analytic FLOPs: `a1jax.train.metrics.model_flops_per_token` (6·N_active + causal attention 6·T·heads·head_dim per
-  attention layer, per token), plus the Gated DeltaNet chunk cost below, reported separately.
-  With `remat_policy="full"` the backward recomputes the forward, so the program legitimately does 4/3 of it.
+  attention layer, per token; the MTP module and the LM head's second pass when the step trains MTP), plus the
+  Gated DeltaNet chunk cost below, reported separately. `remat_factor` is the recompute the step legitimately does
+  on top: the layers' forward again under `remat_policy="full"` (4/3 of them), the LM-head chunks' logits always
+  (4/3), the MTP layer never.
 
 Cross-platform lowering (`.trace(...).lower(lowering_platforms=("tpu",))`) was tried for FLOPs: its cost analysis
 counts a `ragged_dot` as a few thousand FLOPs and Pallas kernels as opaque custom calls, so it adds nothing trustworthy
@@ -48,11 +50,29 @@ import jax.numpy as jnp
 # HBM per device, bytes (datasheets); keys are matched against --device_kind like metrics.PEAK_FLOPS.
 HBM_BYTES = {"tpu v5p": 95e9, "tpu v6e": 32e9, "h100": 80e9, "h200": 141e9}
 DEFAULT_KIND = {"tpu": "tpu v5p", "gpu": "h100"}
-REMAT_FACTOR = {"none": 1.0, "full": 4.0 / 3.0}  # forward + backward(2x) [+ the forward again]
+# Training FLOPs are forward + backward (2x); a recomputed forward adds 1/3. How often the decoder layers' forward
+# runs, per part of metrics.model_flops_breakdown, under each remat policy the planner models (the others save what
+# XLA decides: dots, dots_no_batch, save_mixer_out).
+REMAT_PARTS = {"none": {"layers": 1.0, "attention": 1.0}, "full": {"layers": 4 / 3, "attention": 4 / 3},
+               "save_attention": {"layers": 4 / 3, "attention": 1.0}}
+LOSS_REMAT = 4.0 / 3.0  # map_logit_chunks recomputes each chunk's logits in the backward, under every policy
 OVERCOMPUTE_WARNING = 1.5  # compiled / program FLOPs above this: replicated work or a dense MoE dispatch
 
 
 # ---- FLOP counting ---------------------------------------------------------------------------------------------------
+
+def remat_factor(cfg, seq_len: int, mtp: bool) -> float | None:
+    """The step's legitimate FLOPs over the analytic count: every part of `metrics.model_flops_breakdown` weighted by
+    how often its forward runs. The decoder layers per `remat_policy` (REMAT_PARTS; None for a policy it does not
+    model), the LM-head chunks always recomputed (LOSS_REMAT), the MTP module's layers never (they run outside the
+    remat'ed layer scan)."""
+    from a1jax.train import metrics
+    if cfg.remat_policy not in REMAT_PARTS:
+        return None
+    weight = {**REMAT_PARTS[cfg.remat_policy], "lm_head": LOSS_REMAT, "mtp_layers": 1.0, "mtp_lm_head": LOSS_REMAT}
+    parts = metrics.model_flops_breakdown(cfg, seq_len, mtp)
+    return sum(weight[k] * v for k, v in parts.items()) / sum(parts.values())
+
 
 def _sub_jaxprs(params):
     from jax.extend import core as jex
@@ -470,9 +490,10 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
     times["analysis_s"] = time.perf_counter() - t
 
     tokens = exp.data.batch_size * exp.data.seq_len
-    base = metrics.model_flops_per_token(cfg, exp.data.seq_len) * tokens
+    mtp = built.ctx.mtp_loss_coef > 0
+    base = metrics.model_flops_per_token(cfg, exp.data.seq_len, mtp) * tokens
     gdn = deltanet_flops_per_token(cfg) * tokens
-    remat = REMAT_FACTOR.get(cfg.remat_policy)
+    remat = remat_factor(cfg, exp.data.seq_len, mtp)
     params_b = _shard_bytes(state.params, built.state_shardings.params)
     opt_b = _shard_bytes(state.opt_state, built.state_shardings.opt_state)
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -493,7 +514,7 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
         "fits": peak_b <= hbm,
         "flops": {
             "analytic_per_device": per_dev(base), "analytic_per_token": base / tokens,
-            "deltanet_per_device": per_dev(gdn), "remat_factor": remat,
+            "deltanet_per_device": per_dev(gdn), "remat_factor": remat, "trains_mtp": mtp,
             "program_per_device": per_dev(prog), "program_per_token": prog / tokens,
             "program_loops_without_trip_count": len(unknown_loops),
             "compiled_dots_per_device": dots, "compiled_dots_per_token": dots * n / tokens,
@@ -560,7 +581,7 @@ def format_report(p: dict) -> str:
         "",
         "FLOPs per step per device",
         f"  analytic 6*N_active + causal attention  {_fl(f['analytic_per_device'])}   "
-        f"({f['analytic_per_token']:.3e} per token)",
+        f"({f['analytic_per_token']:.3e} per token" + (", MTP module included)" if f["trains_mtp"] else ")"),
         f"  + Gated DeltaNet chunks (estimate)      {_fl(f['deltanet_per_device'])}",
         f"  program (traced jaxpr, all matmuls)     {_fl(f['program_per_device'])}   "
         f"ratio {f['ratio_program']:.3f} raw"

@@ -12,10 +12,13 @@ all-to-all.
 Expected time and loss: not measured yet (no run of this size has been made with a1jax); Agents-A1's own
 hyper-parameters are not public (docs/spec/recipe.md §1.2), so these follow common practice for MoE SFT.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_sft.py --topology v5p-512`,
-libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam state), 43.78 GB of
-temporaries, peak 53.72 GB of 95 GB HBM (43.5% headroom); the MoE, ring/flash attention and Gated DeltaNet Pallas
-kernels compile with Mosaic (102 call sites); 1.46e15 FLOPs per chip per step (HLO dots x loop trips), a roofline
-lower bound of 3.18 s per step.
+libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam state), 48.53 GB of
+temporaries, peak 58.47 GB of 95 GB HBM (38.5% headroom); the MoE, ring/flash attention and Gated DeltaNet Pallas
+kernels compile with Mosaic (90 call sites); 8.49e14 FLOPs per chip per step (HLO dots x loop trips), 1.133 x the
+analytic count (MTP included) x the remat factor 1.178, a roofline lower bound of 1.85 s per step.
+Remat: "save_attention" on v5p (full remat, except the attention kernels' output and lse: 9.4% fewer FLOPs than
+"full" for 1.41 GB more per chip; docs/sharding.md, "Remat policy"); "full" on 64 x H100, where "save_attention" does
+not fit (XLA:GPU ahead of time: peak 75.54 GB of 80 with "full", 80.93 GB with it).
 
 Data: point `data.sources` at your trajectory JSONL files (`a1jax data import` writes them). The default sources
 are the small shipped quickstart files, so that the config validates anywhere.
@@ -25,6 +28,8 @@ import os
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the remat policy per layout, chosen with the planner's memory and FLOP figures (docs/sharding.md, "Remat policy")
+REMAT = {"v5p-512": "save_attention", "h100-64": "full"}
 MESHES = {
     # data x fsdp x expert x tensor x sequence
     "v5p-512": dict(data=1, fsdp=8, expert=8, tensor=1, sequence=4),  # 256 chips = 256 JAX devices; 64 batch shards
@@ -42,7 +47,7 @@ def get_config(arg: str = "v5p-512") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.preset = "qwen35_35b_a3b"
     c.model.overrides = ml_collections.ConfigDict(dict(
-        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full", loss_chunk_size=2048,
+        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy=REMAT[arg], loss_chunk_size=2048,
         moe_impl="auto", attention_impl="auto", deltanet_impl="auto"))
 
     c.data = ml_collections.ConfigDict()

@@ -236,6 +236,11 @@ def test_bad_loop_config_names_the_field():
         experiment.validate(c)
     c.expert_iteration.rollout_fraction = 0.0  # plain SFT on demonstrations: no rounds to split
     experiment.validate(c)
+    for stage in ("opd", "grpo"):  # their losses have no MTP term: a coefficient would be silently ignored
+        c = _config(stage=stage, domains=["search"])
+        c.model.overrides.mtp_num_hidden_layers, c.train.mtp_loss_coef = 1, 0.1
+        with pytest.raises(ValueError, match=rf"config.train.mtp_loss_coef=0.1: expected 0 for stage '{stage}'"):
+            experiment.validate(c)
 
 
 class Echo:

@@ -6,6 +6,8 @@ at production shapes without executing (docs/spec/kernels.md §6.4).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +51,17 @@ def _value_and_grads(f, q, k, v, do):
     return (o, *vjp(do))
 
 
+def _flash_with(impl, *, fused=True, kv_superblock=0, segment_ids=None, causal=True, block_q=None, block_k=None):
+    """flash_attention(impl=...) with the backward picked by FlashConfig: fused ("flash_bwd") or flash_dq + flash_dkv;
+    kv_superblock sets the TPU fused kernel's dk/dv superblock (several superblocks: dq summed from partials)."""
+    def f(q, k, v):
+        cfg = dataclasses.replace(flash.make_config(impl, causal, block_q, block_k), fused_bwd=fused,
+                                  kv_superblock=kv_superblock)
+        seg, pos = ref.default_ids(q, segment_ids, None)
+        return flash.from_kernel_layout(flash._flash(*flash.to_kernel_layout(q, k, v, seg, pos, cfg), cfg), q.shape[1])
+    return f
+
+
 def _assert_close(got, want, atol, rtol=None, names=("o", "dq", "dk", "dv")):
     for name, a, b in zip(names, got, want):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol,
@@ -84,6 +97,29 @@ def test_flash_triton_variant_matches_reference_with_padding(nh, nkv, segments):
     _assert_close(got, want, atol=2e-5)
 
 
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
+@pytest.mark.parametrize("causal,segments", [(True, "docs"), (False, "inside_block")])
+def test_flash_backwards_match_reference(impl, fused, causal, segments):
+    """Both backwards of both variants, blocks of 64: T = 200 padded to 256, GQA, packed segments that leave block
+    pairs skipped (also without the causal mask); the TPU fused kernel in two dk/dv superblocks of 128 keys, its dq
+    summed from two partials."""
+    q, k, v, do = _qkv(200, 32, 4, 2, B=2, seed=3)
+    kw = dict(segment_ids=_segments(segments, 200, B=2), causal=causal)
+    f = _flash_with(impl, fused=fused, kv_superblock=128, block_q=64, block_k=64, **kw)
+    got = jax.jit(lambda *a: _value_and_grads(f, *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
+    _assert_close(got, want, atol=2e-5)
+
+
+def test_flash_superblock_divides_the_keys_and_keeps_dkv_within_the_vmem_budget():
+    cfg = flash.make_config("pallas_tpu", True)
+    assert flash.superblock(cfg, 16384, 256) == 4096 and flash.superblock(cfg, 16384, 128) == 8192
+    assert flash.superblock(cfg, 1024, 256) == 1024 and flash.superblock(cfg, 3 * 2048, 256) == 3072
+    assert flash.superblock(dataclasses.replace(cfg, kv_superblock=256), 1024, 64) == 256
+    assert flash.superblock(dataclasses.replace(cfg, kv_superblock=300), 384, 64) == 128  # largest divisor <= 300
+
+
 def test_flash_bf16_within_1e_2_of_fp32_reference_on_same_inputs():
     q, k, v, do = _qkv(128, 256, 4, 2, dtype=jnp.bfloat16, seed=2)
     kw = dict(segment_ids=_segments("docs", 128), causal=True)
@@ -96,11 +132,12 @@ def test_flash_bf16_within_1e_2_of_fp32_reference_on_same_inputs():
     _assert_close(got[1:], want[1:], atol=2e-2, rtol=2e-2, names=("dq", "dk", "dv"))
 
 
-def test_fully_masked_rows_give_zero_output_lse_neg_and_finite_grads():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
+def test_fully_masked_rows_give_zero_output_lse_neg_and_finite_grads(fused):
     """Queries whose segment has no key (a ring hop, a padded key block) end with o = 0, lse = NEG, never NaN."""
     T, D = 128, 64
     q, k, v, do = _qkv(T, D, 4, 2, seed=4)
-    cfg = flash.make_config("pallas_tpu", True)
+    cfg = dataclasses.replace(flash.make_config("pallas_tpu", True), fused_bwd=fused)
     q_ids = jnp.asarray(np.where(np.arange(T) < 40, 7, 1)[None], jnp.int32)  # rows < 40: segment 7 has no key
     kv_ids = jnp.ones((1, T), jnp.int32)
     pos = jnp.arange(T, dtype=jnp.int32)[None]
@@ -118,13 +155,15 @@ def test_fully_masked_rows_give_zero_output_lse_neg_and_finite_grads():
     assert np.all(np.asarray(grads[0])[:, :, :40] == 0)
 
 
-def test_flash_tpu_variant_under_the_tpu_interpreter(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
+def test_flash_tpu_variant_under_the_tpu_interpreter(monkeypatch, fused):
     """KERNELS_INTERPRET=tpu simulates TPU memory (uninitialised buffers are NaN, DMAs, races): the grid-carried
-    scratch and the write-once output blocks of the TPU variant behave as on the chip."""
+    scratch and the write-once output blocks of the TPU variant behave as on the chip; the fused backward's output
+    blocks, accumulated in place (dk/dv single-buffered), over two superblocks."""
     monkeypatch.setenv("KERNELS_INTERPRET", "tpu")
     q, k, v, do = _qkv(256, 64, 2, 1, seed=8)
     kw = dict(segment_ids=_segments("docs", 256), causal=True)
-    got = _value_and_grads(lambda q, k, v: flash_attention(q, k, v, impl="pallas_tpu", **kw), q, k, v, do)
+    got = _value_and_grads(_flash_with("pallas_tpu", fused=fused, kv_superblock=128, **kw), q, k, v, do)
     want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
     _assert_close(got, want, atol=2e-5)
 
@@ -206,11 +245,13 @@ _PROD = lambda T: (_S((1, T, 16, 256), jnp.bfloat16), _S((1, T, 2, 256), jnp.bfl
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_flash_lowers_at_production_shapes(platform):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
+def test_flash_lowers_at_production_shapes(platform, fused):
+    impl = {"tpu": "pallas_tpu", "cuda": "pallas_gpu"}[platform]
 
     def f(q, k, v, seg, do):
-        return _value_and_grads(lambda q, k, v: flash_attention(q, k, v, segment_ids=seg), q, k, v, do)
-    assert custom_calls(lower_text(f, _PROD(4096), platform), platform) == 3  # fwd, dq, dkv
+        return _value_and_grads(_flash_with(impl, fused=fused, segment_ids=seg), q, k, v, do)
+    assert custom_calls(lower_text(f, _PROD(4096), platform), platform) == (2 if fused else 3)  # fwd, bwd | dq, dkv
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
@@ -244,16 +285,21 @@ def _kernel_costs(fn, *args):
 
 @pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
 def test_flash_cost_estimates_count_only_the_blocks_on_and_below_the_diagonal(impl):
-    """T = 4 blocks of 64: causal runs 1+2+3+4 = 10 of 16 block pairs; fwd does 2, dq 3, dkv 4 [64, 64, D] matmuls per
-    pair and query head."""
+    """T = 4 blocks of 64: causal runs 1+2+3+4 = 10 of 16 block pairs; fwd does 2, dq 3, dkv 4, the fused backward 5
+    [64, 64, D] matmuls per pair and query head (5/7 of dq + dkv), also in several TPU superblocks."""
     B, T, nh, nkv, D, b = 1, 256, 4, 2, 32, 64
     q = jax.ShapeDtypeStruct((B, T, nh, D), jnp.float32)
     kv = jax.ShapeDtypeStruct((B, T, nkv, D), jnp.float32)
     pair = B * nh * 2 * b * b * D
     for causal, pairs in ((True, 10), (False, 16)):
-        loss = lambda q, k, v: flash.flash_attention(q, k, v, causal=causal, impl=impl, block_q=b, block_k=b).sum()
-        costs = _kernel_costs(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
-        assert costs == {"flash_fwd": pairs * 2 * pair, "flash_dq": pairs * 3 * pair, "flash_dkv": pairs * 4 * pair}
+        costs = {}
+        for fused, sb in ((False, 0), (True, 0), (True, 2 * b)):
+            f = _flash_with(impl, fused=fused, kv_superblock=sb, causal=causal, block_q=b, block_k=b)
+            costs[fused, sb] = _kernel_costs(jax.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2)), q, kv, kv)
+        two, fused = costs[False, 0], costs[True, 0]
+        assert two == {"flash_fwd": pairs * 2 * pair, "flash_dq": pairs * 3 * pair, "flash_dkv": pairs * 4 * pair}
+        assert fused == costs[True, 2 * b] == {"flash_fwd": pairs * 2 * pair, "flash_bwd": pairs * 5 * pair}
+        assert fused["flash_bwd"] * 7 == (two["flash_dq"] + two["flash_dkv"]) * 5
 
 
 def test_ring_cost_estimates_add_up_to_the_single_device_causal_blocks():

@@ -200,6 +200,29 @@ def test_chunked_token_logprobs_match_full_log_softmax_and_gradients(masked):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_save_attention_remat_keeps_the_gradients_and_runs_the_attention_kernel_forward_once():
+    """remat_policy="save_attention" saves the flash kernel's output and lse: the backward recomputes the layer but
+    not the attention forward (counted from the traced program's kernel estimates), and the gradients equal full
+    remat's."""
+    from a1jax.plan import program_flops
+    base = model.presets.tiny(num_hidden_layers=4, attention_impl="pallas_gpu", remat_policy="full")
+    params = _perturbed_params(base)
+    tokens = jax.random.randint(jax.random.key(1), (1, 64), 0, base.vocab_size)
+
+    def grads(cfg):
+        f = jax.value_and_grad(lambda p: jnp.mean(model.forward(p, tokens, cfg).logits ** 2))
+        kernels = {}
+        program_flops(jax.make_jaxpr(f)(params).jaxpr, kernels=kernels)
+        return jax.jit(f)(params), kernels
+
+    (l0, g0), k0 = grads(base)
+    (l1, g1), k1 = grads(base.replace(remat_policy="save_attention"))
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert k1["flash_fwd"] == k0["flash_fwd"] / 2 and k1["flash_bwd"] == k0["flash_bwd"], (k0, k1)
+
+
 def _all_shapes(jaxpr):
     """Shapes of every value computed in a jaxpr, recursing into scans, maps, checkpoints and custom rules."""
     for eqn in jaxpr.eqns:
@@ -235,6 +258,38 @@ def test_chunked_loss_keeps_the_batch_sharding():
                 in_shardings=(rows, rows, rows))
     hlo = f.lower(jnp.zeros((8, 64, cfg.hidden_size)), jnp.zeros((8, 64), jnp.int32), m).compile().as_text()
     assert f"f32[1,16,{cfg.vocab_size}]" in hlo and f"f32[8,16,{cfg.vocab_size}]" not in hlo
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_loss_on_a_sequence_sharded_mesh_projects_each_shards_own_positions(masked):
+    """sequence=4 x data=2: per device the loss's LM-head dots are 1/8 of the whole batch's (before, every device ran
+    the chunk loop over its rows' whole sequence: 1/2), and log-probs and gradients equal the unsharded ones."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from a1jax.plan import hlo_dot_flops
+    r = np.random.default_rng(1)
+    B, T, H, V, c = 2, 64, 16, 96, 8
+    h = jnp.asarray(r.normal(size=(B, T, H)), jnp.float32)
+    w = jnp.asarray(r.normal(size=(H, V)), jnp.float32)
+    t = jnp.asarray(r.integers(0, V, size=(B, T)), jnp.int32)
+    m = jnp.asarray(r.random((B, T)) < 0.6, jnp.float32) if masked else None
+    mesh = jax.make_mesh((2, 4), ("data", "sequence"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    tok = NamedSharding(mesh, P("data", "sequence"))
+
+    def loss(h, w, shards):
+        logp, lse = losses.token_logprobs(h, w, t, c, mask=m, sequence_shards=shards)
+        keep = 1.0 if m is None else m  # masked-out positions' values depend on the chunking: not compared
+        return jnp.sum(logp * keep) + 1e-2 * jnp.sum(lse * keep)
+
+    grad = lambda shards: jax.jit(jax.value_and_grad(lambda h, w: loss(h, w, shards), argnums=(0, 1)),
+                                  in_shardings=(tok, NamedSharding(mesh, P())))
+    hlo = grad(4).lower(h, w).compile().as_text()
+    per_device, _ = hlo_dot_flops(hlo)
+    whole = 3 * 2 * B * T * H * V  # logits forward, recomputed in the backward, and dh (dw: a further B*T*H*V*2)
+    assert per_device <= (whole + 2 * B * T * H * V) / 8 * 1.01, per_device
+    want, got = jax.value_and_grad(lambda h, w: loss(h, w, 1), argnums=(0, 1))(h, w), grad(4)(h, w)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_aux_loss_matches_direct_formula_and_excludes_padding():

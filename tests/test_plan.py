@@ -181,3 +181,50 @@ ENTRY %main (a: f32[8,4]) -> f32[8,4] {
     body_dot, outer_dot = 2 * 8 * 4 * 16, 2 * 8 * 16 * 4
     assert planner.hlo_dot_flops(hlo) == (3 * body_dot + outer_dot, 0)
     assert planner.hlo_dot_flops(hlo.replace("constant(11)", "constant(12)"))[0] == 4 * body_dot + outer_dot
+
+
+def test_analytic_flops_count_the_mtp_module_only_when_the_step_trains_it():
+    from a1jax import model
+    from a1jax.model.params import FULL, ParamSpec, layer_specs
+    from a1jax.train import metrics
+    import numpy as np
+    cfg = model.presets.qwen35_35b_a3b()
+    T, H, V = 65536, cfg.hidden_size, cfg.vocab_size
+    without, with_mtp = metrics.model_flops_breakdown(cfg, T), metrics.model_flops_breakdown(cfg, T, mtp=True)
+    assert set(without) == {"layers", "attention", "lm_head"} and {k: with_mtp[k] for k in without} == without
+    leaves = jax.tree.leaves(layer_specs(cfg, FULL), is_leaf=lambda x: isinstance(x, ParamSpec))
+    layer = sum(int(np.prod(s.shape)) for s in leaves) - (cfg.num_experts - cfg.num_experts_per_tok) * 3 * H * \
+        cfg.moe_intermediate_size
+    attention = 6 * cfg.num_attention_heads * cfg.head_dim * T
+    assert with_mtp["mtp_layers"] == 6 * (2 * H * H + 3 * H + layer) + attention  # fc, its 3 norms, one layer
+    assert with_mtp["mtp_lm_head"] == with_mtp["lm_head"] == 6 * V * H
+    assert metrics.model_flops_per_token(cfg, T, mtp=True) == sum(with_mtp.values())
+
+
+def test_remat_factor_counts_each_part_as_often_as_the_step_recomputes_it():
+    from a1jax import model
+    from a1jax.train import metrics
+    import dataclasses
+    full = model.presets.qwen35_35b_a3b(remat_policy="full")
+    assert planner.remat_factor(full, 4096, mtp=False) == pytest.approx(4 / 3)  # layers and LM-head chunks alike
+    parts = metrics.model_flops_breakdown(full, 4096, mtp=True)
+    want = (4 / 3 * (parts["layers"] + parts["attention"] + parts["lm_head"] + parts["mtp_lm_head"])
+            + parts["mtp_layers"]) / sum(parts.values())
+    assert planner.remat_factor(full, 4096, mtp=True) == pytest.approx(want) and want < 4 / 3
+    none = dataclasses.replace(full, remat_policy="none")
+    parts = metrics.model_flops_breakdown(none, 4096)
+    assert planner.remat_factor(none, 4096, mtp=False) == pytest.approx(
+        (parts["layers"] + parts["attention"] + 4 / 3 * parts["lm_head"]) / sum(parts.values()))
+    parts = metrics.model_flops_breakdown(full, 4096)
+    assert planner.remat_factor(dataclasses.replace(full, remat_policy="save_attention"), 4096, mtp=False) == \
+        pytest.approx((4 / 3 * (parts["layers"] + parts["lm_head"]) + parts["attention"]) / sum(parts.values()))
+    assert planner.remat_factor(dataclasses.replace(full, remat_policy="dots"), 4096, mtp=False) is None
+
+
+def test_a_step_that_trains_mtp_plans_against_an_analytic_count_with_the_mtp_module():
+    exp = tiny_experiment(mesh=dict(data=1), num_experts=0, num_experts_per_tok=0, shared_expert_intermediate_size=0,
+                          intermediate_size=96, mtp_num_hidden_layers=1, remat_policy="full")
+    exp.config.train.mtp_loss_coef = 0.1
+    f = planner.plan(exp, devices=jax.devices()[:1])["flops"]
+    assert f["trains_mtp"] and 1.0 < f["remat_factor"] < 4 / 3
+    assert 1.0 <= f["ratio_program_remat_deltanet"] <= 1.3, f  # as without MTP: the module's work is all counted

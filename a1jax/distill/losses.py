@@ -60,7 +60,8 @@ def _stats_from_logits(logits, targets, support_ids):
     return LogitStats(target_logp, support_logp, lse, entropy)
 
 
-def chunked_logits_stats(hidden, unembed, targets, support_ids=None, *, chunk: int, mask=None) -> LogitStats:
+def chunked_logits_stats(hidden, unembed, targets, support_ids=None, *, chunk: int, mask=None,
+                         sequence_shards: int = 1) -> LogitStats:
     """Student log q(target), log q(support ids), logsumexp and entropy, [B,T](,K), in T-chunks of `chunk`.
 
     hidden f32[B,T,D]; unembed [D,V]; targets i32[B,T]; support_ids i32[B,T,K] or None (-1 = no id). Only
@@ -68,7 +69,8 @@ def chunked_logits_stats(hidden, unembed, targets, support_ids=None, *, chunk: i
     """
     xs = (targets, support_ids)
     fn = lambda logits, x: tuple(_stats_from_logits(logits, x[0], x[1]))[:4]
-    target_logp, support_logp, lse, entropy = map_logit_chunks(fn, hidden, unembed, xs, chunk=chunk, mask=mask)
+    target_logp, support_logp, lse, entropy = map_logit_chunks(fn, hidden, unembed, xs, chunk=chunk, mask=mask,
+                                                               sequence_shards=sequence_shards)
     return LogitStats(target_logp, support_logp, lse, entropy)
 
 

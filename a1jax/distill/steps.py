@@ -197,7 +197,8 @@ def grpo_loss_and_grads(ctx: StepContext, params, batch):
         mb, w = data
         out, w_out = _forward(params, mb, ctx)
         mm = mb["loss_mask"].astype(F32)
-        stats = losses.chunked_logits_stats(out.hidden, w_out, mb["targets"], chunk=cfg.loss_chunk_size, mask=mm)
+        stats = losses.chunked_logits_stats(out.hidden, w_out, mb["targets"], chunk=cfg.loss_chunk_size, mask=mm,
+                                            sequence_shards=ctx.sequence_shards)
         per_token, diag = losses.policy_gradient_loss(
             stats.target_logp, mb["behavior_logp"], mb["advantages"], loss_type=opts.loss_type,
             eps_low=opts.eps_low, eps_high=opts.eps_high, tis_cap=opts.tis_cap,
@@ -273,7 +274,7 @@ def opd_loss_and_grads(ctx: StepContext, params, batch, teacher_targets):
         else:
             support = tb["topk_ids"] if opts.estimator in ("salient", "mix") else None
             stats = losses.chunked_logits_stats(out.hidden, w_out, mb["targets"], support,
-                                                chunk=cfg.loss_chunk_size, mask=cm)
+                                                chunk=cfg.loss_chunk_size, mask=cm, sequence_shards=ctx.sequence_shards)
         loss, metrics = losses.multi_teacher_opd_loss(stats, tb, mb, num_domains=nd, weights=w,
                                                       sft_weights=w_sft, **opts.loss_kwargs())
         return loss + out.aux["moe_loss"] / ctx.microbatches, dict(metrics, **_aux_metrics(out, ctx, mb))

@@ -10,7 +10,7 @@ from typing import Any
 
 LINEAR = "linear_attention"
 FULL = "full_attention"
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mixer_out", "save_attention")
 # Implementation switches. Kernel issues add their Pallas paths here and in the dispatch of the matching layer.
 # "reference": plain softmax attention (a1jax/model/attention.py); "chunked"/"scan": kernels/reference/gated_delta_rule.py.
 # The others go through kernels.attention.flash_attention / kernels.gdn.chunk_gated_delta_rule, like moe_impl.

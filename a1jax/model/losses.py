@@ -37,13 +37,40 @@ def _permute_bwd(res, g):
 _permute.defvjp(_permute_fwd, _permute_bwd)
 
 
-def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool = True):
+def _shard_rows(a, shards: int):
+    """[B, T, ...] -> [B*shards, T/shards, ...]: each sequence shard becomes a row of its own (a free reshape that keeps
+    the batch and sequence shardings, the shard index minor to the row index)."""
+    return a.reshape(a.shape[0] * shards, a.shape[1] // shards, *a.shape[2:])
+
+
+def _unshard_rows(a, shards: int):
+    return a.reshape(a.shape[0] // shards, a.shape[1] * shards, *a.shape[2:])
+
+
+def _by_sequence_shard(f: Callable, shards: int, T: int, *arrays):
+    """f(*arrays) with every [B, T, ...] array (None passes through) split into one row per sequence shard.
+
+    The chunk loop is a scan over chunk index, which the SPMD partitioner cannot split: over a whole row, every device
+    of a sequence-sharded mesh would project all T positions. Row-splitting first makes each step project one chunk
+    of every shard at once, so a device projects only its own T / shards positions."""
+    if shards <= 1 or T % shards:
+        return f(*arrays)
+    split = lambda t: jax.tree.map(lambda a: _shard_rows(a, shards), t)
+    return jax.tree.map(lambda a: _unshard_rows(a, shards), f(*(split(a) for a in arrays)))
+
+
+def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool = True,
+                     sequence_shards: int = 1):
     """Applies `fn(logits [B,c,V] fp32, xs_chunk) -> pytree of [B,c,...]` to T-chunks of `hidden @ unembed`.
 
     hidden [B,T,D]; unembed [D,V]; xs a pytree of [B,T,...] per-position inputs. With `mask` [B,T], a chunk without
     any masked-in position skips its projection and returns zeros. `remat` wraps each chunk in `jax.checkpoint`, so
-    the backward pass recomputes the chunk's logits instead of storing them.
+    the backward pass recomputes the chunk's logits instead of storing them. `sequence_shards`: the size of the mesh
+    axis that splits T (see `_by_sequence_shard`); `fn` must treat positions independently.
     """
+    if sequence_shards > 1:
+        run = lambda h, x, m: map_logit_chunks(fn, h, unembed, x, chunk=chunk, mask=m, remat=remat)
+        return _by_sequence_shard(run, sequence_shards, hidden.shape[1], hidden, xs, mask)
     B, T, _ = hidden.shape
     c = max(1, min(int(chunk), T))
     n = -(-T // c)
@@ -73,7 +100,7 @@ def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(B, n * c, *a.shape[3:])[:, :T], out)
 
 
-def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
+def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None, sequence_shards: int = 1):
     """log p(targets) and logsumexp of the logits, both [B,T] fp32. hidden [B,T,H]; w_out [H,V]; targets [B,T].
 
     `map_logit_chunks` does the projection: step j projects chunk j of every row at once, so a device holds
@@ -84,7 +111,12 @@ def token_logprobs(hidden, w_out, targets, chunk_size: int, mask=None):
     first gathered so that masked-in ones come first, and a step where no row has a masked-in position left skips
     its projection. In agentic SFT most tokens are tool output or user text, so this removes most of the vocabulary
     work. Exact: the loss is a sum over positions, and their order does not matter.
+    `sequence_shards`: the size of the mesh axis that splits T; positions are then sorted and projected within each
+    shard (`_by_sequence_shard`).
     """
+    if sequence_shards > 1:
+        run = lambda h, t, m: token_logprobs(h, w_out, t, chunk_size, mask=m)
+        return _by_sequence_shard(run, sequence_shards, hidden.shape[1], hidden, targets, mask)
     if mask is not None:
         keep = mask != 0
         order = jnp.argsort(~keep, axis=1, stable=True)  # per row: masked-in positions first, in their order
@@ -110,8 +142,9 @@ def mtp_targets(targets, loss_mask, segment_ids):
     return shift(targets), shift(loss_mask).astype(F32) * same.astype(F32)
 
 
-def mtp_nll(params, out: Output, targets, loss_mask, segment_ids, cfg: ModelConfig):
+def mtp_nll(params, out: Output, targets, loss_mask, segment_ids, cfg: ModelConfig, sequence_shards: int = 1):
     """(sum, count) of the MTP cross-entropy; `out` must come from forward(..., mtp=True)."""
     t, m = mtp_targets(targets, loss_mask, segment_ids)
-    logp, _ = token_logprobs(out.mtp_hidden, lm_head_weight(params, cfg), t, cfg.loss_chunk_size, mask=m)
+    logp, _ = token_logprobs(out.mtp_hidden, lm_head_weight(params, cfg), t, cfg.loss_chunk_size, mask=m,
+                             sequence_shards=sequence_shards)
     return -jnp.sum(logp * m), jnp.sum(m)

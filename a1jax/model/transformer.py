@@ -2,7 +2,7 @@
 
 `forward` is a pure function of (params, tokens, cfg). Layers are stored stacked per position of the block pattern
 (see params.py), so the same tree runs as a `lax.scan` over blocks (fast compiles for 40-60 layers) or as a Python
-loop, and `remat_policy` wraps one block in `jax.checkpoint`.
+loop, and `remat_policy` wraps each layer in `jax.checkpoint`.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from a1jax.model import moe
+from kernels.attention import flash
 from a1jax.model.attention import gated_attention
 from a1jax.model.config import LINEAR, ModelConfig
 from a1jax.model.deltanet import gated_deltanet
@@ -40,6 +41,9 @@ _REMAT = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "save_mixer_out": jax.checkpoint_policies.save_only_these_names("mixer_out"),
+    # full remat, except the attention kernels' output and lse (kernels.attention.flash.CORE_NAME): the backward
+    # recomputes the projections but not the attention forward (docs/sharding.md, "Remat policy")
+    "save_attention": jax.checkpoint_policies.save_only_these_names(flash.CORE_NAME),
 }
 
 
@@ -63,19 +67,24 @@ def decoder_layer(lp, h, layer_type, cfg: ModelConfig, positions, segment_ids, c
 def _run_blocks(blocks, h, cfg: ModelConfig, positions, segment_ids, caches, cache_ctx, parallel):
     pattern = cfg.block_pattern
 
+    def layer(lp, h, layer_type, c):
+        run = lambda lp, h, c: decoder_layer(lp, h, layer_type, cfg, positions, segment_ids, c, cache_ctx, parallel)
+        if cfg.remat_policy != "none":
+            # one checkpoint per layer, not per block of layers: the backward then recomputes a layer from its own
+            # saved input, never the layers before it in the block, whose MoE would otherwise run a third time (its
+            # token chunks are checkpointed too: a1jax/model/moe.py); one [B, T, H] input saved per layer
+            run = jax.checkpoint(run, policy=_REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        return run(lp, h, c)
+
     def block(h, xs):
         block_params, block_cache = xs
         stats, new_caches = [], []
         for i, layer_type in enumerate(pattern):
-            c = None if block_cache is None else block_cache[i]
-            h, st, nc = decoder_layer(block_params[i], h, layer_type, cfg, positions, segment_ids, c, cache_ctx,
-                                      parallel)
+            h, st, nc = layer(block_params[i], h, layer_type, None if block_cache is None else block_cache[i])
             stats.append(st)
             new_caches.append(nc)
         return h, (stats, None if block_cache is None else new_caches)
 
-    if cfg.remat_policy != "none":
-        block = jax.checkpoint(block, policy=_REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         h, (stats, new_caches) = jax.lax.scan(block, h, (blocks, caches))
     else:

@@ -227,6 +227,9 @@ def validate(config: ml_collections.ConfigDict, *, check_vocabulary: bool = True
                                                                         model.mtp_loss_coef)):
         _check(coef == 0 or model.mtp_num_hidden_layers > 0, where, coef,
                "0 when the model has no MTP layers (model.overrides.mtp_num_hidden_layers=0)")
+    _check(train.mtp_loss_coef == 0 or config.stage in ("sft", "teacher_sft"), "train.mtp_loss_coef",
+           train.mtp_loss_coef, f"0 for stage {config.stage!r}, whose loss has no MTP term (stages sft and teacher_sft "
+           "train the MTP module)")
     _static_mesh_checks(config, model, data, eval_data, train.microbatches)
     distill_steps.options_from_config(config)  # config.distill / config.grpo ranges, up front
     loop = settings.from_config(config, batch_size=data.batch_size) if rollout_stage else None

@@ -38,14 +38,36 @@ def measured_cpu_flops(n: int = 512, repeats: int = 3) -> float:
     return 2 * n ** 3 / best
 
 
-def model_flops_per_token(cfg, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul parameters (no embedding gather) + causal attention."""
-    from a1jax.model.params import count_params
+def model_flops_breakdown(cfg, seq_len: int, mtp: bool = False) -> dict[str, float]:
+    """Training FLOPs per token (forward + backward, 6 per matmul parameter, no recompute), by part of the model.
+
+    layers: the decoder layers' active matmul parameters (top-k experts); attention: causal attention,
+    6·T·heads·head_dim per full-attention layer (QK^T and PV over the causal half, x3 for the backward); lm_head: the
+    output projection (the input embedding is a gather, not a matmul). With `mtp` (the step trains the
+    multi-token-prediction module: train.mtp_loss_coef > 0), mtp_layers: its fc and decoder layer(s) with their
+    attention, and mtp_lm_head: the shared LM head's second pass, for the MTP positions."""
+    from a1jax.model.params import ParamSpec, count_params, param_specs
     _, active = count_params(cfg)
-    matmul = active - cfg.vocab_size * cfg.hidden_size  # the input embedding is a gather, not a matmul
+    H, V = cfg.hidden_size, cfg.vocab_size
+    embedding_and_head = V * H * (1 if cfg.tie_word_embeddings else 2)  # count_params counts a tied matrix once
+    attn_layer = 6 * cfg.num_attention_heads * cfg.head_dim * seq_len
     n_attn = sum(t == "full_attention" for t in cfg.layer_types)
-    attn = 6 * n_attn * cfg.num_attention_heads * cfg.head_dim * seq_len  # QK^T and PV, causal half, x3 for bwd
-    return 6.0 * matmul + attn
+    parts = {"layers": 6.0 * (active - embedding_and_head), "attention": float(n_attn * attn_layer),
+             "lm_head": 6.0 * V * H}
+    if mtp and cfg.mtp_num_hidden_layers > 0:
+        spec = param_specs(cfg)["mtp"]
+        n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(spec, is_leaf=lambda x: isinstance(x, ParamSpec)))
+        if cfg.is_moe:  # like count_params: only the top-k experts of each MTP layer are active
+            n -= cfg.mtp_num_hidden_layers * (cfg.num_experts - cfg.num_experts_per_tok) * 3 * H * \
+                cfg.moe_intermediate_size
+        parts["mtp_layers"] = 6.0 * n + cfg.mtp_num_hidden_layers * attn_layer
+        parts["mtp_lm_head"] = 6.0 * V * H
+    return parts
+
+
+def model_flops_per_token(cfg, seq_len: int, mtp: bool = False) -> float:
+    """Training FLOPs per token: 6 x active matmul parameters + causal attention (`model_flops_breakdown`)."""
+    return sum(model_flops_breakdown(cfg, seq_len, mtp).values())
 
 
 class MetricWriter:

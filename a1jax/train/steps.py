@@ -49,6 +49,11 @@ class StepContext:
     parallel: Any = None  # a1jax.model.parallel.Parallel: expert / sequence parallelism over the mesh, or None
     options: Any = None  # stage options: a frozen, hashable dataclass
 
+    @property
+    def sequence_shards(self) -> int:
+        """How many ways the mesh splits the sequence: the chunked LM-head losses project each shard's own positions."""
+        return 1 if self.parallel is None else self.parallel.size(self.parallel.sequence_axis)
+
 
 def _split_microbatches(batch, k: int):
     def split(x):
@@ -66,13 +71,15 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
                         return_logits=False, mtp=use_mtp, parallel=ctx.parallel)
     w_out = model.lm_head_weight(params, cfg)
     m = mb["loss_mask"].astype(F32)
-    logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m)
+    logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m,
+                                      sequence_shards=ctx.sequence_shards)
     nll = -logp * m
     z = jnp.sum(jnp.square(lse) * m)
     loss = (jnp.sum(nll) + ctx.z_loss_coef * z) / norm["tokens"] + out.aux["moe_loss"] / ctx.microbatches
     mtp_sum = jnp.zeros((), F32)
     if use_mtp:
-        mtp_sum, _ = losses.mtp_nll(params, out, mb["targets"], mb["loss_mask"], mb["segment_ids"], cfg)
+        mtp_sum, _ = losses.mtp_nll(params, out, mb["targets"], mb["loss_mask"], mb["segment_ids"], cfg,
+                                    sequence_shards=ctx.sequence_shards)
         loss = loss + ctx.mtp_loss_coef * mtp_sum / norm["mtp_tokens"]
     domains = mb["domain_ids"].reshape(-1)
     metrics = {

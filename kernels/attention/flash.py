@@ -12,6 +12,13 @@ block whose segment or position ranges cannot meet the q block is skipped.
 
 Masked scores use the finite NEG, and probabilities are re-masked after the exp, so a fully masked row ends with
 l = 0, which gives o = 0 and lse = NEG, never NaN.
+
+Backward (`flash_bwd`): by default one fused kernel "flash_bwd" that does 5 block matmuls per visited (q block, kv
+block) pair (QK^T, dO V^T, P^T dO -> dV, dS^T Q -> dK, dS K -> dQ) with the grid over kv blocks, against 3 + 4 = 7 for
+the two kernels "flash_dq" and "flash_dkv" (`FlashConfig.fused_bwd=False`), which each recompute QK^T and dO V^T.
+Triton: dk/dv in registers, each pair's dq added with atomics into an f32 dq that starts at zeros. TPU (no atomics,
+and an output block is never re-read once left): keys in superblocks of `superblock` keys whose f32 dk/dv stay in
+VMEM while all q blocks pass, and per superblock a dq partial, summed outside the kernel.
 """
 from __future__ import annotations
 
@@ -21,7 +28,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from kernels import backend
 from kernels.attention import _pallas
@@ -43,6 +52,8 @@ class FlashConfig:
     interpret: bool = False
     num_warps: int = 4
     num_stages: int = 2
+    fused_bwd: bool = True  # one backward kernel (5 matmuls per block pair) instead of flash_dq + flash_dkv (7)
+    kv_superblock: int = 0  # TPU fused backward: keys per dk/dv superblock (a multiple of block_k); 0: `superblock`
 
 
 def make_config(impl: str, causal: bool, block_q=None, block_k=None, interpret=None) -> FlashConfig:
@@ -82,6 +93,12 @@ def _needed(q_range, k_range, causal):
     return ok & (qp_max >= kp_min) if causal else ok
 
 
+def _tpu_pair(qseg_ref, kseg_ref, qpos_ref, kpos_ref, causal):
+    """The ids of a TPU grid step's (q block, kv block) pair, and whether any of its (query, key) pairs is unmasked."""
+    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+    return (qs, ks, qp, kp), _needed(_range(qs, qp), _range(ks, kp), causal)
+
+
 def _fwd_step(carry, q, k, v, mask, scale):
     m, l, acc = carry
     s = jnp.where(mask, _dot_nt(q, k) * scale, NEG)
@@ -103,18 +120,34 @@ def _probs(q, k, lse, mask, scale):
     return jnp.where(mask, jnp.exp(_dot_nt(q, k) * scale - lse), 0.0)
 
 
-def _dq_step(dq, q, k, v, do, lse, delta, mask, scale):
+def _probs_and_ds(q, k, v, do, lse, delta, mask, scale):  # QK^T, dO V^T: P and dS = P (dP - delta)
     p = _probs(q, k, lse, mask, scale)
-    ds = p * (_dot_nt(do, v) - delta)
-    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=F32) * scale
+    return p, p * (_dot_nt(do, v) - delta)
+
+
+def _dq_part(ds, k, scale):  # dS K
+    return jnp.dot(ds.astype(k.dtype), k, preferred_element_type=F32) * scale
+
+
+def _dkv_part(carry, p, ds, q, do, scale):  # P^T dO, dS^T Q
+    dk, dv = carry
+    return dk + _dot_tn(ds.astype(q.dtype), q) * scale, dv + _dot_tn(p.astype(do.dtype), do)
+
+
+def _dq_step(dq, q, k, v, do, lse, delta, mask, scale):
+    _, ds = _probs_and_ds(q, k, v, do, lse, delta, mask, scale)
+    return dq + _dq_part(ds, k, scale)
 
 
 def _dkv_step(carry, q, k, v, do, lse, delta, mask, scale):
-    dk, dv = carry
-    p = _probs(q, k, lse, mask, scale)
-    dv = dv + _dot_tn(p.astype(do.dtype), do)
-    ds = p * (_dot_nt(do, v) - delta)
-    return dk + _dot_tn(ds.astype(q.dtype), q) * scale, dv
+    p, ds = _probs_and_ds(q, k, v, do, lse, delta, mask, scale)
+    return _dkv_part(carry, p, ds, q, do, scale)
+
+
+def _fused_step(carry, q, k, v, do, lse, delta, mask, scale):
+    """The whole backward of one block pair, 5 matmuls: ((dk, dv) carry updated, this pair's dq contribution)."""
+    p, ds = _probs_and_ds(q, k, v, do, lse, delta, mask, scale)
+    return _dkv_part(carry, p, ds, q, do, scale), _dq_part(ds, k, scale)
 
 
 # ---- forward ------------------------------------------------------------------------------------------------------
@@ -128,12 +161,12 @@ def _fwd_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref,
         l_sc[...] = jnp.zeros(l_sc.shape, F32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, F32)
 
-    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+    ids, needed = _tpu_pair(qseg_ref, kseg_ref, qpos_ref, kpos_ref, causal)
 
-    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
+    @pl.when(needed)
     def _step():
         m, l, acc = _fwd_step((m_sc[...], l_sc[...], acc_sc[...]), q_ref[...], k_ref[...], v_ref[...],
-                              _mask(qs, ks, qp, kp, causal), scale)
+                              _mask(*ids, causal), scale)
         m_sc[...], l_sc[...], acc_sc[...] = m, l, acc
 
     @pl.when(j == pl.num_programs(3) - 1)
@@ -197,7 +230,8 @@ def _cost(q, k, cfg, visible, matmuls: int, out_bytes: int):
         bytes_accessed=int(2 * q.size * q.dtype.itemsize + kv_bytes + out_bytes))
 
 
-FWD_MATMULS, DQ_MATMULS, DKV_MATMULS = 2, 3, 4  # QK, PV | QK, dO V, dS K | QK, P dO, dO V, dS Q
+# QK, PV | QK, dO V, dS K | QK, P dO, dO V, dS Q | QK, dO V, P dO, dS Q, dS K
+FWD_MATMULS, DQ_MATMULS, DKV_MATMULS, FUSED_BWD_MATMULS = 2, 3, 4, 5
 
 
 def flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg: FlashConfig, out_dtype=None, visible=None):
@@ -246,12 +280,12 @@ def _dq_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, 
     def _init():
         dq_sc[...] = jnp.zeros(dq_sc.shape, F32)
 
-    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+    ids, needed = _tpu_pair(qseg_ref, kseg_ref, qpos_ref, kpos_ref, causal)
 
-    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
+    @pl.when(needed)
     def _step():
         dq_sc[...] = _dq_step(dq_sc[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
-                              delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
+                              delta_ref[...], _mask(*ids, causal), scale)
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _finish():
@@ -283,12 +317,12 @@ def _dkv_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref,
         dk_sc[...] = jnp.zeros(dk_sc.shape, F32)
         dv_sc[...] = jnp.zeros(dv_sc.shape, F32)
 
-    qs, ks, qp, kp = qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...]
+    ids, needed = _tpu_pair(qseg_ref, kseg_ref, qpos_ref, kpos_ref, causal)
 
-    @pl.when(_needed(_range(qs, qp), _range(ks, kp), causal))
+    @pl.when(needed)
     def _step():
         dk, dv = _dkv_step((dk_sc[...], dv_sc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
-                           delta_ref[...], _mask(qs, ks, qp, kp, causal), scale)
+                           delta_ref[...], _mask(*ids, causal), scale)
         dk_sc[...], dv_sc[...] = dk, dv
 
     @pl.when((g == pl.num_programs(3) - 1) & (i == pl.num_programs(4) - 1))
@@ -316,9 +350,131 @@ def _dkv_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_r
     dv_ref[...] = dv
 
 
-def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig, visible=None):
-    """Block backward from the global lse and delta = sum(o * do) [B,nh,T,1]. Returns f32 (dq, dk, dv); dk and dv
-    are summed over the query heads of each kv head inside the kernel. `visible`: see `visited_pairs`."""
+def _bwd_kernel_tpu(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                    dq_ref, dk_ref, dv_ref, *, causal, scale, bk):
+    """Grid (b, h, s, g, i, j): kv block j of superblock s against q block i of query head g. The f32 output blocks
+    are the accumulators: dq's (partial of superblock s) stays in VMEM over the j steps of one q block, dk/dv's
+    [sb, D] over all (g, i, j) of the superblock; each is written back once, when its block index moves on."""
+    g, i, j = pl.program_id(3), pl.program_id(4), pl.program_id(5)
+
+    @pl.when((g == 0) & (i == 0) & (j == 0))
+    def _init_dkv():
+        dk_ref[...] = jnp.zeros(dk_ref.shape, F32)
+        dv_ref[...] = jnp.zeros(dv_ref.shape, F32)
+
+    @pl.when(j == 0)
+    def _init_dq():
+        dq_ref[...] = jnp.zeros(dq_ref.shape, F32)
+
+    ids, needed = _tpu_pair(qseg_ref, kseg_ref, qpos_ref, kpos_ref, causal)
+
+    @pl.when(needed)
+    def _step():
+        rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        (dk, dv), dq = _fused_step((dk_ref[rows, :], dv_ref[rows, :]), q_ref[...], k_ref[...], v_ref[...],
+                                   do_ref[...], lse_ref[...], delta_ref[...], _mask(*ids, causal), scale)
+        dk_ref[rows, :] = dk
+        dv_ref[rows, :] = dv
+        dq_ref[...] += dq
+
+
+def _bwd_kernel_triton(qseg_ref, kseg_ref, qpos_ref, kpos_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                       dq_in_ref, dq_ref, dk_ref, dv_ref, *, causal, scale, bq, nq, G):
+    """Grid (b, h, kv block) as flash_dkv; dk/dv in registers, each q block's dq contribution atomically added to the
+    kv head's grouped dq rows (dq_ref aliases dq_in_ref, zeros)."""
+    del dq_in_ref
+    k, v, ks, kp = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+    k_range = _range(ks, kp)
+
+    def body(gi, carry):
+        rows = pl.ds(pl.multiple_of(gi * bq, bq), bq)
+        ids = pl.ds(pl.multiple_of(jax.lax.rem(gi, nq) * bq, bq), bq)
+        qs, qp = qseg_ref[ids, :], qpos_ref[ids, :]
+
+        def step(c):
+            c, dq = _fused_step(c, q_ref[rows, :], k, v, do_ref[rows, :], lse_ref[rows, :], delta_ref[rows, :],
+                                _mask(qs, ks, qp, kp, causal), scale)
+            pltriton.atomic_add(dq_ref, (rows, slice(None)), dq)
+            return c
+        return jax.lax.cond(_needed(_range(qs, qp), k_range, causal), step, lambda c: c, carry)
+
+    zeros = jnp.zeros(k.shape, F32)
+    dk, dv = jax.lax.fori_loop(0, G * nq, body, (zeros, zeros))
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+
+
+DKV_VMEM_BYTES = 8 * 2 ** 20  # TPU fused backward: the f32 dk/dv superblocks (two single-buffered output blocks)
+
+
+def superblock(cfg: FlashConfig, S, D) -> int:
+    """Keys per superblock of the TPU fused backward: the largest multiple of the kv block that divides S and is at
+    most cfg.kv_superblock, or (0) keeps the f32 dk/dv output blocks (2 x sb x D x 4 bytes) within DKV_VMEM_BYTES:
+    4096 keys at D = 256 (with the q/k/v/dO blocks, ~9 MiB of VMEM; double-buffered dk/dv would pass v5p's 16 MiB)."""
+    bk = min(cfg.block_k, S)
+    cap = cfg.kv_superblock or DKV_VMEM_BYTES // (2 * D * 4)
+    nk = S // bk
+    return bk * max(d for d in range(1, nk + 1) if nk % d == 0 and d * bk <= max(cap, bk))
+
+
+def _group(x, nkv):
+    """[B, nh, T, X] -> [B, nkv, G*T, X] (free reshape): the G query heads of kv head h are rows [g*T, (g+1)*T)."""
+    B, nh, T, X = x.shape
+    return x.reshape(B, nkv, nh // nkv * T, X)
+
+
+def _bwd_fused(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig, visible):
+    B, nh, T, D = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    G = nh // nkv
+    bq, bk = _blocks(cfg, T, S)
+    nq, nk = T // bq, S // bk
+    scale = D ** -0.5
+    qg, dog, lseg, deltag = (_group(x, nkv) for x in (q, do, lse, delta))
+    args = (qseg, kseg, qpos, kpos, qg, k, v, dog, lseg, deltag)
+    kv_out = [_pallas.out_struct(k.shape, F32, k)] * 2
+    if cfg.variant == "tpu":
+        sb = superblock(cfg, S, D)
+        ns, nj = S // sb, sb // bk
+        q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, s, g, i, j: (b, h, g * nq + i, 0))
+        r_spec = pl.BlockSpec((None, None, bq, 1), lambda b, h, s, g, i, j: (b, h, g * nq + i, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, s, g, i, j: (b, h, s * nj + j, 0))
+        qid_spec = pl.BlockSpec((None, bq, 1), lambda b, h, s, g, i, j: (b, i, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, s, g, i, j: (b, 0, s * nj + j))
+        dq_spec = pl.BlockSpec((None, None, None, bq, D), lambda b, h, s, g, i, j: (s, b, h, g * nq + i, 0))
+        dkv_spec = pl.BlockSpec((None, None, sb, D), lambda b, h, s, g, i, j: (b, h, s, 0),
+                                pipeline_mode=pl.Buffered(1))
+        dq, dk, dv = _pallas.call(
+            functools.partial(_bwd_kernel_tpu, causal=cfg.causal, scale=scale, bk=bk),
+            variant="tpu", grid=(B, nkv, ns, G, nq, nj),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec],
+            out_specs=[dq_spec, dkv_spec, dkv_spec],
+            out_shape=[_pallas.out_struct((ns,) + qg.shape, F32, q)] + kv_out,
+            semantics=("parallel",) * 3 + ("arbitrary",) * 3, interpret=cfg.interpret, name="flash_bwd",
+            cost=_cost(q, k, cfg, visible, FUSED_BWD_MATMULS, (ns * q.size + 2 * k.size) * 4))(*args)
+        dq = dq[0] if ns == 1 else dq.sum(0)
+    else:
+        q_spec = pl.BlockSpec((None, None, G * T, D), lambda b, h, j: (b, h, 0, 0))
+        r_spec = pl.BlockSpec((None, None, G * T, 1), lambda b, h, j: (b, h, 0, 0))
+        kv_spec = pl.BlockSpec((None, None, bk, D), lambda b, h, j: (b, h, j, 0))
+        qid_spec = pl.BlockSpec((None, T, 1), lambda b, h, j: (b, 0, 0))
+        kid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, j: (b, 0, j))
+        dq_out = _pallas.out_struct(qg.shape, F32, q)
+        dq, dk, dv = pl.pallas_call(  # _pallas.call has no input_output_aliases
+            functools.partial(_bwd_kernel_triton, causal=cfg.causal, scale=scale, bq=bq, nq=nq, G=G),
+            grid=(B, nkv, nk),
+            in_specs=[qid_spec, kid_spec, qid_spec, kid_spec, q_spec, kv_spec, kv_spec, q_spec, r_spec, r_spec,
+                      q_spec],
+            out_specs=[q_spec, kv_spec, kv_spec], out_shape=[dq_out] + kv_out, input_output_aliases={10: 0},
+            compiler_params=_pallas.compiler_params("triton", (), cfg.num_warps, cfg.num_stages),
+            interpret=cfg.interpret, name="flash_bwd",
+            cost_estimate=_cost(q, k, cfg, visible, FUSED_BWD_MATMULS, (q.size + 2 * k.size) * 4),
+        )(*args, jnp.zeros_like(qg, F32))  # zeros_like: q's manual axes (check_vma=True)
+    return dq.reshape(q.shape), dk, dv
+
+
+def _bwd_two_kernels(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig, visible):
+    """flash_dq (grid over q blocks, kv loop) then flash_dkv (grid over kv blocks, loop over the G*nq q blocks)."""
     B, nh, T, D = q.shape
     nkv, S = k.shape[1], k.shape[2]
     G = nh // nkv
@@ -353,9 +509,7 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig,
             out_specs=q_spec, out_shape=_pallas.out_struct(q.shape, F32, q), semantics=("parallel",) * 3,
             name="flash_dq", cost=dq_cost, **common)(*args, q, k, v, do, lse, delta)
 
-    # dk/dv: the G query heads of kv head h are rows [g*T, (g+1)*T) of q reshaped to [B, nkv, G*T, D] (free reshape).
-    group = lambda x: x.reshape(B, nkv, G * T, x.shape[-1])
-    qg, dog, lseg, deltag = group(q), group(do), group(lse), group(delta)
+    qg, dog, lseg, deltag = (_group(x, nkv) for x in (q, do, lse, delta))
     kv_out = [_pallas.out_struct(k.shape, F32, k)] * 2
     if cfg.variant == "tpu":
         q_spec = pl.BlockSpec((None, None, bq, D), lambda b, h, j, g, i: (b, h, g * nq + i, 0))
@@ -383,6 +537,15 @@ def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig,
             out_specs=[kv_spec, kv_spec], out_shape=kv_out, semantics=("parallel",) * 3,
             name="flash_dkv", cost=dkv_cost, **common)(*args, qg, k, v, dog, lseg, deltag)
     return dq, dk, dv
+
+
+def flash_bwd(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg: FlashConfig, visible=None):
+    """Block backward from the global lse and delta = sum(o * do) [B,nh,T,1]. Returns f32 (dq, dk, dv); dk and dv
+    are summed over the query heads of each kv head inside the kernel. `visible`: see `visited_pairs`.
+    cfg.fused_bwd: one kernel "flash_bwd" (5 matmuls per block pair), else "flash_dq" then "flash_dkv" (3 + 4)."""
+    if cfg.fused_bwd:
+        return _bwd_fused(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg, visible)
+    return _bwd_two_kernels(q, k, v, qseg, kseg, qpos, kpos, do, lse, delta, cfg, visible)
 
 
 # ---- layout -------------------------------------------------------------------------------------------------------
@@ -421,8 +584,17 @@ def _flash(q, k, v, qseg, kseg, qpos, kpos, cfg):
     return flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg)[0]
 
 
+CORE_NAME = "attention_core"  # jax.checkpoint_policies.save_only_these_names(CORE_NAME) keeps o and lse
+
+
+def saveable(o, lse):
+    """Names the attention output and its lse (the residuals the backward needs that only the kernel's forward
+    computes), so a remat policy can save them instead of re-running the forward kernel in the backward pass."""
+    return checkpoint_name(o, CORE_NAME), checkpoint_name(lse, CORE_NAME)
+
+
 def _flash_vjp_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg):
-    o, lse = flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg)
+    o, lse = saveable(*flash_fwd(q, k, v, qseg, kseg, qpos, kpos, cfg))
     return o, (q, k, v, qseg, kseg, qpos, kpos, o, lse)
 
 

@@ -63,7 +63,7 @@ def _ring(q, k, v, qseg, kseg, qpos, kpos, axis_name, cfg):
 
 
 def _ring_vjp_fwd(q, k, v, qseg, kseg, qpos, kpos, axis_name, cfg):
-    o, lse = _ring_forward(q, k, v, qseg, kseg, qpos, kpos, axis_name, cfg)
+    o, lse = flash.saveable(*_ring_forward(q, k, v, qseg, kseg, qpos, kpos, axis_name, cfg))
     return o, (q, k, v, qseg, kseg, qpos, kpos, o, lse)
 
 
@@ -138,7 +138,7 @@ def _ring_jnp(q, k, v, seg, pos, axis_name, causal):
 
 def _ring_jnp_vjp_fwd(q, k, v, seg, pos, axis_name, causal):
     o, lse = _ring_jnp_forward(q, k, v, seg, pos, axis_name, causal)
-    o = o.astype(q.dtype)
+    o, lse = flash.saveable(o.astype(q.dtype), lse)
     return o, (q, k, v, seg, pos, o, lse)
 
 
