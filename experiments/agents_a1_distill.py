@@ -13,8 +13,9 @@ Full size: Qwen3.5-35B-A3B student on TPU v5p-512 (256 chips), six in-process te
 per-domain token-mean then equal domain weights, IS weights truncated to [0.2, 5]. Not run at this size yet.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_distill.py --topology v5p-512`,
 libtpu 0.0.51, docs/sharding.md): the step per chip 9.96 GB of arguments (3.31 GB parameters, 6.62 GB Adam state,
-0.03 GB batch and top-64 targets), 47.79 GB of temporaries, peak 57.75 GB; with the six teachers' parameters resident
-(19.87 GB) 77.62 GB of 95 GB HBM (18.3% headroom); 176 Mosaic kernel call sites. Not planned: the teachers' scoring
+0.03 GB batch and top-64 targets), 49.03 GB of temporaries, peak 58.99 GB; with the six teachers' parameters resident
+(19.87 GB) 78.86 GB of 95 GB HBM (17.0% headroom); 160 Mosaic kernel call sites; 2.50e15 FLOPs per chip per step
+(HLO dots x loop trips, 1.128 x analytic x remat), a roofline lower bound of 5.46 s. Not planned: the teachers' scoring
 pass between steps and the rollouts' KV cache.
 Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores, 40 steps of 4 rows x
 2,048 tokens per configured domain, 8 tasks per configured domain (a domain the teacher check leaves out hands its

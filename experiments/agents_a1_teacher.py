@@ -13,9 +13,9 @@ Full size: Qwen3.5-35B-A3B on TPU v5p-512 (256 chips; same mesh as agents_a1_sft
 step (4 microbatches), rollouts up to 100 turns / 128K tokens. Not run at this size yet: times and results are not measured.
 Planned for v5p-512 with the TPU compiler (`a1jax plan --config experiments/agents_a1_teacher.py:domain=search
 --topology v5p-512`, libtpu 0.0.51, docs/sharding.md): per chip 9.94 GB of arguments (3.31 GB parameters, 6.62 GB Adam
-state), 47.45 GB of temporaries, peak 57.38 GB of 95 GB HBM (39.6% headroom); 164 Mosaic kernel call sites. With `rl`
-(GRPO step): 47.58 GB of temporaries, peak 57.52 GB (39.5% headroom). The step only: the rollout engine's KV cache is
-not planned.
+state), 52.14 GB of temporaries, peak 62.08 GB of 95 GB HBM (34.7% headroom); 160 Mosaic kernel call sites; 1.27e15
+FLOPs per chip per step (HLO dots x loop trips, 1.128 x analytic x remat), a roofline lower bound of 2.77 s. With `rl`
+(GRPO step) the same figures. The step only: the rollout engine's KV cache is not planned.
 Tiny: the tiny recipe model on 2 CPU cores; SFT by the stage-1 loop (config.stage "sft", config.init_from the
 stage-1 workdir) on the domain's 2,000 expert demonstrations in another order than the student's, TINY_STEPS steps of
 4 x 1,024 tokens (1.3-2 s each). Measured (2026-12-05, WORKDIR=/tmp/qs2, 32 validation tasks, the teacher check):
