@@ -338,7 +338,6 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
     """The plan of `exp` compiled for `topo` as a JSON-ready dict (module docstring: what each figure means);
     `dump_hlo`: also write the compiled module's HLO text there."""
     from a1jax import plan as planner
-    from a1jax.train import metrics
     chip, n = topo.chip, topo.chips
     built, state, inputs, traced, compiled, times = compile_step(exp, config, topo)
     t = time.perf_counter()
@@ -355,9 +354,8 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
     times["analysis_s"] = time.perf_counter() - t
 
     tokens = exp.data.batch_size * exp.data.seq_len
-    mtp = built.ctx.mtp_loss_coef > 0
-    analytic = metrics.model_flops_per_token(exp.model, exp.data.seq_len, mtp) * tokens / n
-    remat = planner.remat_factor(exp.model, exp.data.seq_len, mtp)
+    per_token, remat = planner.analytic_flops(exp, built.ctx)
+    analytic = per_token * tokens / n
     xla_flops = float(cost.get("flops", float("nan")))
     xla_bytes = float(cost.get("bytes accessed", float("nan")))
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -389,7 +387,7 @@ def plan_topology(exp, config, topo: Topology, dump_hlo: str = "") -> dict:
             "teachers_resident": teachers_b, "total": total_b,
             "hbm": chip.hbm_bytes, "headroom": 1.0 - total_b / chip.hbm_bytes},
         "fits": total_b <= (1.0 - HEADROOM) * chip.hbm_bytes,
-        "flops_per_device": {"analytic": analytic, "trains_mtp": mtp, "remat_factor": remat, "program": prog / n,
+        "flops_per_device": {"analytic": analytic, "trains_mtp": built.ctx.trains_mtp, "remat_factor": remat, "program": prog / n,
                              "xla_cost_analysis": xla_flops, "compiled": compiled_flops,
                              "ratio_compiled_remat": compiled_flops / (analytic * remat) if remat else None,
                              "compiled_loops_without_trip_count": unknown_loops, "bytes_accessed": xla_bytes},

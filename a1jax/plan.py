@@ -74,6 +74,13 @@ def remat_factor(cfg, seq_len: int, mtp: bool) -> float | None:
     return sum(weight[k] * v for k, v in parts.items()) / sum(parts.values())
 
 
+def analytic_flops(exp, ctx) -> tuple[float, float | None]:
+    """(analytic FLOPs per token, remat factor) of the step `ctx` builds for experiment `exp`."""
+    from a1jax.train import metrics
+    return (metrics.model_flops_per_token(exp.model, exp.data.seq_len, ctx.trains_mtp),
+            remat_factor(exp.model, exp.data.seq_len, ctx.trains_mtp))
+
+
 def _sub_jaxprs(params):
     from jax.extend import core as jex
     for key, value in params.items():
@@ -490,10 +497,9 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
     times["analysis_s"] = time.perf_counter() - t
 
     tokens = exp.data.batch_size * exp.data.seq_len
-    mtp = built.ctx.mtp_loss_coef > 0
-    base = metrics.model_flops_per_token(cfg, exp.data.seq_len, mtp) * tokens
+    per_token, remat = analytic_flops(exp, built.ctx)
+    base = per_token * tokens
     gdn = deltanet_flops_per_token(cfg) * tokens
-    remat = remat_factor(cfg, exp.data.seq_len, mtp)
     params_b = _shard_bytes(state.params, built.state_shardings.params)
     opt_b = _shard_bytes(state.opt_state, built.state_shardings.opt_state)
     peak_b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -514,7 +520,7 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
         "fits": peak_b <= hbm,
         "flops": {
             "analytic_per_device": per_dev(base), "analytic_per_token": base / tokens,
-            "deltanet_per_device": per_dev(gdn), "remat_factor": remat, "trains_mtp": mtp,
+            "deltanet_per_device": per_dev(gdn), "remat_factor": remat, "trains_mtp": built.ctx.trains_mtp,
             "program_per_device": per_dev(prog), "program_per_token": prog / tokens,
             "program_loops_without_trip_count": len(unknown_loops),
             "compiled_dots_per_device": dots, "compiled_dots_per_token": dots * n / tokens,

@@ -5,7 +5,6 @@ HF's position ids start at 0 at the pads. Logits are compared on real tokens onl
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -193,24 +193,28 @@ def abstract_params(cfg: ModelConfig, *, include_mtp: bool = True):
     return jax.eval_shape(lambda: init(cfg, jax.random.key(0), include_mtp=include_mtp))
 
 
+def spec_size(tree) -> int:
+    """Number of parameters in a tree of ParamSpecs."""
+    return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, ParamSpec)))
+
+
+def inactive_expert_params(cfg: ModelConfig, num_layers: int) -> int:
+    """Routed-expert parameters of `num_layers` MoE layers that a token does not use (all but its top-k experts)."""
+    if not cfg.is_moe:
+        return 0
+    return num_layers * (cfg.num_experts - cfg.num_experts_per_tok) * 3 * cfg.hidden_size * cfg.moe_intermediate_size
+
+
 def count_params(cfg: ModelConfig) -> tuple[int, int]:
     """(total, active per token) for the text model without MTP; active counts the embedding and top-k experts."""
-    specs = param_specs(cfg, include_mtp=False)
-    leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, ParamSpec))
-    total = sum(int(np.prod(s.shape)) for s in leaves)
-    inactive = 0
-    if cfg.is_moe:
-        per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
-        inactive = cfg.num_hidden_layers * (cfg.num_experts - cfg.num_experts_per_tok) * per_expert
-    return total, total - inactive
+    total = spec_size(param_specs(cfg, include_mtp=False))
+    return total, total - inactive_expert_params(cfg, cfg.num_hidden_layers)
 
 
 def layout_summary(cfg: ModelConfig) -> str:
     """Human-readable per-layer layout and parameter counts (the `a1jax summary` output)."""
     total, active = count_params(cfg)
     specs = param_specs(cfg)
-    count = lambda t: sum(int(np.prod(s.shape)) for s in jax.tree.leaves(t, is_leaf=lambda x: isinstance(x,
-                                                                                                           ParamSpec)))
     lines = [f"layers: {cfg.num_hidden_layers} = {cfg.num_blocks} x {list(cfg.block_pattern)}",
              f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
              + (f"MoE {cfg.num_experts} experts top-{cfg.num_experts_per_tok} (width {cfg.moe_intermediate_size}, "
@@ -218,12 +222,12 @@ def layout_summary(cfg: ModelConfig) -> str:
                 else f"dense SwiGLU width {cfg.intermediate_size}")]
     for i, t in enumerate(cfg.layer_types):
         p = specs["blocks"][i % len(cfg.block_pattern)]
-        mixer = count(p.get("linear_attn", p.get("self_attn"))) // cfg.num_blocks
-        mlp = count(p["mlp"]) // cfg.num_blocks
+        mixer = spec_size(p.get("linear_attn", p.get("self_attn"))) // cfg.num_blocks
+        mlp = spec_size(p["mlp"]) // cfg.num_blocks
         lines.append(f"  layer {i:3d}  {'DeltaNet ' if t == LINEAR else 'attention'}  mixer {mixer:>14,}  "
                      f"{'moe' if cfg.is_moe else 'mlp'} {mlp:>16,}")
     if "mtp" in specs:
-        lines.append(f"MTP module ({cfg.mtp_num_hidden_layers} layer): {count(specs['mtp']):,}")
+        lines.append(f"MTP module ({cfg.mtp_num_hidden_layers} layer): {spec_size(specs['mtp']):,}")
     lines.append(f"total (text, no MTP): {total:,}")
     lines.append(f"active per token (incl. embedding): {active:,}")
     return "\n".join(lines)

@@ -14,13 +14,13 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from a1jax.model import moe
-from kernels.attention import flash
 from a1jax.model.attention import gated_attention
 from a1jax.model.config import LINEAR, ModelConfig
 from a1jax.model.deltanet import gated_deltanet
 from a1jax.model.layers import rms_norm_1p
 from a1jax.model.parallel import Parallel, constrain_tokens
 from a1jax.model.params import unbox
+from kernels.attention import flash
 
 F32 = jnp.float32
 AUTO_LOGITS_MAX_ELEMENTS = 1 << 26  # beyond this, `forward` returns hidden states only (see losses.py)

@@ -169,7 +169,7 @@ def train(exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
     total = int(config.train.steps)
     step = int(jax.device_get(state.step))
     progress = mt.Progress(total, step)
-    flops_per_token = mt.model_flops_per_token(cfg, exp.data.seq_len, mtp=config.train.mtp_loss_coef > 0)
+    flops_per_token = mt.model_flops_per_token(cfg, exp.data.seq_len, mtp=built.ctx.trains_mtp)
     peak = mt.device_peak_flops() * jax.device_count()
     stop = distributed.StopSignal()  # SIGTERM: every process stops at the same step
     sigterm = False

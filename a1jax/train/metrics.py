@@ -46,7 +46,7 @@ def model_flops_breakdown(cfg, seq_len: int, mtp: bool = False) -> dict[str, flo
     output projection (the input embedding is a gather, not a matmul). With `mtp` (the step trains the
     multi-token-prediction module: train.mtp_loss_coef > 0), mtp_layers: its fc and decoder layer(s) with their
     attention, and mtp_lm_head: the shared LM head's second pass, for the MTP positions."""
-    from a1jax.model.params import ParamSpec, count_params, param_specs
+    from a1jax.model.params import count_params, inactive_expert_params, param_specs, spec_size
     _, active = count_params(cfg)
     H, V = cfg.hidden_size, cfg.vocab_size
     embedding_and_head = V * H * (1 if cfg.tie_word_embeddings else 2)  # count_params counts a tied matrix once
@@ -55,11 +55,7 @@ def model_flops_breakdown(cfg, seq_len: int, mtp: bool = False) -> dict[str, flo
     parts = {"layers": 6.0 * (active - embedding_and_head), "attention": float(n_attn * attn_layer),
              "lm_head": 6.0 * V * H}
     if mtp and cfg.mtp_num_hidden_layers > 0:
-        spec = param_specs(cfg)["mtp"]
-        n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(spec, is_leaf=lambda x: isinstance(x, ParamSpec)))
-        if cfg.is_moe:  # like count_params: only the top-k experts of each MTP layer are active
-            n -= cfg.mtp_num_hidden_layers * (cfg.num_experts - cfg.num_experts_per_tok) * 3 * H * \
-                cfg.moe_intermediate_size
+        n = spec_size(param_specs(cfg)["mtp"]) - inactive_expert_params(cfg, cfg.mtp_num_hidden_layers)
         parts["mtp_layers"] = 6.0 * n + cfg.mtp_num_hidden_layers * attn_layer
         parts["mtp_lm_head"] = 6.0 * V * H
     return parts

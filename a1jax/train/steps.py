@@ -50,6 +50,11 @@ class StepContext:
     options: Any = None  # stage options: a frozen, hashable dataclass
 
     @property
+    def trains_mtp(self) -> bool:
+        """Whether the step's loss has the MTP term (stages sft and teacher_sft; the others refuse a coefficient)."""
+        return self.mtp_loss_coef > 0
+
+    @property
     def sequence_shards(self) -> int:
         """How many ways the mesh splits the sequence: the chunked LM-head losses project each shard's own positions."""
         return 1 if self.parallel is None else self.parallel.size(self.parallel.sequence_axis)
@@ -66,9 +71,8 @@ def _split_microbatches(batch, k: int):
 def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     """Masked CE over this microbatch divided by the *global* supervised-token count, plus aux terms."""
     cfg = ctx.model
-    use_mtp = ctx.mtp_loss_coef > 0
     out = model.forward(params, mb["tokens"], cfg, positions=mb["positions"], segment_ids=mb["segment_ids"],
-                        return_logits=False, mtp=use_mtp, parallel=ctx.parallel)
+                        return_logits=False, mtp=ctx.trains_mtp, parallel=ctx.parallel)
     w_out = model.lm_head_weight(params, cfg)
     m = mb["loss_mask"].astype(F32)
     logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m,
@@ -77,7 +81,7 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
     z = jnp.sum(jnp.square(lse) * m)
     loss = (jnp.sum(nll) + ctx.z_loss_coef * z) / norm["tokens"] + out.aux["moe_loss"] / ctx.microbatches
     mtp_sum = jnp.zeros((), F32)
-    if use_mtp:
+    if ctx.trains_mtp:
         mtp_sum, _ = losses.mtp_nll(params, out, mb["targets"], mb["loss_mask"], mb["segment_ids"], cfg,
                                     sequence_shards=ctx.sequence_shards)
         loss = loss + ctx.mtp_loss_coef * mtp_sum / norm["mtp_tokens"]
