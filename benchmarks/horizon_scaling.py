@@ -25,19 +25,24 @@ tests/test_horizon_scaling.py runs it with --inline, every stage in one process)
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
+import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
 
+from a1jax import storage
+from benchmarks.ablation import SINGLE_THREAD
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(REPO, "experiments", "horizon_scaling.py")
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 TRUNCATED = ("context", "token_budget", "max_new_tokens", "max_turns")  # agent.py terminations that are not answers
 TOKENS = 1_024_000  # 250 full rows of 4,096
 
@@ -135,20 +140,17 @@ def evaluate_student(workdir: str, exp, domains, horizons, n: int, seed: int = 0
     for h in horizons:
         b = exp.eval_budgets(h)
         engine = make_engine(cfg, params, tok, sampling=SamplingParams.greedy(), batch_size=exp.EVAL_BATCH,
-                             max_len=min(b["max_len"], cfg.max_position_embeddings),
-                             max_new_tokens=b["max_new_tokens"])
+                             max_len=b["max_len"], max_new_tokens=b["max_new_tokens"])
         result = evaluate.evaluate_engine(
             engine, tok, domains=domains, n=n, horizons=[h], seed=seed,
             rollout_cfg=RolloutConfig(max_turns=b["max_turns"], max_tokens=b["max_tokens"], enable_thinking="model"))
         for d in domains:
             rows = [r for r in result["trajectories"] if r["domain"] == d]
             wins = sum(r["success"] for r in rows)
-            ends: dict[str, int] = {}
-            for r in rows:
-                ends[r["termination"]] = ends.get(r["termination"], 0) + 1
+            ends = collections.Counter(r["termination"] for r in rows)
             out[d][str(h)] = {"n": len(rows), "successes": wins, "success": wins / max(len(rows), 1),
                               "ci": list(wilson(wins, len(rows))),
-                              "truncated": sum(ends.get(k, 0) for k in TRUNCATED), "terminations": ends}
+                              "truncated": sum(ends[k] for k in TRUNCATED), "terminations": dict(ends)}
     return out
 
 
@@ -200,9 +202,10 @@ def figure(result: dict, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    storage.write_atomic(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
     print(f"2. shared initialisation: copy warm-up ({warmup_steps} steps)", flush=True)
     warm = os.path.join(root, "warmup")
     if not os.path.exists(os.path.join(warm, "warmup.json")):
-        subprocess.run(["rm", "-rf", warm])
+        shutil.rmtree(warm, ignore_errors=True)  # an interrupted warm-up starts over
         _run(["warmup", "--config", f"{EXPERIMENT}:{arg}", "--out", warm, "--steps", str(warmup_steps)], log,
              args.inline)
     students = []
@@ -265,9 +268,7 @@ def main(argv=None) -> int:
               "tokens_per_student": tokens, "warmup_steps": warmup_steps, "quick": q, "students": students,
               "resolvable_difference": {"p=0.5": resolvable_difference(n), "p=0.1": resolvable_difference(n, 0.1)},
               "wall_s": round(time.time() - started, 1)}
-    with open(os.path.join(root, "horizon_scaling.json.tmp"), "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(os.path.join(root, "horizon_scaling.json.tmp"), os.path.join(root, "horizon_scaling.json"))
+    storage.write_atomic(os.path.join(root, "horizon_scaling.json"), json.dumps(result, indent=1))
     figure(result, os.path.join(root, "horizon_scaling.png"))
     print(table(result))
     print(f"wrote {root}/horizon_scaling.json and {root}/horizon_scaling.png ({result['wall_s']:.0f}s)")
