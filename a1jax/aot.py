@@ -320,9 +320,34 @@ def compile_step(exp, config, topo: Topology) -> tuple:
         times["lower_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with _no_persistent_cache():  # an executable for devices this process has no client for: nothing to reuse
-        compiled = lowered.compile()
+        compiled = compile_lowered(lowered, topo.chip)
     times["compile_s"] = time.perf_counter() - t
     return built, state, inputs, traced, compiled, times
+
+
+def compile_lowered(lowered, chip: Chip):
+    """`lowered.compile()`, with the one error a mismatched toolchain gives (a compiler older than the Pallas kernels
+    jax wrote) turned into a line that says what to install."""
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "Failed to deserialize the Mosaic module" not in str(e):
+            raise
+        raise RuntimeError(f"{compiler_name(chip)} cannot read the Pallas kernels this jax wrote ({_versions()}; "
+                           f"{str(e).splitlines()[0]}): the compiler and jax must come from the same release; "
+                           f"`pip install -e .[{'tpu' if chip.platform == 'tpu' else 'gpu'}-aot]` installs the pair "
+                           "the plans were made with") from None
+
+
+def _versions() -> str:
+    from importlib import metadata
+    found = []
+    for name in ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
 
 
 def roofline(flops: float, bytes_accessed: float, chip: Chip, useful_flops: float) -> dict:

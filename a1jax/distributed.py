@@ -223,6 +223,21 @@ def _already_initialized() -> bool:
     return jax_distributed.global_state.client is not None
 
 
+GLOO_CACHE_HANGS_FROM = (0, 12, 1)
+
+
+def _no_cache_for_gloo_executables() -> None:
+    """From jax 0.12.1, a multi-process CPU (gloo) executable loaded from the persistent compilation cache deadlocks
+    in its first collective (every process waits in its first device_get; found by
+    tests/test_multihost.py's SIGTERM resume, whose second run finds the first run's step in the cache). jax
+    0.12.0.1 runs it. So such runs compile afresh: CPU multi-process is for tests, where compiles are small."""
+    if jax.__version_info__ >= GLOO_CACHE_HANGS_FROM and jax.config.jax_enable_compilation_cache:
+        if jax.config.jax_compilation_cache_dir:
+            log.info("persistent compilation cache off: jax %s deadlocks multi-process CPU executables loaded "
+                     "from it", jax.__version__)
+        jax.config.update("jax_enable_compilation_cache", False)
+
+
 def initialize(env: Mapping[str, str] | None = None) -> Plan:
     """Starts jax's distributed runtime as `resolve(env)` says; a no-op if it is already running."""
     plan = resolve(env)
@@ -232,6 +247,7 @@ def initialize(env: Mapping[str, str] | None = None) -> Plan:
         jax.config.update("jax_num_cpu_devices", plan.cpu_devices)
         if plan.mode != "single":  # cross-process CPU collectives; in-process ones need nothing
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            _no_cache_for_gloo_executables()
     if plan.mode == "single":
         return plan
     kwargs = {}

@@ -75,6 +75,20 @@ def test_cli_start_up_without_jax_platforms_prints_no_libtpu_errors():
     assert out.stdout.split()[0] == "cpu" and "TPU" not in out.stderr and "libtpu" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("version, cached", [((0, 12, 0, 1), True), ((0, 12, 1), False), ((0, 13, 0), False)])
+def test_gloo_runs_skip_the_persistent_cache_where_jax_deadlocks_on_it(monkeypatch, version, cached):
+    """jax 0.12.1: a multi-process CPU step loaded from the cache hangs in its first collective (the SIGTERM resume
+    below, 2026-12-06), so `initialize` turns the cache off for gloo runs there; older jax keeps it."""
+    monkeypatch.setattr(jax, "__version_info__", version)
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        jax.config.update("jax_enable_compilation_cache", True)
+        distributed._no_cache_for_gloo_executables()
+        assert jax.config.jax_enable_compilation_cache is cached
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
 def test_nothing_set_or_switched_off_is_one_process():
     assert distributed.resolve({}).mode == "single"
     assert distributed.resolve({"JAX_PLATFORMS": "cpu", "A1JAX_CPU_DEVICES": "8"}).cpu_devices == 8

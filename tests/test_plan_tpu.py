@@ -35,6 +35,23 @@ def test_bad_topology_names_say_what_is_expected(name, says):
         aot.parse_topology(name)
 
 
+def test_a_compiler_older_than_the_kernels_says_what_to_install():
+    """libtpu 0.0.51 under jax 0.12.1 (CI, 2026-12-06): Mosaic version 20 against at most 18, a 180-line dump."""
+    class Lowered:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError("INTERNAL: Failed to deserialize the Mosaic module: INTERNAL: Unsupported "
+                                             "version: expected <= 18 but got 20\n\nat location: loc(unknown)")
+    with pytest.raises(RuntimeError, match=r"XLA:TPU \(libtpu\) cannot read the Pallas kernels this jax wrote \(jax "
+                       r".*expected <= 18 but got 20\): .*pip install -e \.\[tpu-aot\]"):
+        aot.compile_lowered(Lowered(), aot.parse_topology("v5p-8").chip)
+
+    class Other:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+        aot.compile_lowered(Other(), aot.parse_topology("v5p-8").chip)
+
+
 def _require_libtpu():
     why = aot.libtpu_available()
     if why:
