@@ -25,7 +25,10 @@ Args (comma-separated key=value): root (default workdirs/horizon), h (training h
 Measured (2026-12-06, 2-core CPU, the defaults, `--root /tmp/hz`): 67.5 minutes in all (warm-up 106 s; students
 697 s, 692 s and 774 s for 292, 289 and 326 steps of about 1,025,000 tokens; evaluation 385 s, 722 s and 642 s),
 over the 45-minute target. No student is competent: 0/64 in every cell except the H = 4 student on search at eval
-horizon 4, 6/64 (0.09 [0.04, 0.19]); table, plot and reading in docs/recipe.md, "Horizon scaling".
+horizon 4, 6/64 (0.09 [0.04, 0.19]); table, plot and reading in docs/recipe.md, "Horizon scaling". Its
+"Diagnosis" there: science held the mixed students back (search alone reaches loss 0.005 in 300 steps), and
+search-only students at 300 steps are competent only at their own horizon (H = 1: 29/32 at h = 1; H = 4: 26/32 at
+h = 4; 0-1/32 elsewhere), so horizon mixtures are the next design.
 """
 import importlib.util
 import os
