@@ -16,7 +16,8 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from cross_lowering import custom_calls, lower_text
-from kernels.attention import flash, flash_attention, load_balance, ring_attention
+from kernels import backend
+from kernels.attention import cpu, flash, flash_attention, load_balance, ring_attention
 from kernels.reference import attention as ref
 
 F32 = jnp.float32
@@ -83,6 +84,31 @@ def test_flash_matches_reference(T, D, nh, nkv, causal, segments):
                                               *a))(q, k, v, do)
     want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
     _assert_close(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("T,nh,nkv,causal,segments", [(600, 4, 2, True, "inside_block"), (300, 4, 1, True, "docs"),
+                                                       (256, 2, 2, False, "docs"), (128, 4, 4, True, "none")])
+def test_cpu_query_blocks_match_reference(T, nh, nkv, causal, segments):
+    """kernels/attention/cpu.py ("xla_cpu", the CPU default): uneven query blocks (600 = 4 blocks of 150), a block
+    border inside a document, padding (segment 0), GQA; forward and gradients against the reference."""
+    B = 1 if segments == "none" else 2
+    q, k, v, do = _qkv(T, 32, nh, nkv, B=B, seed=T)
+    kw = dict(segment_ids=_segments(segments, T, B), causal=causal)
+    assert cpu.num_blocks(T, causal) == (min(cpu.MAX_BLOCKS, T // cpu.MIN_BLOCK) if causal else 1)
+    got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: flash_attention(q, k, v, impl="xla_cpu", **kw),
+                                              *a))(q, k, v, do)
+    want = _value_and_grads(lambda q, k, v: ref.flash_attention(q, k, v, **kw), q, k, v, do)
+    _assert_close(got, want, atol=2e-5)
+
+
+def test_cpu_attention_is_the_cpu_default_and_leaves_explicit_positions_to_the_reference():
+    assert backend.candidates("attention", platform_name="cpu") == ("xla_cpu", "xla")
+    q, k, v, _ = _qkv(256, 16, 2, 1)
+    pos = jnp.asarray(np.random.default_rng(0).permutation(256)[None], jnp.int32)  # any token order
+    got = flash_attention(q, k, v, positions=pos, impl="xla_cpu")
+    np.testing.assert_allclose(got, ref.flash_attention(q, k, v, positions=pos), atol=2e-6)
+    with pytest.raises(NotImplementedError, match="positions"):
+        cpu.flash_attention(q, k, v, positions=pos)
 
 
 @pytest.mark.parametrize("nh,nkv,segments", [(4, 4, "docs"), (4, 2, "inside_block")])

@@ -51,16 +51,21 @@ def decoder_layer(lp, h, layer_type, cfg: ModelConfig, positions, segment_ids, c
                   parallel: Parallel | None = None):
     """Pre-norm residual layer: h += mixer(norm(h)); h += mlp(norm(h)). Returns (h, moe stats or None, cache)."""
     x = rms_norm_1p(h, lp["input_norm"], cfg.rms_norm_eps)
+    # the named scopes label the ops of each part in profiles and HLO dumps (docs/performance.md)
     if layer_type == LINEAR:
-        m, new_cache = gated_deltanet(lp["linear_attn"], x, cfg, segment_ids, cache, cache_ctx, parallel)
+        with jax.named_scope("deltanet"):
+            m, new_cache = gated_deltanet(lp["linear_attn"], x, cfg, segment_ids, cache, cache_ctx, parallel)
     else:
-        m, new_cache = gated_attention(lp["self_attn"], x, cfg, positions, segment_ids, cache, cache_ctx, parallel)
+        with jax.named_scope("attention"):
+            m, new_cache = gated_attention(lp["self_attn"], x, cfg, positions, segment_ids, cache, cache_ctx,
+                                           parallel)
     h = h + checkpoint_name(m, "mixer_out")
     x = rms_norm_1p(h, lp["post_norm"], cfg.rms_norm_eps)
-    if cfg.is_moe:
-        y, stats = moe.moe_block(lp["mlp"], x, cfg, segment_ids != 0, parallel)
-    else:
-        y, stats = moe.dense_mlp(lp["mlp"], x), None
+    with jax.named_scope("mlp"):
+        if cfg.is_moe:
+            y, stats = moe.moe_block(lp["mlp"], x, cfg, segment_ids != 0, parallel)
+        else:
+            y, stats = moe.dense_mlp(lp["mlp"], x), None
     return constrain_tokens(h + y, parallel), stats, new_cache
 
 

@@ -75,8 +75,9 @@ def _sft_microbatch_loss(params, mb, ctx: StepContext, norm):
                         return_logits=False, mtp=ctx.trains_mtp, parallel=ctx.parallel)
     w_out = model.lm_head_weight(params, cfg)
     m = mb["loss_mask"].astype(F32)
-    logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m,
-                                      sequence_shards=ctx.sequence_shards)
+    with jax.named_scope("lm_head_loss"):
+        logp, lse = losses.token_logprobs(out.hidden, w_out, mb["targets"], cfg.loss_chunk_size, mask=m,
+                                          sequence_shards=ctx.sequence_shards)
     nll = -logp * m
     z = jnp.sum(jnp.square(lse) * m)
     loss = (jnp.sum(nll) + ctx.z_loss_coef * z) / norm["tokens"] + out.aux["moe_loss"] / ctx.microbatches
@@ -112,11 +113,12 @@ def _all_finite(tree) -> jax.Array:
 def _apply_guarded_update(ctx: StepContext, state: TrainState, grads, loss):
     """Adam update unless the loss, the gradient, the update or the new parameters are not finite (an infinite
     learning rate turns finite gradients into NaN parameters); then the state is kept and the skip counted."""
-    grad_norm = optax.global_norm(grads)
-    updates, new_opt = ctx.tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updates) & _all_finite(new_params)
-          & _all_finite(new_opt))
+    with jax.named_scope("optimizer"):
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = ctx.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updates) & _all_finite(new_params)
+              & _all_finite(new_opt))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     skip = (~ok).astype(jnp.int32)
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),

@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from kernels import backend
-from kernels.attention import _pallas
+from kernels.attention import _pallas, cpu
 from kernels.reference import attention as ref
 
 F32 = jnp.float32
@@ -614,7 +614,8 @@ def flash_attention(q, k, v, *, segment_ids=None, positions=None, causal=True, i
     """Softmax attention, GQA without repeating kv. q [B,T,nh,D], k/v [B,T,nkv,D], ids [B,T] -> o [B,T,nh,D].
 
     Query t sees key s iff segment_ids match and (causal) positions[t] >= positions[s]; positions default to the
-    index. impl: "xla" (kernels/reference), "pallas_tpu", "pallas_gpu", or None/"auto" for the platform default
+    index. impl: "xla" (kernels/reference), "xla_cpu" (kernels/attention/cpu.py), "pallas_tpu", "pallas_gpu", or
+    None/"auto" for the platform default
     (kernels/backend.py, op "attention"; $KERNELS_ATTENTION_IMPL overrides)."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv heads ({k.shape[2]})")
@@ -625,6 +626,8 @@ def flash_attention(q, k, v, *, segment_ids=None, positions=None, causal=True, i
         return from_kernel_layout(_flash(*to_kernel_layout(q, k, v, seg, pos, cfg), cfg), q.shape[1])
 
     table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"),
+             "xla_cpu": lambda: cpu.flash_attention(q, k, v, segment_ids=segment_ids, positions=positions,
+                                                    causal=causal),
              "xla": lambda: ref.flash_attention(q, k, v, segment_ids=segment_ids, positions=positions,
                                                 causal=causal)}
     return backend.dispatch("attention", table, impl)
