@@ -55,21 +55,24 @@ DEFAULT_KIND = {"tpu": "tpu v5p", "gpu": "h100"}
 # XLA decides: dots, dots_no_batch, save_mixer_out).
 REMAT_PARTS = {"none": {"layers": 1.0, "attention": 1.0}, "full": {"layers": 4 / 3, "attention": 4 / 3},
                "save_attention": {"layers": 4 / 3, "attention": 1.0}}
-LOSS_REMAT = 4.0 / 3.0  # map_logit_chunks recomputes each chunk's logits in the backward, under every policy
+LOSS_REMAT = 4.0 / 3.0  # map_logit_chunks recomputes each chunk's logits in the backward (above a size), any policy
 OVERCOMPUTE_WARNING = 1.5  # compiled / program FLOPs above this: replicated work or a dense MoE dispatch
 
 
 # ---- FLOP counting ---------------------------------------------------------------------------------------------------
 
-def remat_factor(cfg, seq_len: int, mtp: bool) -> float | None:
+def remat_factor(cfg, seq_len: int, mtp: bool, rows: int = 0) -> float | None:
     """The step's legitimate FLOPs over the analytic count: every part of `metrics.model_flops_breakdown` weighted by
     how often its forward runs. The decoder layers per `remat_policy` (REMAT_PARTS; None for a policy it does not
-    model), the LM-head chunks always recomputed (LOSS_REMAT), the MTP module's layers never (they run outside the
-    remat'ed layer scan)."""
+    model), the LM-head chunks recomputed (LOSS_REMAT) unless a microbatch of `rows` rows keeps its logits
+    (`losses.keeps_logits`; rows = 0: recomputed), the MTP module's layers never (they run outside the remat'ed
+    layer scan)."""
+    from a1jax.model import losses
     from a1jax.train import metrics
     if cfg.remat_policy not in REMAT_PARTS:
         return None
-    weight = {**REMAT_PARTS[cfg.remat_policy], "lm_head": LOSS_REMAT, "mtp_layers": 1.0, "mtp_lm_head": LOSS_REMAT}
+    head = 1.0 if rows and losses.keeps_logits(rows, seq_len, cfg.loss_chunk_size, cfg.vocab_size) else LOSS_REMAT
+    weight = {**REMAT_PARTS[cfg.remat_policy], "lm_head": head, "mtp_layers": 1.0, "mtp_lm_head": head}
     parts = metrics.model_flops_breakdown(cfg, seq_len, mtp)
     return sum(weight[k] * v for k, v in parts.items()) / sum(parts.values())
 
@@ -78,7 +81,7 @@ def analytic_flops(exp, ctx) -> tuple[float, float | None]:
     """(analytic FLOPs per token, remat factor) of the step `ctx` builds for experiment `exp`."""
     from a1jax.train import metrics
     return (metrics.model_flops_per_token(exp.model, exp.data.seq_len, ctx.trains_mtp),
-            remat_factor(exp.model, exp.data.seq_len, ctx.trains_mtp))
+            remat_factor(exp.model, exp.data.seq_len, ctx.trains_mtp, exp.data.batch_size // ctx.microbatches))
 
 
 def _sub_jaxprs(params):

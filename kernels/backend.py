@@ -20,17 +20,19 @@ import jax
 XLA = "xla"
 IMPLS = {"moe": ("pallas_tpu", "pallas_gpu", "xla_cpu", XLA),
          "attention": ("pallas_tpu", "pallas_gpu", "xla_cpu", XLA),
-         "gdn": ("pallas_tpu", "pallas_gpu", XLA)}
+         "gdn": ("pallas_tpu", "pallas_gpu", "xla_cpu", XLA)}
 # Platform defaults. CPU runs XLA: Pallas on CPU only interprets (slow), which is for kernel tests, not for models.
 # Where XLA:CPU wants another formulation than the reference, the chain names it "xla_cpu": for "moe" the grouped matmul
 # as a batched matmul over row tiles (kernels/moe/gmm_cpu.py; XLA:CPU lowers ragged_dot densely over all experts), for
-# "attention" causal query blocks that skip the keys after them (kernels/attention/cpu.py).
+# "attention" causal query blocks that skip the keys after them (kernels/attention/cpu.py), for "gdn" the chunked form
+# with a matmul-only inverse instead of LAPACK's triangular solve (kernels/gdn/chunk.py).
 _PLATFORM_CHAINS = {
     "moe": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA),
             "cpu": ("xla_cpu", XLA)},
     "attention": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA),
                   "cpu": ("xla_cpu", XLA)},
-    "gdn": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA)},
+    "gdn": {"tpu": ("pallas_tpu", XLA), "gpu": ("pallas_gpu", XLA), "cuda": ("pallas_gpu", XLA),
+            "cpu": ("xla_cpu", XLA)},
 }
 
 # The pure-XLA formulation a platform prefers for an op where it is not the reference: what a model path that names no

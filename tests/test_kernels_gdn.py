@@ -65,7 +65,7 @@ SEGMENTS = jnp.asarray(np.stack([np.concatenate([np.full(50, 1), np.full(70, 2),
                                  np.concatenate([np.full(64, 4), np.full(136, 5)])]), jnp.int32)
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas_tpu", "pallas_gpu"])
+@pytest.mark.parametrize("impl", ["xla", "xla_cpu", "pallas_tpu", "pallas_gpu"])
 def test_chunked_equals_scan_reference(impl):
     """Packed segments, initial state, dk=32 != dv=48, Hv = 2 Hk, T = 200 (padded to 4 chunks of 64)."""
     args, cts = _inputs(2, 200, 1, 2, 32, 48)
@@ -90,6 +90,17 @@ def test_pallas_tpu_variant_under_the_tpu_interpreter(monkeypatch):
         return lambda q, k, v, g, beta, s0: impl_fn(q, k, v, g, beta, segment_ids=seg, initial_state=s0)
     got = _value_and_grads(f(lambda *x, **kw: chunk_gated_delta_rule(*x, impl="pallas_tpu", **kw)), args, cts)
     _assert_close(got, _value_and_grads(f(ref.chunk_gated_delta_rule), args, cts))
+
+
+def test_cpu_default_is_the_doubling_inverse_and_other_chunk_sizes_take_the_triangular_solve(caplog):
+    """On CPU "auto" runs "xla_cpu" (batched matmuls instead of LAPACK's triangular solve, kernels/gdn/chunk.py); a
+    chunk size that is not a power of two has no doubling inverse and falls to "xla" with the same result."""
+    from kernels import backend
+    assert backend.candidates("gdn", platform_name="cpu") == ("xla_cpu", "xla")
+    args, _ = _inputs(1, 90, 2, 2, 16, 16, seed=3)
+    run = lambda impl: chunk_gated_delta_rule(*args[:5], initial_state=args[5], chunk_size=24, impl=impl)
+    np.testing.assert_allclose(run("xla_cpu")[0], run("xla")[0], atol=0)
+    assert "not a power of two" in caplog.text
 
 
 def test_packed_segments_do_not_leak_deltanet_state():

@@ -176,8 +176,13 @@ def test_layer_loop_remat_and_deltanet_impl_do_not_change_results(override):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["logits_kept", "logits_recomputed"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_chunked_token_logprobs_match_full_log_softmax_and_gradients(masked):
+def test_chunked_token_logprobs_match_full_log_softmax_and_gradients(masked, keep, monkeypatch):
+    """Both ways the backward gets the chunks' logits: kept (small batches, `losses.keeps_logits`) or recomputed
+    under jax.checkpoint (above KEEP_LOGITS_BYTES)."""
+    if not keep:
+        monkeypatch.setattr(losses, "KEEP_LOGITS_BYTES", 0)
     r = np.random.default_rng(0)
     h = jnp.asarray(r.normal(size=(2, 50, 16)), jnp.float32)
     w = jnp.asarray(r.normal(size=(16, 97)), jnp.float32)
@@ -193,6 +198,8 @@ def test_chunked_token_logprobs_match_full_log_softmax_and_gradients(masked):
 
     # 100 positions are not a multiple of 16
     chunked = lambda h, w: losses.token_logprobs(h, w, t, chunk_size=16, mask=m if masked else None)[0] * m
+    assert losses.keeps_logits(2, 50, 16, 97) == keep
+    assert ("remat" in str(jax.make_jaxpr(jax.grad(lambda h: jnp.sum(chunked(h, w))))(h))) != keep
     np.testing.assert_allclose(chunked(h, w), full(h, w), atol=1e-5)
     g1 = jax.grad(lambda h, w: jnp.sum(chunked(h, w) * c), argnums=(0, 1))(h, w)
     g0 = jax.grad(lambda h, w: jnp.sum(full(h, w) * c), argnums=(0, 1))(h, w)

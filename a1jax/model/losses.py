@@ -16,6 +16,7 @@ from a1jax.model.config import ModelConfig
 from a1jax.model.transformer import Output, lm_head_weight
 
 F32 = jnp.float32
+KEEP_LOGITS_BYTES = 256 << 20  # fp32 logits of a whole batch kept for the backward below this size (map_logit_chunks)
 
 
 @jax.custom_vjp
@@ -59,13 +60,22 @@ def _by_sequence_shard(f: Callable, shards: int, T: int, *arrays):
     return jax.tree.map(lambda a: _unshard_rows(a, shards), f(*(split(a) for a in arrays)))
 
 
-def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool = True,
+def keeps_logits(rows: int, T: int, chunk: int, vocab: int) -> bool:
+    """Whether `map_logit_chunks` (remat=None) keeps the chunks' logits for the backward instead of recomputing them:
+    when all of them, [rows, T rounded up to chunks, V] in fp32, take at most `KEEP_LOGITS_BYTES`."""
+    c = max(1, min(int(chunk), T))
+    return rows * -(-T // c) * c * vocab * 4 <= KEEP_LOGITS_BYTES
+
+
+def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None, remat: bool | None = None,
                      sequence_shards: int = 1):
     """Applies `fn(logits [B,c,V] fp32, xs_chunk) -> pytree of [B,c,...]` to T-chunks of `hidden @ unembed`.
 
     hidden [B,T,D]; unembed [D,V]; xs a pytree of [B,T,...] per-position inputs. With `mask` [B,T], a chunk without
     any masked-in position skips its projection and returns zeros. `remat` wraps each chunk in `jax.checkpoint`, so
-    the backward pass recomputes the chunk's logits instead of storing them. `sequence_shards`: the size of the mesh
+    the backward pass recomputes the chunk's logits instead of storing them; None (the default) does so only when all
+    the logits would take more than `KEEP_LOGITS_BYTES`: below that, keeping them saves the backward one [T, D] x
+    [D, V] matmul (about 8% of a CPU train step at T = 2,048, V = 32,000; docs/performance.md). `sequence_shards`: the size of the mesh
     axis that splits T (see `_by_sequence_shard`); `fn` must treat positions independently.
     """
     if sequence_shards > 1:
@@ -95,8 +105,14 @@ def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None
         skip = lambda h, x: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return jax.lax.cond(jnp.any(k), compute, skip, h, x)
 
-    out = jax.lax.map(jax.checkpoint(one) if remat else one,
-                      (to_chunks(hidden), jax.tree.map(to_chunks, xs), to_chunks(keep)))
+    chunks = (to_chunks(hidden), jax.tree.map(to_chunks, xs), to_chunks(keep))
+    if remat is None:
+        remat = not keeps_logits(B, T, chunk, unembed.shape[-1])
+    if remat:
+        out = jax.lax.map(jax.checkpoint(one), chunks)
+    else:  # unrolled: a scan would stack each chunk's saved logits into one buffer, a copy per chunk
+        outs = [one(jax.tree.map(lambda a: a[i], chunks)) for i in range(n)]
+        out = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(B, n * c, *a.shape[3:])[:, :T], out)
 
 

@@ -193,11 +193,18 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, segment_ids=None, initial_state=
     """The gated delta rule, chunked. q, k [B,T,Hk,dk]; v [B,T,H,dv] (H a multiple of Hk); g (log decay <= 0), beta
     [B,T,H]; segment_ids [B,T]; initial_state [B,H,dk,dv]. Returns (o [B,T,H,dv] fp32, final_state fp32).
 
-    impl: "xla" (the pure-jnp chunked form of kernels/reference/gated_delta_rule.py), "pallas_tpu", "pallas_gpu", or
-    None/"auto" for the platform default (kernels/backend.py, op "gdn"; $KERNELS_GDN_IMPL overrides)."""
+    impl: "xla" (the pure-jnp chunked form of kernels/reference/gated_delta_rule.py), "xla_cpu" (the same with the
+    matmul-only doubling inverse instead of a triangular solve), "pallas_tpu", "pallas_gpu", or None/"auto" for the
+    platform default (kernels/backend.py, op "gdn"; $KERNELS_GDN_IMPL overrides)."""
     pallas = lambda name: apply(q, k, v, g, beta, segment_ids, initial_state,
                                 make_config(name, chunk_size, block_v, interpret))
+
+    def xla(inverse):
+        if inverse == "doubling" and chunk_size & (chunk_size - 1):
+            raise NotImplementedError(f"chunk_size {chunk_size} is not a power of two (the doubling inverse)")
+        return ref.chunked_xla(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
+                               chunk_size=chunk_size, inverse=inverse)
+
     table = {"pallas_tpu": lambda: pallas("pallas_tpu"), "pallas_gpu": lambda: pallas("pallas_gpu"),
-             "xla": lambda: ref.chunked_xla(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
-                                            chunk_size=chunk_size)}
+             "xla_cpu": lambda: xla("doubling"), "xla": lambda: xla("solve")}
     return backend.dispatch("gdn", table, impl)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.attention import _pallas
+from kernels.reference.gated_delta_rule import unit_lower_inverse
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST  # the WY inverse and the state chain lose accuracy fast at bf16 passes
@@ -32,26 +33,6 @@ def mm(a, b):
 
 def mm_nt(a, b):  # a [.., m, d] . b [.., n, d]^T
     return jnp.matmul(a, jnp.swapaxes(b, -1, -2), precision=HIGHEST, preferred_element_type=F32)
-
-
-def unit_lower_inverse(a):
-    """(I + a)^-1 for strictly lower-triangular a [..., C, C], matmul-only (C a power of two).
-
-    Blockwise doubling: X holds the inverses of the diagonal s-blocks (X = I for s = 1). Each pair of s-blocks forms
-    a 2s-block [[D1, 0], [E, D2]] whose inverse is X - X E X (E = its lower-left block), so log2(C) rounds of two
-    matmuls replace the C-step row-sequential forward substitution."""
-    C = a.shape[-1]
-    row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
-    col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
-    x = jnp.where(row == col, 1.0, 0.0).astype(F32)
-    s, shift = 1, 0
-    while s < C:
-        pair = jnp.right_shift(row, shift + 1) == jnp.right_shift(col, shift + 1)
-        off = jnp.right_shift(row, shift) != jnp.right_shift(col, shift)
-        e = jnp.where(pair & off, a, 0.0)
-        x = x - mm(mm(x, e), x)
-        s, shift = 2 * s, shift + 1
-    return x
 
 
 def _wy(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row):

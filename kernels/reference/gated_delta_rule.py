@@ -31,6 +31,30 @@ def segment_starts(segment_ids, T, B):
     return segment_ids != prev
 
 
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=F32)
+
+
+def unit_lower_inverse(a):
+    """(I + a)^-1 for strictly lower-triangular a [..., C, C], matmul-only (C a power of two).
+
+    Blockwise doubling: X holds the inverses of the diagonal s-blocks (X = I for s = 1). Each pair of s-blocks forms
+    a 2s-block [[D1, 0], [E, D2]] whose inverse is X - X E X (E = its lower-left block), so log2(C) rounds of two
+    matmuls replace the C-step row-sequential forward substitution."""
+    C = a.shape[-1]
+    row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    x = jnp.where(row == col, 1.0, 0.0).astype(F32)
+    s, shift = 1, 0
+    while s < C:
+        pair = jnp.right_shift(row, shift + 1) == jnp.right_shift(col, shift + 1)
+        off = jnp.right_shift(row, shift) != jnp.right_shift(col, shift)
+        e = jnp.where(pair & off, a, 0.0)
+        x = x - _mm(_mm(x, e), x)
+        s, shift = 2 * s, shift + 1
+    return x
+
+
 def gated_delta_rule_scan(q, k, v, g, beta, *, segment_ids=None, initial_state=None):
     """Token-by-token reference. Returns (o [B,T,H,dv] fp32, final_state [B,H,dk,dv] fp32)."""
     B, T, H, dk = q.shape
@@ -51,8 +75,13 @@ def gated_delta_rule_scan(q, k, v, g, beta, *, segment_ids=None, initial_state=N
     return jnp.moveaxis(o, 0, 1), state
 
 
-def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_state=None, chunk_size: int = 64):
+def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_state=None, chunk_size: int = 64,
+                             inverse: str = "solve"):
     """Chunked WY form (HF `torch_chunk_gated_delta_rule`, FLA `chunk_gated_delta_rule`), sequential only over chunks.
+
+    `inverse` says how (I + A)^-1 is applied: "solve" (`solve_triangular`, the reference) or "doubling"
+    (`unit_lower_inverse`, matmuls only, for a power-of-two chunk): on XLA:CPU the triangular solve is a LAPACK call
+    that runs at a few GFLOP/s on 64 x 64 blocks, the doubling is batched matmuls (kernels/gdn/chunk.py, "xla_cpu").
 
     Within a chunk with cumulative log-decay gamma (all exponents below are <= 0, so nothing overflows):
         A  = strict_tril(beta_i k_i.k_j e^{gamma_i - gamma_j}) masked to same-segment pairs
@@ -91,9 +120,11 @@ def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_stat
 
     kk = jnp.einsum("bhnid,bhnjd->bhnij", k, k)
     A = jnp.where(mask_strict, beta[..., :, None] * kk * decay, 0.0)
-    eye = jnp.eye(C, dtype=F32)
     rhs = jnp.concatenate([beta[..., None] * v, (beta * jnp.exp(gamma))[..., None] * k], axis=-1)
-    sol = jax.scipy.linalg.solve_triangular(eye + A, rhs, lower=True, unit_diagonal=True)
+    if inverse == "doubling":
+        sol = _mm(unit_lower_inverse(A), rhs)
+    else:
+        sol = jax.scipy.linalg.solve_triangular(jnp.eye(C, dtype=F32) + A, rhs, lower=True, unit_diagonal=True)
     u, w = sol[..., :dv], sol[..., dv:]
     w = jnp.where(first[..., None], w, 0.0)
     q_state = jnp.where(first[..., None], q * jnp.exp(gamma)[..., None], 0.0)

@@ -28,11 +28,13 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, segment_ids=None, initial_state=
     return gdr.gated_delta_rule_scan(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state)
 
 
-def chunked_xla(q, k, v, g, beta, *, segment_ids=None, initial_state=None, chunk_size: int = 64):
-    """The model's pure-jnp chunked form (the "xla" impl and the benchmark baseline)."""
+def chunked_xla(q, k, v, g, beta, *, segment_ids=None, initial_state=None, chunk_size: int = 64,
+                inverse: str = "solve"):
+    """The model's pure-jnp chunked form (the "xla" impl and the benchmark baseline; with inverse="doubling", the
+    "xla_cpu" impl)."""
     q, k = _repeat_qk(q, k, v)
     return gdr.gated_delta_rule_chunked(q, k, v, g, beta, segment_ids=segment_ids, initial_state=initial_state,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, inverse=inverse)
 
 
 def context_parallel_gated_delta_rule(q, k, v, g, beta, *, axis_name, segment_ids=None, initial_state=None,
