@@ -29,13 +29,13 @@ _ROLLOUT = dict(settings=settings.from_config, sections=_ROLLOUT_SECTIONS,
                 domains=lambda exp: {d: i for i, d in enumerate(exp.loop.envs.domains)})
 
 STAGES: dict[str, Stage] = {
-    "sft": Stage("sft", steps.sft_step, loop.PipelineSource, trains_mtp=True, sections=_ROLLOUT_SECTIONS,
+    "sft": Stage(steps.sft_step, loop.PipelineSource, trains_mtp=True, sections=_ROLLOUT_SECTIONS,
                  domains=lambda exp: pipeline.domain_table(exp.data)),
-    "teacher_sft": Stage("teacher_sft", distill_steps.teacher_sft_step, teacher_training.ExpertIterationSource,
+    "teacher_sft": Stage(distill_steps.teacher_sft_step, teacher_training.ExpertIterationSource,
                          trains_mtp=True, **_ROLLOUT),
-    "grpo": Stage("grpo", distill_steps.grpo_step, teacher_training.GRPOSource,
+    "grpo": Stage(distill_steps.grpo_step, teacher_training.GRPOSource,
                   options=("grpo", distill_steps.GRPOOptions), **_ROLLOUT),
-    "opd": Stage("opd", distill_steps.opd_step, opd.OPDSource, inputs=2, options=("distill", distill_steps.OPDOptions),
+    "opd": Stage(distill_steps.opd_step, opd.OPDSource, inputs=2, options=("distill", distill_steps.OPDOptions),
                  **_ROLLOUT),
 }
 

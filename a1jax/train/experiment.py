@@ -104,7 +104,6 @@ def apply_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> ml_c
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One row of the stage table (a1jax/stages.py): what `config.stage` names."""
-    name: str
     step: Callable  # the pure step(ctx, state, batch[, teacher_targets]) -> (state, metrics) (steps.py)
     source: Callable  # source(run) -> the loop's batch source (a1jax/train/loop.py: BatchSource)
     domains: Callable  # domains(exp) -> {domain name: id} of the batches' domain_ids

@@ -1,11 +1,7 @@
 """The training loop of every stage, readable top to bottom: set up, restore or initialise, then step, log, evaluate,
-checkpoint. A stage (the table in a1jax/stages.py) supplies its pure step and a batch source (`BatchSource`): the data
-pipeline for SFT (`PipelineSource`), rollouts verified, scored and packed for the rollout stages (a1jax/distill/).
-SIGTERM, the NaN/Inf guard's stop (train.max_consecutive_skips), eval, checkpoints, metrics, progress and
-`init_from` exist only here.
-
-Everything impure lives here and in the sources (I/O, logging, checkpoints, signals, device placement); the math is in
-the steps (steps.py, a1jax/distill/steps.py).
+checkpoint. A stage (the table in a1jax/stages.py) supplies its pure step (steps.py, a1jax/distill/steps.py) and a
+`BatchSource`: the data pipeline for SFT (`PipelineSource`), rollouts verified, scored and packed for the rollout
+stages (a1jax/distill/). Everything impure lives here and in the sources.
 
 Multi-process runs (`a1jax.distributed`): every process runs this same loop. Each loads only the rows of the global
 batch its devices hold (`distributed.data_shard`), and the rows become one global array; process 0 alone prints and
@@ -137,9 +133,6 @@ class BatchSource:
 
     def note(self, scalars: dict) -> str:
         return ""
-
-    def close(self) -> None:
-        pass
 
 
 class Run:
@@ -302,7 +295,6 @@ def run_stage(exp: Experiment, workdir: str, *, init_from: str = "", devices=Non
     run = Run(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start)
     profiler = mt.Profiler(workdir, config.get("profile"))
     stop = distributed.StopSignal()  # SIGTERM: every process stops at the same step
-    src = None
     try:
         src = (source or exp.stage.source)(run)
         run.shard = src.shard
@@ -347,8 +339,6 @@ def run_stage(exp: Experiment, workdir: str, *, init_from: str = "", devices=Non
     finally:
         stop.close()
         profiler.close()
-        if src is not None:
-            src.close()
         run.close()
     return run
 
