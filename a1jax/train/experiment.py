@@ -5,7 +5,8 @@ experiments/quickstart.py for every field). `validate` turns it into typed objec
 ...) before anything compiles, so that a mistake is reported as the field it is in: first every field's name, type
 and range (config_schema.py: an unknown field is an error), then the checks across fields (the model's vocabulary
 against the tokenizer's, MTP loss against MTP layers, microbatches against the batch, the batch and sequence
-against the mesh axes that do not depend on the device count), then the stage's own sections.
+against the mesh axes that do not depend on the device count), then the stage's own sections. The stages come from
+the caller (a1jax/stages.py: `stages.validate` passes its table), so this module imports none of them.
 """
 from __future__ import annotations
 
