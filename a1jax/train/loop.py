@@ -142,8 +142,7 @@ class Run:
 
     def __init__(self, exp: Experiment, workdir: str, *, init_from: str = "", devices=None,
                  allow_fresh_start: bool = False):
-        config = exp.config
-        self.exp, self.workdir = exp, workdir
+        config, self.exp, self.workdir = exp.config, exp, workdir
         self.init_from = init_from or config.get("init_from", "")  # --init_from, else the experiment's own
         storage.makedirs(workdir)  # a URL: checked writable now, one clear error instead of a hang later
         _check_same_model(workdir, config)
