@@ -10,7 +10,7 @@ from a1jax.storage import StorageError
 # subcommand -> module with `add_parser(subparsers)`; the module's parser sets `func(args) -> int`.
 SUBCOMMANDS = {
     "summary": "a1jax.model.summary",
-    "train": "a1jax.train.cli",
+    "train": "a1jax.train_cli",
     "warmup": "a1jax.train.warmup",
     "convert": "a1jax.convert.cli",
     "data": "a1jax.data.cli",

@@ -38,7 +38,6 @@ and is not used.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 import re
@@ -457,7 +456,7 @@ def device_table(kind: str, table: dict) -> tuple[str, float]:
 def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) -> dict:
     """Builds, traces, lowers and compiles the train step of `exp` on `devices` (abstract inputs only) and returns
     the plan as a JSON-ready dict (see the module docstring for what each figure means)."""
-    from a1jax.train import metrics, steps
+    from a1jax.train import metrics
     from a1jax.train.build import build
     kind, hbm = device_table(device_kind, HBM_BYTES)
     _, peak = device_table(kind, metrics.PEAK_FLOPS)
@@ -468,7 +467,7 @@ def plan(exp, *, devices, device_kind: str = "tpu v5p", num_domains: int = 1) ->
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), built.abstract_state,
                          built.state_shardings)
     batch = abstract_batch(built, exp)
-    extra = len(inspect.signature(steps.get_step(exp.config.stage)).parameters) - 3  # beyond (ctx, state, batch)
+    extra = exp.stage.inputs - 1  # beyond the batch
     if extra:
         raise ValueError(f"config.stage={exp.config.stage!r}: its step takes {extra} input(s) besides the batch "
                          f"(e.g. teacher targets); the planner synthesises only the batch {list(batch)}")

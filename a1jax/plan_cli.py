@@ -27,13 +27,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from a1jax import stages
     from a1jax.train import experiment
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
     if getattr(args, "topology", ""):
-        exp = experiment.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
+        exp = stages.validate(config, check_vocabulary=False)  # a plan compiles shapes; it never reads a token
         return run_topology(args, config, exp)
     resolved = resolve_impls(config, args.platform)
-    exp = experiment.validate(config, check_vocabulary=False)
+    exp = stages.validate(config, check_vocabulary=False)
     kind = args.device_kind or DEFAULT_KIND[args.platform]
     device_table(kind, HBM_BYTES)  # an unknown kind fails before any work
     n = args.devices or required_devices(config)

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from a1jax import model, sharding
+from a1jax import model, sharding, stages
 from a1jax.train import experiment, optim, steps
 from a1jax.train.state import init_state, state_shardings
 
@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--supervised", type=float, default=0.2,
                         help="fraction of supervised tokens (0.2 is the quickstart data's)")
     args, extra = parser.parse_known_args(argv)
-    exp = experiment.validate(experiment.apply_overrides(experiment.load(args.config), extra))
+    exp = stages.validate(experiment.apply_overrides(experiment.load(args.config), extra))
     cfg, config = exp.model, exp.config
     opt = config.optimizer.copy_and_resolve_references()
     opt.total_steps = config.train.steps
@@ -71,7 +71,7 @@ def main(argv=None):
     fwd = jax.jit(lambda p, b: model.forward(p, b["tokens"], cfg, positions=b["positions"],
                                              segment_ids=b["segment_ids"], return_logits=False).hidden)
     fwd_s = timed(fwd, (state.params, batch), args.steps)  # before the step donates `state`
-    step = jax.jit(functools.partial(steps.get_step(config.stage), ctx), in_shardings=(sh, bsh),
+    step = jax.jit(functools.partial(exp.stage.step, ctx), in_shardings=(sh, bsh),
                    out_shardings=(sh, None), donate_argnums=0)
     t = time.perf_counter()
     step = step.lower(state, batch).compile()

@@ -6,8 +6,8 @@ import os
 import jax
 import pytest
 
-from a1jax.distill import runner
-from a1jax.train import experiment
+from a1jax import stages
+from a1jax.train import experiment, loop
 from benchmarks import ablation
 
 DOMAIN = "tool_calling"
@@ -21,7 +21,7 @@ def test_each_variant_changes_one_thing_and_turns_the_teacher_check_off(tmp_path
     base = experiment.load(recipe)
     for v, c in configs.items():
         assert c.gate.tasks == 0 and c.train.steps == 3 and c.init_from == base.init_from
-        experiment.validate(c)
+        stages.validate(c)
     a, b, c, d = (configs[v] for v in "abcd")
     assert [t["workdir"] for t in a.teachers] == [t["workdir"] for t in base.teachers]
     assert [t["workdir"] for t in b.teachers] == [os.path.join(root, f"teacher_{DOMAIN}")] * 2
@@ -39,8 +39,9 @@ def _fake_workdir(root, name, seed):
     """A training workdir holding an untrained tiny-recipe model (seeded): stands in for the main job's stages."""
     c = ablation.get_config(f"root={root},steps=1,domains={DOMAIN}")
     c.init_from, c.seed = "", seed
-    run = runner.StageRun(experiment.validate(c), os.path.join(root, name), devices=jax.devices()[:1])
-    run.finish(0)
+    run = loop.Run(stages.validate(c), os.path.join(root, name), devices=jax.devices()[:1])
+    run.save(0, {"step": 0}, force=True)
+    run.ckpt.wait()
     run.close()
 
 

@@ -1,9 +1,14 @@
 """The stage-2/3 outer loops: OPD end to end on the real environments and tokenizer with a toy student and two toy
 teachers (KL falls, metrics written, resume is exact), domain routing per row, failing teachers counted, expert
-iteration keeps only verified trajectories, and the GRPO loop logs its metrics."""
+iteration keeps only verified trajectories, and the GRPO loop logs its metrics. Every rollout stage runs the one
+training loop: it resumes after SIGTERM or a crash at a random step with the uninterrupted run's losses, and stops at
+the K-th skipped update in a row."""
+import dataclasses
+import functools
 import json
 import logging
 import os
+import random
 import signal
 
 import jax
@@ -11,15 +16,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from a1jax import model as M
+from a1jax import model as M, stages
 from a1jax.data.chat import tokenize_trajectory
 from a1jax.data.tokenizers import load
-from a1jax.distill import rollouts as R
+from a1jax.distill import opd, rollouts as R
 from a1jax.distill import teachers as teacher_lib
 from a1jax.distill.opd import run_opd
 from a1jax.distill.teachers import score as full_score
 from a1jax.envs import registry
-from a1jax.train import experiment
+from a1jax.train import experiment, loop
 
 DOMAINS = ["search", "scientific_agents"]
 MODEL = dict(vocab_size=248320, hidden_size=16, num_hidden_layers=2, linear_key_head_dim=8, linear_value_head_dim=8,
@@ -84,7 +89,6 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
     # copy (init_from), so the distance to each teacher is moderate and the KL gradient points straight back. All
     # embedding rows are one vector, so every context gives the same hidden state: what a step learns about the LM
     # head holds at the next step's new, randomly sampled contexts, and the on-policy KL can fall within 3 steps.
-    from a1jax.distill import runner
     cfg = M.presets.tiny(**MODEL)
     base = dict(_teacher(3).params_boxed)
     e = base["embed"]
@@ -93,8 +97,8 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
                 "scientific_agents": teacher_lib.LocalTeacher("t-sci", k=8, chunk=128,
                                                               params=_perturbed(base, 4, 0.3), cfg=cfg)}
     student = M.unbox(_perturbed(base, 5, 0.6))
-    monkeypatch.setattr(runner, "load_init_params", lambda path: (cfg, student))
-    exp = experiment.validate(_config(steps=3, init_from="perturbed-copy"))
+    monkeypatch.setattr(loop, "load_init_params", lambda path: (cfg, student))
+    exp = stages.validate(_config(steps=3, init_from="perturbed-copy"))
     full = run_opd(exp, str(tmp_path / "a"), devices=ONE, teachers=teachers)
     assert [h["step"] for h in full] == [1, 2, 3]
     rows = _rows(tmp_path / "a")
@@ -104,7 +108,7 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
         assert rows[0][f"teacher_failures/{d}"] == 0 and rows[0][f"tokens/{d}"] > 0
         assert 0 < rows[0][f"is_nonzero_frac/{d}"] <= 1
     # Stop after 2 steps, then resume to 3: the third step is the uninterrupted run's third step.
-    config = lambda steps: experiment.validate(_config(steps=steps, init_from="perturbed-copy"))
+    config = lambda steps: stages.validate(_config(steps=steps, init_from="perturbed-copy"))
     run_opd(config(2), str(tmp_path / "b"), devices=ONE, teachers=teachers)
     resumed = run_opd(config(3), str(tmp_path / "b"), devices=ONE, teachers=teachers)
     assert [h["step"] for h in resumed] == [3]
@@ -162,7 +166,7 @@ def test_a_failing_teacher_marks_its_rows_invalid_and_is_counted(teachers):
 
 
 def test_teacher_sft_trains_on_verified_rollouts_only(tmp_path, monkeypatch):
-    from a1jax.distill import runner, teacher_training as T
+    from a1jax.distill import teacher_training as T
     tok = load("qwen3_5")
     env = registry.get("scientific_agents")
     good_task, bad_task = env.tasks("train", 5, n=2, horizon=1)
@@ -181,18 +185,18 @@ def test_teacher_sft_trains_on_verified_rollouts_only(tmp_path, monkeypatch):
         return out
 
     seen = []
-    real_step = runner.StageRun.step_fn
+    real_step = loop.Run.step_fn
 
     def spy(self, state, batch, *rest):
         seen.append({k: np.asarray(v).copy() for k, v in batch.items()})
         return real_step(self, state, batch, *rest)
 
     monkeypatch.setattr(T.R, "roll_out", fake_rollouts)
-    monkeypatch.setattr(runner.StageRun, "step_fn", spy)
+    monkeypatch.setattr(loop.Run, "step_fn", spy)
     cfg = _config(stage="teacher_sft", steps=1, domains=["scientific_agents"])
     cfg.data.batch_size = 2  # one row for accepted rollouts (rollout_fraction 0.5), one for demonstrations
-    exp = experiment.validate(cfg)
-    hist = T.run_teacher_sft(exp, str(tmp_path / "t"), devices=ONE)
+    exp = stages.validate(cfg)
+    hist = loop.run_stage(exp, str(tmp_path / "t"), devices=ONE).history
     assert hist[0]["rollout/scientific_agents/accepted"] == 1 and hist[0]["rollout/scientific_agents/success"] == 0.5
     rows = [tuple(r[r != tok.pad_id]) for r in seen[0]["tokens"]]
     good_ids = tuple(fake_rollouts(None, tok, None, None, seed=0, domain_ids=None)[0].record["token_ids"])
@@ -203,11 +207,10 @@ def test_teacher_sft_trains_on_verified_rollouts_only(tmp_path, monkeypatch):
 
 
 def test_grpo_loop_runs_and_logs_per_domain_metrics(tmp_path):
-    from a1jax.distill.teacher_training import run_grpo
     cfg = _config(stage="grpo", steps=1, domains=["scientific_agents"])
     cfg.envs.tasks_per_domain, cfg.data.batch_size = 1, 2
     cfg.grpo = ml_collections.ConfigDict(dict(loss_type="ppo"))
-    hist = run_grpo(experiment.validate(cfg), str(tmp_path / "g"), devices=ONE)
+    hist = loop.run_stage(stages.validate(cfg), str(tmp_path / "g"), devices=ONE).history
     row = _rows(tmp_path / "g")[-1]
     for key in ("clip_frac/scientific_agents", "kl_behavior/scientific_agents", "entropy/scientific_agents",
                 "response_length/scientific_agents", "rollout/scientific_agents/reward",
@@ -220,27 +223,27 @@ def test_bad_loop_config_names_the_field():
     c = _config()
     c.rollout.temperature = 0.7
     with pytest.raises(ValueError, match=r"config.rollout .*temperature"):
-        experiment.validate(c)
+        stages.validate(c)
     c = _config()
     c.envs.domains = ["search", "nonexistent"]
     with pytest.raises(ValueError, match="config.envs.domains"):
-        experiment.validate(c)
+        stages.validate(c)
     c = _config(stage="grpo", domains=["search"])
     c.data.batch_size = 1
     with pytest.raises(ValueError, match="config.data.batch_size"):
-        experiment.validate(c)
+        stages.validate(c)
     c = _config(stage="teacher_sft", steps=20, domains=["search"])
     c.expert_iteration.rollout_every, c.checkpoint.every = 10, 15  # a checkpoint inside a rollout round
     with pytest.raises(ValueError, match=r"config.expert_iteration.rollout_every=10: expected a divisor of "
                                          r"config.checkpoint.every=15"):
-        experiment.validate(c)
+        stages.validate(c)
     c.expert_iteration.rollout_fraction = 0.0  # plain SFT on demonstrations: no rounds to split
-    experiment.validate(c)
+    stages.validate(c)
     for stage in ("opd", "grpo"):  # their losses have no MTP term: a coefficient would be silently ignored
         c = _config(stage=stage, domains=["search"])
         c.model.overrides.mtp_num_hidden_layers, c.train.mtp_loss_coef = 1, 0.1
         with pytest.raises(ValueError, match=rf"config.train.mtp_loss_coef=0.1: expected 0 for stage '{stage}'"):
-            experiment.validate(c)
+            stages.validate(c)
 
 
 class Echo:
@@ -288,9 +291,8 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
     """config.distill.policy='off' (sequence-level KD, benchmarks/ablation.py variant c): each domain's teacher rolls
     out the tasks the student would have drawn, and the step's batch holds exactly the teachers' tokens, with no
     teacher target (the loss is SFT on them)."""
-    from a1jax.distill import opd, runner
     calls, seen = [], []
-    real_roll, real_step = R.roll_out, runner.StageRun.step_fn
+    real_roll, real_step = R.roll_out, loop.Run.step_fn
 
     def roll_spy(engine, tok, items, ro, *, seed, domain_ids):
         trajs = real_roll(engine, tok, items, ro, seed=seed, domain_ids=domain_ids)
@@ -303,10 +305,10 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
         return real_step(self, state, batch, *rest)
 
     monkeypatch.setattr(opd.R, "roll_out", roll_spy)
-    monkeypatch.setattr(runner.StageRun, "step_fn", step_spy)
+    monkeypatch.setattr(loop.Run, "step_fn", step_spy)
     cfg = _config(steps=1)
     cfg.distill.policy = "off"
-    hist = run_opd(experiment.validate(cfg), str(tmp_path / "off"), devices=ONE, teachers=teachers)
+    hist = run_opd(stages.validate(cfg), str(tmp_path / "off"), devices=ONE, teachers=teachers)
     assert len(calls) == 2 and len(seen) == 1  # one rollout per domain, one student update
     for (engine, ids, _), d in zip(calls, DOMAINS):
         np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
@@ -327,8 +329,7 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
 
 def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_ones():
     import types
-    from a1jax.distill import opd
-    exp = experiment.validate(_config())
+    exp = stages.validate(_config())
     run = types.SimpleNamespace(settings=exp.loop, domains={d: i for i, d in enumerate(DOMAINS)})
     envs = R.make_envs(exp.loop)
     every = opd.step_items(run, envs, 0, DOMAINS)
@@ -342,13 +343,12 @@ def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(t
     """config.gate.anchor: a left-out domain is distilled toward the frozen weights the student started from (so the
     other domains' updates do not drag it away); with anchor=False it sits out."""
     from a1jax.convert import save_params
-    from a1jax.distill import opd
-    from a1jax.distill.runner import StageRun
+    from a1jax.distill.runner import RolloutSource
     cfg = M.presets.tiny(**MODEL)
     start = jax.device_get(M.init(cfg, jax.random.PRNGKey(5), include_mtp=False))
     save_params(str(tmp_path / "start"), cfg, start)
-    exp = experiment.validate(_config(init_from=str(tmp_path / "start")))
-    run = StageRun(exp, str(tmp_path / "distill"), devices=ONE)
+    exp = stages.validate(_config(init_from=str(tmp_path / "start")))
+    run = RolloutSource(loop.Run(exp, str(tmp_path / "distill"), devices=ONE))
     try:
         assert opd.anchored_domains(run, ["search"]) == ["scientific_agents"]
         assert opd.anchored_domains(run, DOMAINS) == []
@@ -357,19 +357,19 @@ def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(t
             np.testing.assert_array_equal(a, b)
         # a copy of its own: the student's state (donated to every step) is not the anchor's buffers
         assert all(x is not y for x, y in zip(jax.tree.leaves(anchor.params),
-                                              jax.tree.leaves(M.unbox(run.state.params))))
+                                              jax.tree.leaves(M.unbox(run.run.state.params))))
     finally:
-        run.close()
+        run.run.close()
     c = _config(init_from=str(tmp_path / "start"))
     c.gate = ml_collections.ConfigDict(dict(anchor=False))
-    run = StageRun(experiment.validate(c), str(tmp_path / "distill2"), devices=ONE)
+    run = RolloutSource(loop.Run(stages.validate(c), str(tmp_path / "distill2"), devices=ONE))
     try:
         assert opd.anchored_domains(run, ["search"]) == []
     finally:
-        run.close()
+        run.run.close()
     c.gate = ml_collections.ConfigDict(dict(anchor="yes"))
     with pytest.raises(ValueError, match="config.gate.anchor"):
-        experiment.validate(c)
+        stages.validate(c)
 
 
 @pytest.mark.slow  # 8 OPD updates and 4 rollouts on the 248K vocabulary: ~45 s of CPU
@@ -378,9 +378,8 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
     """config.rollout.reuse=2: one rollout (and one teacher scoring) per two updates, both on the same batch and
     targets; a run stopped by SIGTERM (at the next checkpoint between rollouts) and resumed gives the uninterrupted
     run's steps."""
-    from a1jax.distill import opd, runner
     rolls, seen = [], []
-    real_route, real_step = teacher_lib.route, runner.StageRun.step_fn
+    real_route, real_step = teacher_lib.route, loop.Run.step_fn
 
     def route_spy(*a, **kw):
         rolls.append(1)
@@ -391,12 +390,12 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
         return real_step(self, state, batch, *rest)
 
     monkeypatch.setattr(opd.teacher_lib, "route", route_spy)
-    monkeypatch.setattr(runner.StageRun, "step_fn", step_spy)
+    monkeypatch.setattr(loop.Run, "step_fn", step_spy)
 
     def config(steps):
         c = _config(steps=steps, reuse=2)
         c.checkpoint.every = 2
-        return experiment.validate(c)
+        return stages.validate(c)
 
     full = run_opd(config(4), str(tmp_path / "a"), devices=ONE, teachers=teachers)
     assert len(rolls) == 2 and len(seen) == 4
@@ -414,9 +413,9 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self, state, batch, *rest)
 
-    monkeypatch.setattr(runner.StageRun, "step_fn", preempted)
+    monkeypatch.setattr(loop.Run, "step_fn", preempted)
     before = signal.getsignal(signal.SIGTERM)
-    with caplog.at_level(logging.WARNING, logger="a1jax.distill"):
+    with caplog.at_level(logging.WARNING, logger="a1jax.train"):
         stopped = run_opd(config(4), str(tmp_path / "b"), devices=ONE, teachers=teachers)
     assert [h["step"] for h in stopped] == [1, 2]
     assert "SIGTERM: saving a checkpoint at step 2" in caplog.text
@@ -428,4 +427,70 @@ def test_rollout_reuse_takes_several_updates_per_rollout_batch_and_resumes_exact
     with pytest.raises(ValueError, match=r"config.rollout.reuse=2: expected a divisor of config.checkpoint.every=3"):
         c = _config(steps=4, reuse=2)
         c.checkpoint.every = 3
-        experiment.validate(c)
+        stages.validate(c)
+
+
+ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
+
+
+def _stage_run(stage, workdir, teachers, steps=3, **train):
+    """`steps` steps of `stage` on one domain (opd: both), in-memory teachers for opd; returns (step, loss) pairs."""
+    step = train.pop("step", None)  # a stand-in for the stage's step
+    c = _config(stage=stage, steps=steps, domains=DOMAINS if stage == "opd" else DOMAINS[1:])
+    c.train.update(train)
+    if stage != "opd":
+        c.envs.tasks_per_domain, c.data.batch_size = 1, 2
+    exp = stages.validate(c)
+    if step is not None:
+        exp = dataclasses.replace(exp, stage=dataclasses.replace(exp.stage, step=step))
+    source = functools.partial(opd.OPDSource, teachers=teachers) if stage == "opd" else None
+    history = loop.run_stage(exp, str(workdir), devices=ONE, source=source).history
+    return [(h["step"], h["train/loss"]) for h in history]
+
+
+class _Crash(Exception):
+    """The process dying between two steps (SIGKILL): nothing after the last checkpoint is kept."""
+
+
+@pytest.mark.slow  # per stage: 3 steps straight, then stopped and resumed twice (9 steps with rollouts)
+@pytest.mark.parametrize("stage", ROLLOUT_STAGES)
+def test_every_rollout_stage_resumes_after_sigterm_or_a_crash_at_a_random_step_with_identical_losses(
+        stage, tmp_path, monkeypatch, teachers):
+    full = _stage_run(stage, tmp_path / "full", teachers)
+    assert [s for s, _ in full] == [1, 2, 3]
+    rng, real = random.Random(stage), loop.Run.step_fn
+    # SIGTERM (a preemption notice) during update k: the run stops after it, with a checkpoint, and resumes
+    k, calls = rng.randint(1, 2), []
+
+    def preempted(self, state, *inputs):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, state, *inputs)
+
+    monkeypatch.setattr(loop.Run, "step_fn", preempted)
+    stopped = _stage_run(stage, tmp_path / "sigterm", teachers)
+    monkeypatch.setattr(loop.Run, "step_fn", real)
+    assert len(stopped) == k and stopped + _stage_run(stage, tmp_path / "sigterm", teachers) == full
+
+    def crash(self, state, *inputs):
+        if self.step == k:
+            raise _Crash
+        return real(self, state, *inputs)
+
+    monkeypatch.setattr(loop.Run, "step_fn", crash)
+    with pytest.raises(_Crash):
+        _stage_run(stage, tmp_path / "crash", teachers)
+    monkeypatch.setattr(loop.Run, "step_fn", real)
+    assert _stage_run(stage, tmp_path / "crash", teachers) == full[k:]  # exact float equality, step for step
+
+
+@pytest.mark.slow  # two updates with rollouts per stage: ~30 s of CPU each
+@pytest.mark.parametrize("stage", ROLLOUT_STAGES)
+def test_k_skipped_updates_in_a_row_stop_every_rollout_stage_in_one_line(stage, tmp_path, teachers):
+    from test_faults import _times_inf
+    real = stages.STAGES[stage].step
+    inf_lr = lambda ctx, *a: real(dataclasses.replace(ctx, tx=_times_inf(ctx.tx)), *a)
+    with pytest.raises(loop.TrainingStopped, match=r"stopping at step 2: the last 2 updates were skipped .*"
+                                                   r"max_consecutive_skips=2"):
+        _stage_run(stage, tmp_path / "nan", teachers, steps=2, max_consecutive_skips=2, step=inf_lr)

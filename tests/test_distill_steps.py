@@ -12,10 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from a1jax import model
+from a1jax import model, stages
 from a1jax.distill import losses, teachers as teacher_lib
 from a1jax.distill import steps as dsteps
-from a1jax.train import build, optim, steps
+from a1jax.train import build, experiment, optim, steps
 from a1jax.train.experiment import Experiment
 from a1jax.train.state import init_state
 
@@ -240,17 +240,18 @@ def test_http_teacher_failures_mark_tokens_invalid_and_are_counted():
 
 # --- options ---------------------------------------------------------------------------------------------------------
 
-def test_options_from_config_validates_fields_by_name():
+def test_step_options_validate_fields_by_name():
+    options = lambda c: experiment.step_options(c, stages.STAGES[c.stage])
     c = ml_collections.ConfigDict(dict(stage="opd", distill=dict(estimator="salient", domain_weights=[1.0, 2.0])))
-    opts = dsteps.options_from_config(c)
+    opts = options(c)
     assert opts.domain_weights == (1.0, 2.0) and hash(opts)
     c.distill.estimator = "topk"
     with pytest.raises(ValueError, match=r"config.distill.estimator='topk': expected one of"):
-        dsteps.options_from_config(c)
+        options(c)
     c = ml_collections.ConfigDict(dict(stage="grpo", grpo=dict(eps_hi=0.3)))
     with pytest.raises(ValueError, match=r"config.grpo.eps_hi: unknown field"):
-        dsteps.options_from_config(c)
-    assert dsteps.options_from_config(ml_collections.ConfigDict(dict(stage="sft"))) is None
+        options(c)
+    assert options(ml_collections.ConfigDict(dict(stage="sft"))) is None
 
 
 # --- end to end (docs/spec/recipe.md §6.5 item 13) --------------------------------------------------------------
@@ -263,7 +264,9 @@ def _experiment(cfg, stage, batch, distill=None):
     if distill is not None:
         c.distill = distill
     B, T = batch["tokens"].shape
-    return Experiment(config=c, model=cfg, data=types.SimpleNamespace(batch_size=B, seq_len=T), eval_data=None)
+    stage = stages.STAGES[stage]
+    return Experiment(config=c, model=cfg, data=types.SimpleNamespace(batch_size=B, seq_len=T), eval_data=None,
+                      stage=stage, options=experiment.step_options(c, stage))
 
 
 def test_opd_step_drives_per_domain_kl_down_against_routed_toy_teachers():
@@ -293,7 +296,7 @@ def test_teacher_sft_step_memorises_a_packed_batch():
     ctx = _ctx(CFG, lr=1e-2)
     batch = _batch(CFG, seed=5)
     state = init_state(CFG, ctx.tx, jax.random.key(0))
-    step = jax.jit(functools.partial(steps.get_step("teacher_sft"), ctx))
+    step = jax.jit(functools.partial(stages.STAGES["teacher_sft"].step, ctx))
     for _ in range(80):
         state, metrics = step(state, batch)
     assert float(metrics["loss"]) < 0.05, float(metrics["loss"])

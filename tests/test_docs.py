@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from a1jax import cli
+from a1jax import cli, stages
 from a1jax.train import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def _check_a1jax(argv):
         raise AssertionError(f"unknown arguments {extra}")
     if argv[0] in CONFIG_COMMANDS and getattr(args, "config", None):
         config = experiment.apply_overrides(experiment.load(os.path.join(ROOT, args.config)), extra)
-        experiment.validate(config)
+        stages.validate(config)
 
 
 @pytest.mark.parametrize("where,command", ALL, ids=[w for w, _ in ALL])

@@ -1,6 +1,7 @@
 """Training faults, checkpoint integrity and broken teachers: the guard rejects a non-finite update, K
 skips in a row stop the run in one line, a damaged checkpoint is never restored silently, a run whose checkpoints are
 all damaged refuses to start over, and every bad teacher response is a counted failure that never reaches a loss."""
+import dataclasses
 import functools
 import http.server
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from a1jax import model
+from a1jax import model, stages
 from a1jax.cli import main as cli_main
 from a1jax.distill import teachers as teacher_lib
 from a1jax.train import checkpoint, steps
@@ -39,7 +40,6 @@ def test_guard_rejects_a_non_finite_update_from_finite_gradients():
     cfg = model.presets.tiny()
     ctx = _ctx(cfg)
     state = init_state(cfg, ctx.tx, jax.random.key(0))
-    import dataclasses
     step = jax.jit(functools.partial(steps.sft_step, dataclasses.replace(ctx, tx=_times_inf(ctx.tx))))
     after, m = step(state, _toy_batch(cfg))
     assert np.isfinite(float(m["grad_norm"]))  # the loss and gradient were fine: only the update is not
@@ -54,7 +54,7 @@ def test_guard_rejects_a_non_finite_update_from_finite_gradients():
 def one_device(monkeypatch):
     """`a1jax train` in this process on one device (the test session has 8 virtual ones)."""
     from a1jax.train import loop
-    monkeypatch.setattr(loop, "train", functools.partial(loop.train, devices=jax.devices()[:1]))
+    monkeypatch.setattr(loop, "run_stage", functools.partial(loop.run_stage, devices=jax.devices()[:1]))
 
 
 def _cli_args(workdir, *extra):
@@ -64,13 +64,12 @@ def _cli_args(workdir, *extra):
 
 
 def test_k_skips_in_a_row_stop_the_run_at_the_kth_step_in_one_line(tmp_path, monkeypatch, capsys, one_device):
-    real = steps.STEPS["sft"]
+    real = stages.STAGES["sft"]
 
     def inf_lr_step(ctx, state, batch):
-        import dataclasses
-        return real(dataclasses.replace(ctx, tx=_times_inf(ctx.tx)), state, batch)
+        return real.step(dataclasses.replace(ctx, tx=_times_inf(ctx.tx)), state, batch)
 
-    monkeypatch.setitem(steps.STEPS, "sft", inf_lr_step)
+    monkeypatch.setitem(stages.STAGES, "sft", dataclasses.replace(real, step=inf_lr_step))
     code = cli_main(_cli_args(tmp_path, "--config.train.steps=8", "--config.train.max_consecutive_skips=3",
                               "--config.checkpoint.every=100"))
     err = capsys.readouterr().err
@@ -341,17 +340,3 @@ def test_a_wrongly_shaped_teacher_output_drops_all_its_rows():
     out, stats = teacher_lib.route({0: _Canned(got)}, batch, [0, 0], K, vocab_size=V)
     assert stats[0]["failures"] == 2 and stats[0]["reasons"] == {"shape": 2} and not out["valid"].any()
 
-
-def test_stages_2_and_3_stop_at_the_kth_skip_too():
-    import types
-
-    from a1jax.distill.runner import StageRun
-    from a1jax.train.loop import TrainingStopped
-    config = types.SimpleNamespace(train=types.SimpleNamespace(max_consecutive_skips=2))
-    run = types.SimpleNamespace(exp=types.SimpleNamespace(config=config), ckpt=types.SimpleNamespace(directory="CK"))
-    for step, consecutive in ((1, 1), (2, 0), (3, 1)):
-        run.step, run.state = step, types.SimpleNamespace(skipped_consecutive=jnp.int32(consecutive))
-        StageRun.check_skips(run)  # below the limit: nothing happens
-    run.step, run.state = 4, types.SimpleNamespace(skipped_consecutive=jnp.int32(2))
-    with pytest.raises(TrainingStopped, match=r"stopping at step 4: .*max_consecutive_skips=2.*checkpoint in CK"):
-        StageRun.check_skips(run)

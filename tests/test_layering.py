@@ -93,3 +93,20 @@ def test_the_circle_finder_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_model_and_train_import_no_stage_above_them():
+    """model <- train <- distill <- stages: the stage table (a1jax/stages.py) sits above the loop and the steps, so
+    nothing in a1jax/train or a1jax/model reaches a1jax/distill or the table, directly or through another module."""
+    graph = _graph()
+
+    def reached(m, seen):
+        for d in graph[m] - seen:
+            seen.add(d)
+            reached(d, seen)
+        return seen
+
+    within = lambda m, packages: any(m == p or m.startswith(p + ".") for p in packages)
+    bad = sorted((m, d) for m in graph if within(m, ("a1jax.train", "a1jax.model"))
+                 for d in reached(m, set()) if within(d, ("a1jax.distill", "a1jax.stages")))
+    assert not bad, f"a1jax/train and a1jax/model must not import the stages above them: {bad}"

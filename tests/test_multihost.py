@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from a1jax import distributed
+from a1jax import distributed, stages
 from a1jax.data import pipeline
 from a1jax.train import checkpoint, experiment, loop
 
@@ -214,7 +214,7 @@ def reference(tmp_path_factory):
     """The 1-process, 8-device run on the 2-process run's global batches: (flags, its workdir, final state)."""
     root = tmp_path_factory.mktemp("multihost")
     flags = tiny_flags(write_trajectories(root / "chats.jsonl"), str(root / "cache"))
-    exp = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART_8CPU), flags))
+    exp = stages.validate(experiment.apply_overrides(experiment.load(QUICKSTART_8CPU), flags))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "make_iterator", lambda config, **_: _AsIfTwoProcesses(config))
         state = loop.train(exp, str(root / "one_process"))

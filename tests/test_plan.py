@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from a1jax import plan as planner
+from a1jax import plan as planner, stages
 from a1jax.model.params import count_params
 from a1jax.train import experiment
 
@@ -24,7 +24,7 @@ def tiny_experiment(mesh=None, seq_len=256, batch_size=8, **model):
     c.model.overrides = dict(TINY, **model)
     c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = seq_len, batch_size, batch_size
     c.mesh = {**dict(data=-1, fsdp=1, expert=1, tensor=1, sequence=1), **(mesh or {})}
-    return experiment.validate(c, check_vocabulary=False)  # vocab 512: plans only, no tokens are read
+    return stages.validate(c, check_vocabulary=False)  # vocab 512: plans only, no tokens are read
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from a1jax import aot
-from a1jax import plan as planner
+from a1jax import plan as planner, stages
 from a1jax.train import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def tiny_v5p_plan():
     c.model.overrides = dict(TINY)
     c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 256, 4, 4
     c.mesh = dict(data=1, fsdp=2, expert=2, tensor=1, sequence=1)
-    return aot.plan_topology(experiment.validate(c, check_vocabulary=False), c, aot.parse_topology("v5p-8"))
+    return aot.plan_topology(stages.validate(c, check_vocabulary=False), c, aot.parse_topology("v5p-8"))
 
 
 def test_tiny_model_compiles_for_v5p_with_mosaic_kernels(tiny_v5p_plan):
@@ -147,7 +147,7 @@ def test_tiny_model_compiles_for_h100_without_a_gpu():
     c.model.overrides = dict(TINY, moe_impl="pallas_gpu", attention_impl="pallas_gpu", deltanet_impl="xla")
     c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 256, 4, 4
     c.mesh = dict(data=1, fsdp=2, expert=2, tensor=1, sequence=1)
-    p = aot.plan_topology(experiment.validate(c, check_vocabulary=False), c, aot.parse_topology("h100-4"))
+    p = aot.plan_topology(stages.validate(c, check_vocabulary=False), c, aot.parse_topology("h100-4"))
     m = p["memory_per_device"]
     assert p["config"]["device_kind"] == "NVIDIA H100 80GB HBM3" and p["custom_calls"]["sites"] > 0
     assert m["state"] <= m["arguments"] and m["temporaries"] > 0 and p["fits"]

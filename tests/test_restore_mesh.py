@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from a1jax import stages
 from a1jax.train import checkpoint, experiment, loop
 from test_multihost import STEPS, losses, tiny_flags, write_trajectories
 
@@ -17,7 +18,7 @@ DATA2_FSDP2 = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.data.ba
 
 
 def _experiment(flags):
-    return experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART), flags))
+    return stages.validate(experiment.apply_overrides(experiment.load(QUICKSTART), flags))
 
 
 def _resume_copy(src, dst, step: int, *, with_config: bool = True):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from a1jax import model, sharding
+from a1jax import model, sharding, stages
 from a1jax.cli import main as cli_main
 from a1jax.train import checkpoint, experiment, optim, steps
 from a1jax.train.state import init_state, state_shardings
@@ -157,13 +157,13 @@ def test_impossible_mesh_and_bad_flags_name_the_field():
         experiment.apply_overrides(config, ["--config.train.steps=many"])
     bad = experiment.apply_overrides(experiment.load(QUICKSTART), ["--config.optimizer.schedule=sawtooth"])
     with pytest.raises(ValueError, match="config.optimizer.schedule='sawtooth'"):
-        experiment.validate(bad)
+        stages.validate(bad)
     bad = experiment.apply_overrides(experiment.load(QUICKSTART), ["--config.model.overrides.num_experts_per_tok=99"])
     with pytest.raises(ValueError, match="config.model: .*num_experts_per_tok=99"):
-        experiment.validate(bad)
+        stages.validate(bad)
     bad = experiment.apply_overrides(experiment.load(QUICKSTART), ["--config.train.microbatches=3"])
     with pytest.raises(ValueError, match="config.train.microbatches=3"):
-        experiment.validate(bad)
+        stages.validate(bad)
 
 
 def test_resuming_with_a_different_model_names_the_fields(tmp_path):
@@ -275,7 +275,7 @@ def test_quickstart_runs_a_few_steps_and_writes_metrics(tmp_path):
 
 def test_init_from_a_converted_checkpoint_checks_the_model(tmp_path):
     from a1jax.convert import save_params
-    exp = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
+    exp = stages.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
                                                          ["--config.model.overrides.hidden_size=16"]))
     params = jax.device_get(model.init(exp.model, jax.random.key(3)))
     save_params(str(tmp_path / "ckpt"), exp.model, params)
@@ -285,7 +285,7 @@ def test_init_from_a_converted_checkpoint_checks_the_model(tmp_path):
     loaded = checkpoint.place_init_params(path, *checkpoint.load_init_params(path), abstract, shardings)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
-    other = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
+    other = stages.validate(experiment.apply_overrides(experiment.load(QUICKSTART),
                                                            ["--config.model.overrides.hidden_size=32"]))
     with pytest.raises(ValueError, match="does not match config.model"):
         checkpoint.place_init_params(path, *checkpoint.load_init_params(path),
@@ -299,7 +299,7 @@ def test_a_state_started_from_other_params_compiles_the_step_once(tmp_path):
     the first step's executable (it compiled twice before: a 35 s stall per stage of the tiny recipe)."""
     from a1jax.train import build
     from a1jax.train.state import with_new_params
-    exp = experiment.validate(experiment.apply_overrides(experiment.load(QUICKSTART), [
+    exp = stages.validate(experiment.apply_overrides(experiment.load(QUICKSTART), [
         "--config.model.overrides.hidden_size=16", "--config.model.overrides.vocab_size=4096",
         "--config.data.tokenizer=qwen3_5_compact", "--config.data.seq_len=32", "--config.data.batch_size=4"]))
     built = build.build(exp, num_domains=2, devices=jax.devices()[:1])

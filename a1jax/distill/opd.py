@@ -10,6 +10,7 @@ Per step:
      invalid and is counted);
   5. the jitted, pure `opd_step(state, batch, teacher_targets)` (a1jax/distill/steps.py);
   6. push the new weights to the engine.
+Steps 1-4 and 6 are the batch source `OPDSource` of the one training loop (a1jax/train/loop.py), which takes step 5.
 
 config.distill.policy="off" (an ablation: sequence-level KD) replaces steps 2 and 4: each domain's teacher rolls out
 that step's tasks (the same tasks, the same rollout settings) and the student takes the same number of updates, by
@@ -24,7 +25,7 @@ the behaviour log-probs the engine records are the student's own log-probs at ro
 """
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import time
 
@@ -34,13 +35,12 @@ import numpy as np
 from a1jax.distill import rollouts as R
 from a1jax.distill import gate, teachers as teacher_lib
 from a1jax.distill.settings import TeacherSpec
-from a1jax.distill.runner import StageRun
+from a1jax.distill.runner import RolloutSource
 from a1jax.train.experiment import Experiment
+from a1jax.train.loop import run_stage
 
-log = logging.getLogger("a1jax.distill")
 
-
-def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
+def load_teachers(run: RolloutSource, domains=None) -> dict[int, object]:
     """{domain id: teacher} from config.teachers (those of `domains`, default all), on the student's mesh."""
     chunk = run.exp.model.loss_chunk_size
     return {run.domains[spec.domain]: teacher_lib.make_teacher(spec, run.tok, chunk=chunk, mesh=run.built.mesh,
@@ -49,7 +49,7 @@ def load_teachers(run: StageRun, domains=None) -> dict[int, object]:
             for spec in run.settings.teachers if domains is None or spec.domain in domains}
 
 
-def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
+def distilled_domains(run: RolloutSource, teachers: dict | None = None) -> list[str]:
     """The domains whose teacher passes the check of gate.py (on the validation split, before distilling; a resumed
     run reads the verdicts it wrote). One line per domain; gate/* scalars at step 0. `teachers` (tests: in-memory
     teacher objects) are not rolled out: the check is skipped for them."""
@@ -77,7 +77,7 @@ def distilled_domains(run: StageRun, teachers: dict | None = None) -> list[str]:
     return kept
 
 
-def anchored_domains(run: StageRun, kept) -> list[str]:
+def anchored_domains(run: RolloutSource, kept) -> list[str]:
     """The domains the teacher check left out that stay in training, distilled toward the student's own frozen
     starting weights (config.gate.anchor; needs the start, config.init_from). One line each."""
     s = run.settings
@@ -90,13 +90,13 @@ def anchored_domains(run: StageRun, kept) -> list[str]:
     return out
 
 
-def anchor_teacher(run: StageRun, k: int):
+def anchor_teacher(run: RolloutSource, k: int):
     """The frozen starting weights of the student as a teacher (config.gate.anchor)."""
     return teacher_lib.LocalTeacher(run.init_from, k=k, chunk=run.exp.model.loss_chunk_size,
                                     params=run.start_params(), cfg=run.exp.model)
 
 
-def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
+def step_items(run: RolloutSource, envs: dict, step: int, domains) -> list:
     """Step 1: this step's (task, env) pairs: the step draws tasks_per_domain train tasks for each configured domain,
     shared equally among `domains` (the distilled ones), so a domain the teacher check left out hands its tasks and
     batch rows to the others instead of leaving them empty."""
@@ -111,11 +111,11 @@ def step_items(run: StageRun, envs: dict, step: int, domains) -> list:
     return items
 
 
-def rollout_seed(run: StageRun, step: int) -> int:
+def rollout_seed(run: RolloutSource, step: int) -> int:
     return R.step_seed(run.exp.config.seed, 0 if run.settings.envs.fixed_tasks else step, 7919)
 
 
-def pack_step(run: StageRun, trajs, domains):
+def pack_step(run: RolloutSource, trajs, domains):
     """Step 3: the trajectories packed into [B, T], B / n_domains rows per domain. Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
     per = B // len(domains)
@@ -125,7 +125,7 @@ def pack_step(run: StageRun, trajs, domains):
     return packed, row_domains
 
 
-def opd_batch(run: StageRun, engine, envs: dict, step: int, domains=None):
+def opd_batch(run: RolloutSource, engine, envs: dict, step: int, domains=None):
     """Steps 1-3: the student's rollouts of this step in `domains` (default: all), packed domain-balanced.
     Returns (Packed, trajectories, row_domains)."""
     domains = list(domains or run.settings.envs.domains)
@@ -135,7 +135,7 @@ def opd_batch(run: StageRun, engine, envs: dict, step: int, domains=None):
     return packed, trajs, row_domains
 
 
-def teacher_engines(run: StageRun, teachers: dict[int, object]) -> dict[int, object]:
+def teacher_engines(run: RolloutSource, teachers: dict[int, object]) -> dict[int, object]:
     """{domain id: a rollout engine on that domain's teacher} for config.distill.policy="off" (local teachers only:
     an HTTP teacher scores tokens but cannot roll out here)."""
     engines = {}
@@ -148,7 +148,7 @@ def teacher_engines(run: StageRun, teachers: dict[int, object]) -> dict[int, obj
     return engines
 
 
-def off_policy_batch(run: StageRun, engines: dict[int, object], envs: dict, step: int, domains):
+def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict, step: int, domains):
     """Steps 1-3 of policy="off": the same tasks the student would have drawn, each domain's rolled out by its own
     teacher (same rollout settings, T = 1), packed exactly like the student's. Returns (Packed, trajectories,
     row_domains)."""
@@ -186,66 +186,64 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
     return out
 
 
+class OPDSource(RolloutSource):
+    """Steps 1-4 of the module docstring, for the loop (a1jax/train/loop.py) that takes step 5; `updated` is step 6.
+    `teachers` ({domain name: object with .score(batch)}) overrides config.teachers (tests)."""
+
+    def __init__(self, run, teachers: dict | None = None):
+        super().__init__(run)
+        s = self.settings
+        self.envs = R.make_envs(s)
+        kept = distilled_domains(self, teachers)
+        self.by_id = (load_teachers(self, kept) if teachers is None else
+                      {self.domains[d]: t for d, t in teachers.items() if d in kept})
+        self.k = max(getattr(t, "k", 1) for t in self.by_id.values())
+        anchored = anchored_domains(self, kept) if teachers is None else []
+        if anchored:
+            anchor = anchor_teacher(self, self.k)
+            self.by_id.update({self.domains[d]: anchor for d in anchored})
+        self.kept = [d for d in s.envs.domains if d in kept or d in anchored]  # every domain this run trains on
+        self.off = self.built.ctx.options.policy == "off"
+        if self.off:
+            self.engines = teacher_engines(self, self.by_id)
+        else:
+            self.engine = R.make_engine(self.exp.model, self.engine_params(), self.tok, s.rollout)
+        self.boundary, self.packed = s.rollout.reuse, None  # a reused rollout batch is not in the checkpoint
+
+    def next(self, step: int):
+        self.t0 = t1 = t2 = time.perf_counter()
+        if self.packed is None or step % self.boundary == 0:  # else config.rollout.reuse: the last batch once more
+            if self.off:
+                self.packed, self.trajs, row_domains = off_policy_batch(self, self.engines, self.envs, step,
+                                                                        self.kept)
+            else:
+                self.packed, self.trajs, row_domains = opd_batch(self, self.engine, self.envs, step, self.kept)
+            t1 = time.perf_counter()
+            if self.off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
+                B, T = self.packed.batch["tokens"].shape
+                self.targets, self.tstats = teacher_lib.empty_targets(B, T, self.k), {}
+            else:
+                self.targets, self.tstats = teacher_lib.route(self.by_id, self.packed.batch, row_domains, self.k,
+                                                              vocab_size=self.exp.model.vocab_size)
+            t2 = time.perf_counter()
+        self.perf = {"perf/rollout_s": t1 - self.t0, "perf/teacher_s": t2 - t1}
+        self.t_update = t2
+        return {key: v for key, v in self.packed.batch.items() if np.ndim(v) == 2}, self.targets
+
+    def record(self, step: int, metrics: dict) -> dict:
+        m = jax.device_get(metrics)
+        scalars = step_scalars(m, self.trajs, self.packed, self.tstats, {d: self.domains[d] for d in self.kept})
+        return self.timed(scalars | self.perf | {"perf/update_s": time.perf_counter() - self.t_update},
+                          self.packed.batch)
+
+    def note(self, scalars: dict) -> str:
+        return "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}" for n in self.kept)
+
+
 def run_opd(exp: Experiment, workdir: str, *, init_from: str = "", devices=None, teachers: dict | None = None,
             allow_fresh_start: bool = False) -> list[dict]:
     """Runs stage 3 in `workdir` (resuming from its newest checkpoint) until config.train.steps; returns the
     scalars of the steps it ran. `teachers` ({domain name: object with .score(batch)}) overrides config.teachers
     (tests)."""
-    run = StageRun(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start)
-    config, s = exp.config, exp.loop
-    total, history = int(config.train.steps), []
-    try:
-        envs = R.make_envs(s)
-        kept = distilled_domains(run, teachers)
-        by_id = (load_teachers(run, kept) if teachers is None else
-                 {run.domains[d]: t for d, t in teachers.items() if d in kept})
-        k = max(getattr(t, "k", 1) for t in by_id.values())
-        anchored = anchored_domains(run, kept) if teachers is None else []
-        if anchored:
-            anchor = anchor_teacher(run, k)
-            by_id.update({run.domains[d]: anchor for d in anchored})
-        kept = [d for d in s.envs.domains if d in kept or d in anchored]  # every domain this run trains on
-        off = run.built.ctx.options.policy == "off"
-        if off:
-            engines = teacher_engines(run, by_id)
-        else:
-            engine = R.make_engine(exp.model, run.engine_params(), run.tok, s.rollout)
-        reuse, packed = s.rollout.reuse, None
-        while run.keep_going(total, reuse):
-            t0 = t1 = t2 = time.perf_counter()
-            if packed is None or run.step % reuse == 0:  # else config.rollout.reuse: the last batch once more
-                if off:
-                    packed, trajs, row_domains = off_policy_batch(run, engines, envs, run.step, kept)
-                else:
-                    packed, trajs, row_domains = opd_batch(run, engine, envs, run.step, kept)
-                t1 = time.perf_counter()
-                if off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
-                    B, T = packed.batch["tokens"].shape
-                    targets, tstats = teacher_lib.empty_targets(B, T, k), {}
-                else:
-                    targets, tstats = teacher_lib.route(by_id, packed.batch, row_domains, k,
-                                                        vocab_size=exp.model.vocab_size)
-                t2 = time.perf_counter()
-            batch = {key: v for key, v in packed.batch.items() if np.ndim(v) == 2}
-            run.state, m = run.step_fn(run.state, batch, targets)
-            m = jax.device_get(m)
-            if not off:
-                engine.params = run.engine_params()  # the sampler follows the student
-            run.step += 1
-            t3 = time.perf_counter()
-            scalars = step_scalars(m, trajs, packed, tstats, {d: run.domains[d] for d in kept})
-            tokens = float(np.sum(packed.batch["segment_ids"] > 0))
-            scalars.update({"perf/rollout_s": t1 - t0, "perf/teacher_s": t2 - t1, "perf/update_s": t3 - t2,
-                            "perf/tokens_per_s": tokens / max(t3 - t0, 1e-9)})
-            history.append({"step": run.step, **scalars})
-            run.writer.scalars(run.step, scalars)
-            if run.step % config.train.log_every == 0 or run.step == total:
-                run.progress.print(run.step, scalars["train/loss"], scalars["perf/tokens_per_s"])
-                kl = "  ".join(f"{n} kl {scalars[f'kl/{n}']:.3f} succ {scalars[f'success/{n}']:.2f}"
-                               for n in kept)
-                print(f"    {kl}", flush=True)
-            run.after_step()
-        run.finish(run.step)
-    finally:
-        run.close()
-    return history
+    return run_stage(exp, workdir, init_from=init_from, devices=devices, allow_fresh_start=allow_fresh_start,
+                     source=functools.partial(OPDSource, teachers=teachers)).history

@@ -25,7 +25,6 @@ from typing import Any
 
 from a1jax.data.chat import check_thinking
 
-ROLLOUT_STAGES = ("teacher_sft", "grpo", "opd")
 KXM = ("mask", "chain")
 
 

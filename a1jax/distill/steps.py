@@ -1,16 +1,15 @@
-"""Stage-2/3 train steps: "teacher_sft", "grpo" and "opd", registered beside "sft" in a1jax.train.steps.STEPS.
+"""Stage-2/3 train steps: "teacher_sft", "grpo" and "opd", named beside "sft" in the stage table (a1jax/stages.py).
 
 All three end in the same guarded optimizer update as `sft_step` (a non-finite loss or gradient skips the update).
 Stage options come from `ctx.options`, a frozen dataclass built from the experiment's `config.grpo` or
-`config.distill` section by `options_from_config`. Batches are the packed dicts of a1jax/data/pipeline.py plus, for
-RL/OPD, behavior_logp f32[B,T] (the sampler's log-prob of each target), and for GRPO advantages f32[B,T] and optional
-ref_logp f32[B,T], reward f32[B] and success f32[B] (per row, for logging). `opd_step` takes the routed teacher
-targets (a TeacherSparse dict, see losses.py) as a third argument.
+`config.distill` section by a1jax.train.experiment.step_options. Batches are the packed dicts of
+a1jax/data/pipeline.py plus, for RL/OPD, behavior_logp f32[B,T] (the sampler's log-prob of each target), and for
+GRPO advantages f32[B,T] and optional ref_logp f32[B,T], reward f32[B] and success f32[B] (per row, for logging).
+`opd_step` takes the routed teacher targets (a TeacherSparse dict, see losses.py) as a third argument.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 from a1jax import model
 from a1jax.distill import losses
 from a1jax.train.state import TrainState
-from a1jax.train.steps import StepContext, _apply_guarded_update, _split_microbatches, register, sft_step
+from a1jax.train.steps import StepContext, _apply_guarded_update, _split_microbatches, sft_step
 
 F32 = jnp.float32
 
@@ -104,26 +103,6 @@ def _require(cond, where, field, value, expected):
         raise ValueError(f"{where}.{field}={value!r}: expected {expected}")
 
 
-_SECTIONS = {"grpo": ("grpo", GRPOOptions), "opd": ("distill", OPDOptions)}
-
-
-def options_from_config(config) -> Any:
-    """The frozen options of config.stage from its config section (`config.grpo`, `config.distill`), or None."""
-    if config.stage not in _SECTIONS:
-        return None
-    section, cls = _SECTIONS[config.stage]
-    raw = config.get(section) or {}
-    raw = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ValueError(f"config.{section}.{key}: unknown field; valid fields: {sorted(fields)}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    opts = cls(**kw)
-    opts.check(f"config.{section}")
-    return opts
-
-
 def _options(ctx: StepContext, cls):
     opts = cls() if ctx.options is None else ctx.options
     if not isinstance(opts, cls):
@@ -172,7 +151,6 @@ def _update(ctx: StepContext, state: TrainState, loss, metrics, grads):
 # Stage 2: domain teachers
 # ----------------------------------------------------------------------------------------------------------------
 
-@register("teacher_sft")
 def teacher_sft_step(ctx: StepContext, state: TrainState, batch) -> tuple[TrainState, dict]:
     """Stage 2 (SFT variant): the stage-1 objective on one domain's accepted rollouts and demonstrations."""
     return sft_step(ctx, state, batch)
@@ -230,7 +208,6 @@ def grpo_loss_and_grads(ctx: StepContext, params, batch):
     return loss, metrics, grads
 
 
-@register("grpo")
 def grpo_step(ctx: StepContext, state: TrainState, batch) -> tuple[TrainState, dict]:
     """Stage 2 (RL variant): GRPO on one domain's rollouts with per-token group-normalised advantages."""
     loss, metrics, grads = grpo_loss_and_grads(ctx, state.params, batch)
@@ -286,7 +263,6 @@ def opd_loss_and_grads(ctx: StepContext, params, batch, teacher_targets):
     return loss, metrics, grads
 
 
-@register("opd")
 def opd_step(ctx: StepContext, state: TrainState, batch, teacher_targets) -> tuple[TrainState, dict]:
     """Stage 3: one update of the student on its own rollouts against the domain-routed teacher targets."""
     loss, metrics, grads = opd_loss_and_grads(ctx, state.params, batch, teacher_targets)

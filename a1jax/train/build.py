@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from typing import Any, Sequence
 
 import jax
 
 from a1jax import sharding
-from a1jax.distill import steps as distill_steps  # registers teacher_sft, grpo, opd
 from a1jax.model.parallel import Parallel
 from a1jax.train import optim, steps
 from a1jax.train.experiment import Experiment
@@ -53,13 +51,11 @@ def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = N
                             microbatches=config.train.microbatches, z_loss_coef=config.train.z_loss_coef,
                             mtp_loss_coef=config.train.mtp_loss_coef,
                             parallel=Parallel.from_mesh(mesh, rules, config.get("ep_transport", "auto")),
-                            options=distill_steps.options_from_config(config))
+                            options=exp.options)
     abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(config.seed))
     state_sh = state_shardings(abstract, mesh, rules)
     batch_sh = sharding.batch_sharding(mesh, rules)
-    step = steps.get_step(config.stage)
-    n_batches = len(inspect.signature(step).parameters) - 2  # after (ctx, state): batch [, teacher_targets]
-    step_fn = jax.jit(functools.partial(step, ctx), in_shardings=(state_sh,) + (batch_sh,) * n_batches,
+    step_fn = jax.jit(functools.partial(exp.stage.step, ctx), in_shardings=(state_sh,) + (batch_sh,) * exp.stage.inputs,
                       out_shardings=(state_sh, None), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
     return Built(mesh=mesh, rules=rules, ctx=ctx, tx=tx, schedule=schedule, abstract_state=abstract,

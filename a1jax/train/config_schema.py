@@ -3,9 +3,10 @@
 `check(config)` walks the whole config: a field no section defines is an error naming the field and the known ones
 (so `c.optimizer.lr = 1e-3` is refused, not silently ignored), a missing required field is an error, and a value of
 the wrong type or out of range is an error naming the field and what was expected. Numbers must be finite; integers
-are never bools. The sections of the rollout stages (envs, rollout, teachers, expert_iteration, gate, distill, grpo) take
-their field names and types from the dataclasses that read them (a1jax/distill/settings.py, a1jax/distill/steps.py),
-whose own checks then give the ranges; model.overrides takes ModelConfig's fields and types.
+are never bools. The sections of the stages (envs, rollout, teachers, expert_iteration, gate, distill, grpo) come from
+the stage table (a1jax/stages.py), which takes their field names and types from the dataclasses that read them
+(a1jax/distill/settings.py, a1jax/distill/steps.py), whose own checks then give the ranges; model.overrides takes
+ModelConfig's fields and types. A schema in a one-element list is that of each dict of a list (config.teachers).
 """
 from __future__ import annotations
 
@@ -112,9 +113,8 @@ def dataclass_fields(cls) -> dict[str, Spec]:
     return {f.name: from_annotation(f.type) for f in dataclasses.fields(cls)}
 
 
-def _sections() -> dict:
-    """The schema: section -> {field: Spec or sub-schema}; imported lazily (the distill modules import jax)."""
-    from a1jax.distill import settings, steps as distill_steps
+def _sections(stage_sections: dict) -> dict:
+    """The schema: section -> {field: Spec or sub-schema}, with the stages' own sections."""
     source = {"paths": required(list_of(text(nonempty=True), what="paths")), "weight": number(0, lo_open=True),
               "domain": optional(text(nonempty=True))}
     return {
@@ -152,16 +152,10 @@ def _sections() -> dict:
         "eval": {"every": required(integer(0)), "batches": required(integer(1))},
         "checkpoint": {"every": required(integer(1)), "keep": required(integer(1)), "async_save": required(boolean())},
         "profile": {"start_step": integer(0), "steps": integer(0)},  # a1jax.train.metrics.Profiler; steps=0: off
-        "envs": dataclass_fields(settings.Envs),
-        "rollout": dataclass_fields(settings.Rollout),
-        "teachers": list_of(mapping(), what="teacher dicts"),
-        "expert_iteration": dataclass_fields(settings.ExpertIteration),
-        "gate": dataclass_fields(settings.Gate),
-        "distill": dataclass_fields(distill_steps.OPDOptions),
-        "grpo": dataclass_fields(distill_steps.GRPOOptions),
         "init_from": text(),
         "envs_eval": mapping(),  # a1jax.envs.evaluate.settings checks its keys
-    }, source, dataclass_fields(settings.TeacherSpec)
+        **stage_sections,
+    }, source
 
 
 def _is_section(value) -> bool:
@@ -175,7 +169,12 @@ def check_fields(node, schema: dict, where: str) -> None:
         if key not in schema:
             raise ValueError(f"{path}: unknown field; the known fields of {where} are {sorted(schema)}")
         spec, value = schema[key], node[key]
-        if isinstance(spec, dict):
+        if isinstance(spec, list):
+            if not isinstance(value, (list, tuple)) or not all(_is_section(v) for v in value):
+                raise ValueError(f"{path}={value!r}: expected a list of dicts of fields {sorted(spec[0])}")
+            for i, item in enumerate(value):
+                check_fields(item, spec[0], f"{path}[{i}]")
+        elif isinstance(spec, dict):
             if not _is_section(value):
                 raise ValueError(f"{path}={value!r}: expected a section (a dict of fields {sorted(spec)})")
             check_fields(value, spec, path)
@@ -186,12 +185,12 @@ def check_fields(node, schema: dict, where: str) -> None:
             raise ValueError(f"{where}.{key} is missing (expected {spec.expected})")
 
 
-def check(config) -> None:
-    """Every field of the experiment config against the schema (see the module docstring)."""
-    from a1jax.distill.settings import ROLLOUT_STAGES
-    schema, source, teacher = _sections()
+def check(config, stage_sections: dict, *, needs_eval: bool = True) -> None:
+    """Every field of the experiment config against the schema (see the module docstring); `stage_sections`: the
+    stages' own sections, `needs_eval`: whether config.eval is required (not for the rollout stages)."""
+    schema, source = _sections(stage_sections)
     check_fields(config, schema, "config")
-    needed = ("optimizer", "train", "checkpoint", "mesh") + (() if config.stage in ROLLOUT_STAGES else ("eval",))
+    needed = ("optimizer", "train", "checkpoint", "mesh") + (("eval",) if needs_eval else ())
     for name in needed:
         if name not in config:
             raise ValueError(f"config.{name} is missing (a section of fields {sorted(schema[name])})")
@@ -201,5 +200,3 @@ def check(config) -> None:
     for key in ("sources", "eval_sources"):
         for i, s in enumerate(data.get(key) or []):
             check_fields(s, source, f"config.data.{key}[{i}]")
-    for i, t in enumerate(config.get("teachers") or []):
-        check_fields(t, teacher, f"config.teachers[{i}]")

@@ -5,7 +5,8 @@ experiments/quickstart.py for every field). `validate` turns it into typed objec
 ...) before anything compiles, so that a mistake is reported as the field it is in: first every field's name, type
 and range (config_schema.py: an unknown field is an error), then the checks across fields (the model's vocabulary
 against the tokenizer's, MTP loss against MTP layers, microbatches against the batch, the batch and sequence
-against the mesh axes that do not depend on the device count), then the stage's own sections.
+against the mesh axes that do not depend on the device count), then the stage's own sections. The stages come from
+the caller (a1jax/stages.py: `stages.validate` passes its table), so this module imports none of them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import dataclasses
 import importlib.util
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -24,7 +25,6 @@ from a1jax.model.config import ModelConfig
 from a1jax import sharding, storage
 from a1jax.data import tokenizers
 from a1jax.train import config_schema
-from a1jax.train.steps import STEPS
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -103,13 +103,28 @@ def apply_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> ml_c
 
 
 @dataclasses.dataclass(frozen=True)
+class Stage:
+    """One row of the stage table (a1jax/stages.py): what `config.stage` names."""
+    step: Callable  # the pure step(ctx, state, batch[, teacher_targets]) -> (state, metrics) (steps.py)
+    source: Callable  # source(run) -> the loop's batch source (a1jax/train/loop.py: BatchSource)
+    domains: Callable  # domains(exp) -> {domain name: id} of the batches' domain_ids
+    inputs: int = 1  # arrays the step takes after the state: the batch [, the teacher targets]
+    options: tuple | None = None  # (config section, frozen dataclass) of the step's options (ctx.options)
+    settings: Callable | None = None  # settings(config, batch_size=) -> loop settings: a rollout stage
+    trains_mtp: bool = False  # whether the step's loss may have the MTP term (train.mtp_loss_coef)
+    sections: dict = dataclasses.field(default_factory=dict)  # its config sections' schema (config_schema.py)
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """The validated, typed view of an experiment config."""
     config: ml_collections.ConfigDict
     model: ModelConfig
     data: PipelineConfig
     eval_data: PipelineConfig | None
-    loop: Any = None  # a1jax.distill.settings.LoopSettings for the rollout stages (teacher_sft, grpo, opd)
+    loop: Any = None  # the stage's loop settings (rollout stages: a1jax.distill.settings.LoopSettings)
+    stage: Stage | None = None
+    options: Any = None  # the step's frozen options (`step_options`)
 
 
 def _field(config, path: str):
@@ -196,15 +211,34 @@ def _static_mesh_checks(config, model: ModelConfig, data: PipelineConfig, eval_d
                    f"a multiple of the {ways} batch shards of the mesh")
 
 
-def validate(config: ml_collections.ConfigDict, *, check_vocabulary: bool = True) -> Experiment:
-    """The typed experiment, or ValueError naming the field. `check_vocabulary=False` (a1jax plan, which compiles
-    shapes and never reads a token) skips the model-vocabulary-against-tokenizer check."""
-    from a1jax.distill import settings, steps as distill_steps  # registers teacher_sft, grpo, opd
-    config_schema.check(config)  # every field: known, typed, in range
-    stage = _field(config, "stage")
-    _check(stage in STEPS, "stage", stage, f"one of the registered steps {sorted(STEPS)}")
+def step_options(config: ml_collections.ConfigDict, stage: Stage):
+    """The frozen step options of `stage` from its config section (`config.grpo`, `config.distill`), checked by field
+    name and range; None for a stage without options."""
+    if stage.options is None:
+        return None
+    section, cls = stage.options
+    raw = config.get(section) or {}
+    raw = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ValueError(f"config.{section}.{key}: unknown field; valid fields: {sorted(fields)}")
+    opts = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    opts.check(f"config.{section}")
+    return opts
+
+
+def validate(config: ml_collections.ConfigDict, stages: dict[str, Stage], *,
+             check_vocabulary: bool = True) -> Experiment:
+    """The typed experiment, or ValueError naming the field. `stages`: the stage table (a1jax/stages.py, whose
+    `validate` passes it). `check_vocabulary=False` (a1jax plan, which compiles shapes and never reads a token) skips
+    the model-vocabulary-against-tokenizer check."""
+    sections = {name: schema for s in stages.values() for name, schema in s.sections.items()}
+    stage = stages.get(config.get("stage"))
+    config_schema.check(config, sections, needs_eval=stage is None or stage.settings is None)
+    _check(stage is not None, "stage", _field(config, "stage"), f"one of the known stages {sorted(stages)}")
     model = model_config(config)
-    rollout_stage = stage in settings.ROLLOUT_STAGES
+    rollout_stage = stage.settings is not None
     data = _pipeline(config, "sources")
     if data is None and rollout_stage:  # rows are packed from rollouts, not read from data.sources
         d = config.data
@@ -227,10 +261,11 @@ def validate(config: ml_collections.ConfigDict, *, check_vocabulary: bool = True
                                                                         model.mtp_loss_coef)):
         _check(coef == 0 or model.mtp_num_hidden_layers > 0, where, coef,
                "0 when the model has no MTP layers (model.overrides.mtp_num_hidden_layers=0)")
-    _check(train.mtp_loss_coef == 0 or config.stage in ("sft", "teacher_sft"), "train.mtp_loss_coef",
-           train.mtp_loss_coef, f"0 for stage {config.stage!r}, whose loss has no MTP term (stages sft and teacher_sft "
-           "train the MTP module)")
+    mtp = " and ".join(name for name, s in stages.items() if s.trains_mtp)
+    _check(train.mtp_loss_coef == 0 or stage.trains_mtp, "train.mtp_loss_coef", train.mtp_loss_coef,
+           f"0 for stage {config.stage!r}, whose loss has no MTP term (stages {mtp} train the MTP module)")
     _static_mesh_checks(config, model, data, eval_data, train.microbatches)
-    distill_steps.options_from_config(config)  # config.distill / config.grpo ranges, up front
-    loop = settings.from_config(config, batch_size=data.batch_size) if rollout_stage else None
-    return Experiment(config=config, model=model, data=data, eval_data=eval_data, loop=loop)
+    options = step_options(config, stage)  # config.distill / config.grpo ranges, up front
+    loop = stage.settings(config, batch_size=data.batch_size) if rollout_stage else None
+    return Experiment(config=config, model=model, data=data, eval_data=eval_data, loop=loop, stage=stage,
+                      options=options)

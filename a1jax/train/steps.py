@@ -1,14 +1,14 @@
-"""Pure train-step functions, one per stage, selected by `config.stage`.
+"""Pure train-step functions: stage 1's (`sft_step`), the eval step, and the guarded update every stage ends in.
 
-A step is `step(ctx, state, batch) -> (state, metrics)`; the loop binds the static `StepContext` and jits it with
-donated state. Batches are dicts of [B, T] arrays (a1jax/data/pipeline.py): tokens, targets, loss_mask, segment_ids,
-positions, domain_ids. `targets[t]` is the token that follows `tokens[t]` in its segment and `loss_mask[t]` says
-whether it is supervised.
+A step is `step(ctx, state, batch) -> (state, metrics)`; the stage table (a1jax/stages.py) names each stage's step,
+and the loop binds the static `StepContext` and jits it with donated state. Batches are dicts of [B, T] arrays
+(a1jax/data/pipeline.py): tokens, targets, loss_mask, segment_ids, positions, domain_ids. `targets[t]` is the
+token that follows `tokens[t]` in its segment and `loss_mask[t]` says whether it is supervised.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,20 +20,6 @@ from a1jax.model.config import ModelConfig
 from a1jax.train.state import TrainState
 
 F32 = jnp.float32
-STEPS: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        STEPS[name] = fn
-        return fn
-    return deco
-
-
-def get_step(name: str) -> Callable:
-    if name not in STEPS:
-        raise ValueError(f"config.stage={name!r} is not a registered step; known stages: {sorted(STEPS)}")
-    return STEPS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +145,6 @@ def sft_loss_and_grads(ctx: StepContext, params, batch):
     return loss, metrics, grads
 
 
-@register("sft")
 def sft_step(ctx: StepContext, state: TrainState, batch) -> tuple[TrainState, dict]:
     """Stage 1: supervised fine-tuning on agentic trajectories."""
     loss, metrics, grads = sft_loss_and_grads(ctx, state.params, batch)

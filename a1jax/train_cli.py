@@ -36,11 +36,8 @@ def run(args) -> int:
     from a1jax import distributed
     distributed.initialize()  # multi-process runs (A1JAX_*, SLURM, TPU pods): before anything touches a device
     config = experiment.apply_overrides(experiment.load(args.config), args.config_overrides)
-    exp = experiment.validate(config)  # before anything compiles
-    if exp.loop is not None:  # stages 2-3 (teacher_sft, grpo, opd): rollout loops in a1jax/distill
-        from a1jax.distill.teacher_training import run_stage
-        run_stage(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
-        return 0
-    from a1jax.train.loop import train  # imports jax-heavy modules only once the config is known to be valid
-    train(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
+    from a1jax import stages  # the stage table (imports jax-heavy modules)
+    exp = stages.validate(config)  # before anything compiles
+    from a1jax.train.loop import run_stage  # every stage: its step and batch source come from the table
+    run_stage(exp, args.workdir, init_from=args.init_from, allow_fresh_start=args.allow_fresh_start)
     return 0
