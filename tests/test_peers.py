@@ -50,3 +50,15 @@ def test_quick_run_prints_six_rows_and_both_sides_agree(tmp_path, capsys, monkey
     np.testing.assert_allclose(s["second_loss"]["a1jax"], s["second_loss"]["hf"], rtol=1e-4)  # same AdamW update
     assert s["greedy_checked"] == 16 and s["greedy_identical"], rep["sides"]["a1jax"]["greedy_tokens"][0]
     assert "row 0's first 16 identical" in table
+
+
+def test_profile_step_attributes_the_traced_step_to_the_model_parts(capsys):
+    """benchmarks/profile_step.py: the trace's thunks map to the named scopes, every part of the model shows up, and
+    the forward and backward passes of the mixers are told apart."""
+    from benchmarks import profile_step
+    out = profile_step.main(["--quick", "--shape", "1,128", "--top", "2"])
+    parts = out["parts"]
+    for part in ("deltanet", "attention", "mlp", "lm_head_loss", "optimizer"):
+        assert sum(v for k, v in parts.items() if k.startswith(part + "/")) > 0, part
+    assert parts.get("deltanet/fwd", 0) > 0 and parts.get("deltanet/bwd", 0) > 0
+    assert "-- mlp:" in capsys.readouterr().out
