@@ -35,13 +35,18 @@ from a1jax.train.state import TrainState
 from benchmarks import peers
 
 PARTS = ("deltanet", "attention", "mlp", "lm_head_loss", "optimizer")
-_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"', re.M)
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$', re.M)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _NOISE = re.compile(r"jit\(\w+\)/|while/body/|eval_jaxpr/|checkpoint/|rematted_computation/|transpose\(|jvp\(|\)")
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> the JAX op_name in its metadata."""
-    return dict(_OP_NAME.findall(hlo_text))
+    """HLO instruction name -> the JAX op_name in its metadata ("" where XLA left none, e.g. some fusions)."""
+    out = {}
+    for name, rest in _INSTRUCTION.findall(hlo_text):
+        found = _OP_NAME.search(rest)
+        out[name] = found.group(1) if found else ""
+    return out
 
 
 def self_times(trace_dir: str) -> collections.Counter:
@@ -71,9 +76,9 @@ def attribute(times: collections.Counter, names: dict[str, str]):
     """({(part, pass): ms}, {part: Counter(short op name -> ms)}) over the thunks of the compiled program."""
     table, ops = collections.Counter(), collections.defaultdict(collections.Counter)
     for thunk, us in times.items():
-        if thunk not in names and not re.match(r"^[\w\-]+(\.\d+)?$", thunk) or thunk.startswith("Thunk"):
-            continue  # Python and runtime events (the trace also records the host side)
-        op = names.get(thunk, "")
+        if thunk not in names:
+            continue  # Python and runtime events (the trace also records the host side and plugin start-up)
+        op = names[thunk]
         part = next((p for p in PARTS if re.search(rf"[/(]{p}[/)]", "/" + op)), "other")
         phase = "remat" if "rematted_computation" in op else "bwd" if "transpose(" in op else "fwd"
         table[(part, phase)] += us / 1e3
