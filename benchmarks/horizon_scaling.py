@@ -111,9 +111,9 @@ def write_demos(root: str, exp, horizons, tokens: int) -> None:
 def steps_for_tokens(config, tokens: int, max_steps: int = 100_000) -> dict:
     """The steps that reach `tokens` non-padding training tokens on `config`'s own packed batches (the training
     pipeline, same seed): {"steps", "tokens", "supervised_tokens", "fill"} (fill: non-padding share of the rows)."""
+    from a1jax import stages
     from a1jax.data.pipeline import make_iterator
-    from a1jax.train import experiment as experiment_lib
-    data = experiment_lib.validate(config).data
+    data = stages.validate(config).data
     it = make_iterator(data)
     seen = supervised = steps = 0
     while seen < tokens and steps < max_steps:
@@ -253,9 +253,9 @@ def main(argv=None) -> int:
         spec = f"{EXPERIMENT}:{arg},h={h},steps={plan['steps']}"
         if args.inline:  # on one device: a test process may hold several virtual ones, and the batch is 1 row
             import jax
+            from a1jax import stages
             from a1jax.train import experiment as experiment_lib, loop
-            loop.train(experiment_lib.validate(experiment_lib.load(spec)), workdir, init_from=warm,
-                       devices=jax.devices()[:1])
+            loop.train(stages.validate(experiment_lib.load(spec)), workdir, init_from=warm, devices=jax.devices()[:1])
         else:
             _run(["train", "--config", spec, "--workdir", workdir, "--init_from", warm], log, False)
         students.append({"h": h, "workdir": workdir, **plan, "train_s": round(time.time() - t0, 1)})
