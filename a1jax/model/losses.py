@@ -75,8 +75,8 @@ def map_logit_chunks(fn: Callable, hidden, unembed, xs, *, chunk: int, mask=None
     any masked-in position skips its projection and returns zeros. `remat` wraps each chunk in `jax.checkpoint`, so
     the backward pass recomputes the chunk's logits instead of storing them; None (the default) does so only when all
     the logits would take more than `KEEP_LOGITS_BYTES`: below that, keeping them saves the backward one [T, D] x
-    [D, V] matmul (about 8% of a CPU train step at T = 2,048, V = 32,000; docs/performance.md). `sequence_shards`: the size of the mesh
-    axis that splits T (see `_by_sequence_shard`); `fn` must treat positions independently.
+    [D, V] matmul (about 8% of a CPU train step at T = 2,048, V = 32,000; docs/performance.md). `sequence_shards`:
+    the size of the mesh axis that splits T (see `_by_sequence_shard`); `fn` must treat positions independently.
     """
     if sequence_shards > 1:
         run = lambda h, x, m: map_logit_chunks(fn, h, unembed, x, chunk=chunk, mask=m, remat=remat)

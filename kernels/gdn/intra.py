@@ -20,15 +20,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.attention import _pallas
-from kernels.reference.gated_delta_rule import unit_lower_inverse
+from kernels.reference.gated_delta_rule import mm, unit_lower_inverse
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST  # the WY inverse and the state chain lose accuracy fast at bf16 passes
-
-
-def mm(a, b):
-    """a @ b in fp32 (batched or 2-D; also inside kernels)."""
-    return jnp.matmul(a, b, precision=HIGHEST, preferred_element_type=F32)
 
 
 def mm_nt(a, b):  # a [.., m, d] . b [.., n, d]^T

@@ -31,7 +31,8 @@ def segment_starts(segment_ids, T, B):
     return segment_ids != prev
 
 
-def _mm(a, b):
+def mm(a, b):
+    """a @ b in fp32 (batched or 2-D; also inside the Pallas kernels of kernels/gdn/)."""
     return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=F32)
 
 
@@ -50,7 +51,7 @@ def unit_lower_inverse(a):
         pair = jnp.right_shift(row, shift + 1) == jnp.right_shift(col, shift + 1)
         off = jnp.right_shift(row, shift) != jnp.right_shift(col, shift)
         e = jnp.where(pair & off, a, 0.0)
-        x = x - _mm(_mm(x, e), x)
+        x = x - mm(mm(x, e), x)
         s, shift = 2 * s, shift + 1
     return x
 
@@ -122,7 +123,7 @@ def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_stat
     A = jnp.where(mask_strict, beta[..., :, None] * kk * decay, 0.0)
     rhs = jnp.concatenate([beta[..., None] * v, (beta * jnp.exp(gamma))[..., None] * k], axis=-1)
     if inverse == "doubling":
-        sol = _mm(unit_lower_inverse(A), rhs)
+        sol = mm(unit_lower_inverse(A), rhs)
     else:
         sol = jax.scipy.linalg.solve_triangular(jnp.eye(C, dtype=F32) + A, rhs, lower=True, unit_diagonal=True)
     u, w = sol[..., :dv], sol[..., dv:]
