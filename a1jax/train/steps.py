@@ -105,6 +105,9 @@ def _apply_guarded_update(ctx: StepContext, state: TrainState, grads, loss):
         new_params = optax.apply_updates(state.params, updates)
         ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updates) & _all_finite(new_params)
               & _all_finite(new_opt))
+        # Without the barrier XLA fuses the chain of per-leaf `and`s into every leaf's select below: O(leaves^2)
+        # scalar ops (87K of the smoke-test step's 224K HLO lines), most of its compile time.
+        ok = jax.lax.optimization_barrier(ok)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     skip = (~ok).astype(jnp.int32)
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
