@@ -1,8 +1,8 @@
 """The stage-2/3 outer loops: OPD end to end on the real environments and tokenizer with a toy student and two toy
 teachers (KL falls, metrics written, resume is exact), domain routing per row, failing teachers counted, expert
 iteration keeps only verified trajectories, and the GRPO loop logs its metrics. Every rollout stage runs the one
-training loop: it resumes after SIGTERM or a crash at a random step with the uninterrupted run's losses, and stops at
-the K-th skipped update in a row."""
+training loop: it resumes after SIGTERM and after SIGKILL (of a process of its own) at random steps with the
+uninterrupted run's losses, bit for bit, and stops at the K-th skipped update in a row."""
 import dataclasses
 import functools
 import json
@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import signal
+import sys
 
 import jax
 import ml_collections
@@ -73,9 +74,14 @@ def _perturbed(params, seed, std):
     return {**params, "lm_head": M.Param(w.value + noise, w.axes)}
 
 
+def _teachers():
+    """The two toy teachers, one per domain of DOMAINS (a process of its own makes the very same ones)."""
+    return {"search": _teacher(1), "scientific_agents": _teacher(2)}
+
+
 @pytest.fixture(scope="module")
 def teachers():
-    return {"search": _teacher(1), "scientific_agents": _teacher(2)}
+    return _teachers()
 
 
 def _rows(workdir):
@@ -448,41 +454,42 @@ def _stage_run(stage, workdir, teachers, steps=3, **train):
     return [(h["step"], h["train/loss"]) for h in history]
 
 
-class _Crash(Exception):
-    """The process dying between two steps (SIGKILL): nothing after the last checkpoint is kept."""
+def _stage_run_cmd(stage, workdir):
+    """`_stage_run(stage, workdir, _teachers())` as a process of its own, set up as the tests are (conftest: the
+    CPU devices of XLA_FLAGS, inherited, and the compilation cache); run it in the repository."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest, test_distill_loop as t; "
+            "t._stage_run(sys.argv[2], sys.argv[3], t._teachers())")
+    return [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), stage, str(workdir)]
 
 
-@pytest.mark.slow  # per stage: 3 steps straight, then stopped and resumed twice (9 steps with rollouts)
+@pytest.mark.slow  # per stage: 3 steps straight, then 3 steps stopped twice and resumed, one part in a subprocess
 @pytest.mark.parametrize("stage", ROLLOUT_STAGES)
-def test_every_rollout_stage_resumes_after_sigterm_or_a_crash_at_a_random_step_with_identical_losses(
+def test_every_rollout_stage_resumes_after_sigterm_and_sigkill_at_random_steps_with_identical_losses(
         stage, tmp_path, monkeypatch, teachers):
+    from test_train import REPO, _losses, _sigkill_after_checkpoint
     full = _stage_run(stage, tmp_path / "full", teachers)
     assert [s for s, _ in full] == [1, 2, 3]
-    rng, real = random.Random(stage), loop.Run.step_fn
-    # SIGTERM (a preemption notice) during update k: the run stops after it, with a checkpoint, and resumes
-    k, calls = rng.randint(1, 2), []
+    # One run stopped twice, after steps 1 and 2 in a random order: by SIGKILL (a process of its own, killed once
+    # the step's checkpoint exists, amid the next step's rollouts) and by SIGTERM (a preemption notice during the
+    # step's update: the run stops after it, with a checkpoint); each time resumed from the last checkpoint. The
+    # order is seeded by the stage: SIGKILL comes first for grpo, second for teacher_sft and opd.
+    kill_at, term_at = random.Random(f"stops {stage}").sample([1, 2], 2)
+    workdir, real = tmp_path / "stopped", loop.Run.step_fn
 
     def preempted(self, state, *inputs):
-        calls.append(1)
-        if len(calls) == k:
+        if self.step == term_at - 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(self, state, *inputs)
 
-    monkeypatch.setattr(loop.Run, "step_fn", preempted)
-    stopped = _stage_run(stage, tmp_path / "sigterm", teachers)
-    monkeypatch.setattr(loop.Run, "step_fn", real)
-    assert len(stopped) == k and stopped + _stage_run(stage, tmp_path / "sigterm", teachers) == full
-
-    def crash(self, state, *inputs):
-        if self.step == k:
-            raise _Crash
-        return real(self, state, *inputs)
-
-    monkeypatch.setattr(loop.Run, "step_fn", crash)
-    with pytest.raises(_Crash):
-        _stage_run(stage, tmp_path / "crash", teachers)
-    monkeypatch.setattr(loop.Run, "step_fn", real)
-    assert _stage_run(stage, tmp_path / "crash", teachers) == full[k:]  # exact float equality, step for step
+    for at in sorted((kill_at, term_at)):
+        if at == kill_at:
+            _sigkill_after_checkpoint(_stage_run_cmd(stage, workdir), workdir, kill_at, cwd=REPO)
+        else:
+            monkeypatch.setattr(loop.Run, "step_fn", preempted)
+            assert _stage_run(stage, workdir, teachers) == full[term_at - 1:term_at]
+            monkeypatch.setattr(loop.Run, "step_fn", real)
+    assert _stage_run(stage, workdir, teachers) == full[2:]
+    assert _losses(workdir) == dict(full)  # exact float equality, step for step, the killed process's steps too
 
 
 @pytest.mark.slow  # two updates with rollouts per stage: ~30 s of CPU each

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -225,6 +226,27 @@ def _losses(workdir):
     return by_step
 
 
+def _sigkill_after_checkpoint(cmd, workdir, step: int, **popen):
+    """Runs `cmd` (a run in `workdir`) and kills it with SIGKILL once its checkpoint `step` exists (orbax renames a
+    finished save into place: the directory is a whole checkpoint), so mid-way through the steps after it. A later
+    checkpoint it got to before the kill is removed: the resume starts from `step` whatever the timing. Fails, with
+    the run's stderr, unless the SIGKILL is what ended it."""
+    checkpoints = workdir / "checkpoints"
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, **popen)
+        deadline = time.time() + 600
+        while not (checkpoints / str(step)).is_dir() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # a no-op if it already exited
+        proc.wait()
+        err.seek(0)
+        assert proc.returncode == -signal.SIGKILL and (checkpoints / str(step)).is_dir(), \
+            (proc.returncode, err.read()[-3000:].decode(errors="replace"))
+    for later in checkpoints.iterdir():
+        if later.name.isdigit() and int(later.name) > step:
+            shutil.rmtree(later)
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
@@ -232,14 +254,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, *steps_flags), check=True, env=env, capture_output=True, cwd=REPO)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, *steps_flags), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "4").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    shutil.rmtree(killed / "checkpoints" / "6", ignore_errors=True)  # if it got that far, resume from 4 anyway
+    _sigkill_after_checkpoint(_train_cmd(killed, *steps_flags), killed, 4, env=env, cwd=REPO)
     subprocess.run(_train_cmd(killed, *steps_flags), check=True, env=env, capture_output=True, cwd=REPO)
     a, b = _losses(straight), _losses(killed)
     assert sorted(a) == [1, 2, 3, 4, 5, 6]

@@ -27,7 +27,7 @@ class Built:
     abstract_state: Any  # TrainState of ShapeDtypeStructs
     state_shardings: Any
     batch_sharding: Any
-    step_fn: Any  # jit(step)(state, batch) -> (state, metrics), state donated
+    stage: Any  # the experiment's Stage (a1jax.train.experiment): its pure step and how many inputs follow the state
     eval_fn: Any  # jit(eval_step)(params, batch) -> sums
 
     def init_state(self, rng):
@@ -38,6 +38,21 @@ class Built:
                           out_shardings=self.state_shardings).lower(rng)
         cpu = self.mesh.devices.flat[0].platform == "cpu"
         return lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if cpu else None)(rng)
+
+    def jit_step(self, input_shardings: Sequence):
+        """The one jit of the stage's step, shared by the trainer (`loop.Run.step_fn`) and `step_fn` (the planner,
+        aot, tests): jit(step)(state, *inputs) -> (state, metrics), the state donated and laid out by
+        state_shardings in and out. `input_shardings`: one per input after the state (a sharding, or a dict of them
+        by key)."""
+        return jax.jit(functools.partial(self.stage.step, self.ctx),
+                       in_shardings=(self.state_shardings, *input_shardings),
+                       out_shardings=(self.state_shardings, None), donate_argnums=0)
+
+    @functools.cached_property
+    def step_fn(self):
+        """`jit_step` with every input laid out by batch_sharding: (state, batch[, teacher targets]) -> (state,
+        metrics)."""
+        return self.jit_step((self.batch_sharding,) * self.stage.inputs)
 
 
 def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = None) -> Built:
@@ -61,8 +76,6 @@ def build(exp: Experiment, *, num_domains: int = 1, devices: Sequence | None = N
     abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(config.seed))
     state_sh = state_shardings(abstract, mesh, rules)
     batch_sh = sharding.batch_sharding(mesh, rules)
-    step_fn = jax.jit(functools.partial(exp.stage.step, ctx), in_shardings=(state_sh,) + (batch_sh,) * exp.stage.inputs,
-                      out_shardings=(state_sh, None), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(steps.eval_step, ctx), in_shardings=(state_sh.params, batch_sh))
     return Built(mesh=mesh, rules=rules, ctx=ctx, tx=tx, schedule=schedule, abstract_state=abstract,
-                 state_shardings=state_sh, batch_sharding=batch_sh, step_fn=step_fn, eval_fn=eval_fn)
+                 state_shardings=state_sh, batch_sharding=batch_sh, stage=exp.stage, eval_fn=eval_fn)

@@ -11,7 +11,6 @@ SIGTERM on any process stops all of them at the same step, after a checkpoint.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import time
@@ -188,14 +187,12 @@ class Run:
                              P(*spec, *([None] * (np.ndim(x) - len(spec)))))
 
     def step_fn(self, state, *inputs):
-        """The stage's jitted step (state donated) on numpy dicts of this process's rows (`shard`), which become
-        global arrays. Compiled once per set of keys and shapes."""
+        """The stage's jitted step (`Built.jit_step`: state donated) on numpy dicts of this process's rows (`shard`),
+        which become global arrays, each field laid out by its rank. Compiled once per set of keys and shapes."""
         key = tuple(tuple(sorted((k, np.shape(v)) for k, v in a.items())) for a in inputs)
         if key not in self._jitted:
             shardings = tuple({k: self._sharding(v) for k, v in a.items()} for a in inputs)
-            self._jitted[key] = jax.jit(functools.partial(self.exp.stage.step, self.built.ctx),
-                                        in_shardings=(self.built.state_shardings, *shardings),
-                                        out_shardings=(self.built.state_shardings, None), donate_argnums=0)
+            self._jitted[key] = self.built.jit_step(shardings)
         return self._jitted[key](state, *(_global_batch(a, self._sharding, self.shard[1]) for a in inputs))
 
     def save(self, step: int, data_state: dict, *, force: bool = False):
