@@ -345,6 +345,26 @@ def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_on
     assert len({t.id for t, _ in kept}) == len(kept)
 
 
+def test_stage3_rows_take_the_shortest_halving_of_seq_len_that_holds_every_trajectory_whole():
+    assert R.halvings(2048, lambda n: True) == [2048, 1024, 512, 256]
+    assert R.halvings(2048, lambda n: n % 1024 == 0) == [2048, 1024]  # e.g. a sequence axis the others do not fit
+    assert R.halvings(3000, lambda n: True) == [3000, 1500, 750, 375] and R.halvings(200, lambda n: True) == [200]
+    piece = lambda n, d: {"tokens": np.arange(1, n + 1, dtype=np.int32), "loss_mask": np.ones(n, np.float32),
+                          "domain_id": d}
+    short = [piece(300, 0), piece(200, 0), piece(500, 1)]
+    kw = dict(rows=4, pad_id=0, row_domains=[0, 0, 1, 1])
+    fitted, full = R.pack_fitted(short, lengths=[2048, 1024, 512, 256], **kw), R.pack(short, seq_len=2048, **kw)
+    assert fitted.batch["tokens"].shape == (4, 512) and fitted.placed == full.placed
+    assert not full.batch["segment_ids"][:, 512:].any()
+    for k, v in full.batch.items():  # the same rows, less padding
+        np.testing.assert_array_equal(fitted.batch[k], v[:, :512] if np.ndim(v) == 2 else v, err_msg=k)
+    long = short + [piece(1500, 1)]  # holds whole only at 2048
+    assert R.pack_fitted(long, lengths=[2048, 1024, 512, 256], **kw).batch["tokens"].shape == (4, 2048)
+    over = short + [piece(3000, 1)]  # truncated at any length: the longest, as `pack` alone gives
+    packed = R.pack_fitted(over, lengths=[2048, 1024, 512, 256], **kw)
+    assert packed.batch["tokens"].shape == (4, 2048) and packed.truncated == 1
+
+
 def test_a_domain_the_teacher_check_left_out_is_anchored_to_the_students_start(tmp_path):
     """config.gate.anchor: a left-out domain is distilled toward the frozen weights the student started from (so the
     other domains' updates do not drag it away); with anchor=False it sits out."""

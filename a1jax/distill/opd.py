@@ -32,6 +32,7 @@ import time
 import jax
 import numpy as np
 
+from a1jax import sharding
 from a1jax.distill import rollouts as R
 from a1jax.distill import gate, teachers as teacher_lib
 from a1jax.distill.settings import TeacherSpec
@@ -116,13 +117,23 @@ def rollout_seed(run: RolloutSource, step: int) -> int:
 
 
 def pack_step(run: RolloutSource, trajs, domains):
-    """Step 3: the trajectories packed into [B, T], B / n_domains rows per domain. Returns (Packed, row_domains)."""
+    """Step 3: the trajectories packed into [B, T], B / n_domains rows per domain, T the shortest of seq_len and its
+    halvings that holds them all (`R.pack_fitted`). Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
     per = B // len(domains)
     row_domains = [run.domains[d] for d in domains for _ in range(per)]
-    packed = R.pack([R.rollout_piece(t) for t in trajs], rows=len(row_domains), seq_len=T, pad_id=run.tok.pad_id,
-                    row_domains=row_domains)
+    packed = R.pack_fitted([R.rollout_piece(t) for t in trajs], rows=len(row_domains),
+                           lengths=R.halvings(T, functools.partial(_fits_mesh, run)), pad_id=run.tok.pad_id,
+                           row_domains=row_domains)
     return packed, row_domains
+
+
+def _fits_mesh(run: RolloutSource, seq_len: int) -> bool:
+    try:
+        sharding.check_sequence_fits_mesh(seq_len, run.exp.model, run.built.mesh)
+    except ValueError:
+        return False
+    return True
 
 
 def opd_batch(run: RolloutSource, engine, envs: dict, step: int, domains=None):

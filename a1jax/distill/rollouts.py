@@ -7,7 +7,7 @@ the sampler's key is reset per step, so a resumed run rolls out exactly what the
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -168,6 +168,32 @@ def pack(pieces: Sequence[dict], *, rows: int, seq_len: int, pad_id: int = 0, ro
         batch["domain_ids"] = np.where(batch["segment_ids"] > 0, batch["domain_ids"],
                                        np.asarray(row_domains, np.int32)[:, None])
     return Packed(batch, placed, dropped, truncated)
+
+
+def halvings(seq_len: int, fits: Callable[[int], bool], shortest: int = 256) -> list[int]:
+    """seq_len (already validated) and those of its exact halvings down to `shortest` that `fits` accepts (e.g. the
+    mesh's sequence axis divides them), longest first: the row lengths `pack_fitted` may choose, few enough that each
+    compiles once."""
+    out, n = [seq_len], seq_len
+    while n % 2 == 0 and n // 2 >= shortest:
+        n //= 2
+        if fits(n):
+            out.append(n)
+    return out
+
+
+def pack_fitted(pieces: Sequence[dict], *, rows: int, lengths: Sequence[int], **kw) -> Packed:
+    """`pack` into rows of the shortest of `lengths` that holds every piece whole, else of the longest.
+
+    A batch of short trajectories then trains on [rows, short] arrays instead of padding every row to seq_len: the
+    update and the teachers' scoring cost follow the tokens. Only padding columns go, so the step's losses are those
+    of the full-length batch (up to the order of fp32 sums over a shorter row)."""
+    lengths = sorted(lengths)
+    for n in lengths[:-1]:
+        packed = pack(pieces, rows=rows, seq_len=n, **kw)
+        if not (packed.dropped or packed.truncated):
+            return packed
+    return pack(pieces, rows=rows, seq_len=lengths[-1], **kw)
 
 
 def group_advantages(rewards: np.ndarray, group_size: int, eps: float = 1e-6) -> np.ndarray:
