@@ -10,3 +10,11 @@ import jax  # noqa: E402
 _CACHE = os.environ.get("A1JAX_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "jax"))
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a one-process CLI run a test starts: CPU, one device, and the tests' persistent compilation
+    cache (a test's second and third run reuse the first one's executables). Not for multi-process runs: see
+    test_launch.py."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=os.path.abspath(_CACHE),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1", **extra)

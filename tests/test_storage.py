@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
 from a1jax import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +52,7 @@ def gcs():
 def _env(server=None, **extra):
     """A subprocess's environment: CPU, this checkout, the emulator's variables, and the tests' persistent
     compilation cache (the second and third run of a test reuse the first one's executables)."""
-    cache = os.path.abspath(os.environ.get("A1JAX_JAX_CACHE", os.path.join(REPO, ".cache", "jax")))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
+    env = subprocess_env(PYTHONPATH=REPO)
     return {**env, **(server.env() if server else {}), **extra}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from conftest import subprocess_env
 from a1jax import model, sharding, stages
 from a1jax.cli import main as cli_main
 from a1jax.train import checkpoint, experiment, optim, steps
@@ -249,7 +250,7 @@ def _sigkill_after_checkpoint(cmd, workdir, step: int, **popen):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subprocess_env()
     steps_flags = ("--config.train.steps=6", "--config.checkpoint.every=2", "--config.checkpoint.async_save=false")
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, *steps_flags), check=True, env=env, capture_output=True, cwd=REPO)
@@ -262,7 +263,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 
 def test_quickstart_runs_a_few_steps_and_writes_metrics(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subprocess_env()
     out = subprocess.run(_train_cmd(tmp_path, "--config.eval.every=4"), env=env, capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
