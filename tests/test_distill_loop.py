@@ -108,6 +108,7 @@ def test_opd_loop_lowers_the_per_domain_kl_writes_metrics_and_resumes_exactly(tm
     full = run_opd(exp, str(tmp_path / "a"), devices=ONE, teachers=teachers)
     assert [h["step"] for h in full] == [1, 2, 3]
     rows = _rows(tmp_path / "a")
+    assert all(r["rollout/row_len"] in (1024, 512, 256) for r in rows)  # seq_len 1024 or a halving that held them
     for d in DOMAINS:
         assert all(np.isfinite(r[f"kl/{d}"]) for r in rows)
         assert rows[-1][f"kl/{d}"] < rows[0][f"kl/{d}"], [r[f"kl/{d}"] for r in rows]

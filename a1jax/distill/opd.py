@@ -179,7 +179,8 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
     out = {"train/loss": float(m["loss"]), "train/kl": float(m["kl"]), "train/grad_norm": float(m["grad_norm"]),
            "train/learning_rate": float(m["learning_rate"]), "train/is_nonzero_frac": float(m["is_nonzero_frac"]),
            "train/skipped_updates": float(m["skipped"]), "rollout/dropped": float(packed.dropped),
-           "rollout/truncated": float(packed.truncated)}
+           "rollout/truncated": float(packed.truncated),
+           "rollout/row_len": float(np.shape(packed.batch["tokens"])[1])}  # pack_step's choice among seq_len's halvings
     nd = max(names.values()) + 1
     rew, cnt = R.per_domain([t.reward for t in trajs], [t.domain_id for t in trajs], nd)
     suc, _ = R.per_domain([float(t.success) for t in trajs], [t.domain_id for t in trajs], nd)
