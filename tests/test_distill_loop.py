@@ -487,7 +487,8 @@ def _stage_run_cmd(stage, workdir):
 @pytest.mark.parametrize("stage", ROLLOUT_STAGES)
 def test_every_rollout_stage_resumes_after_sigterm_and_sigkill_at_random_steps_with_identical_losses(
         stage, tmp_path, monkeypatch, teachers):
-    from test_train import REPO, _losses, _sigkill_after_checkpoint
+    from conftest import sigkill_after_checkpoint
+    from test_train import REPO, _losses
     full = _stage_run(stage, tmp_path / "full", teachers)
     assert [s for s, _ in full] == [1, 2, 3]
     # One run stopped twice, after steps 1 and 2 in a random order: by SIGKILL (a process of its own, killed once
@@ -504,7 +505,7 @@ def test_every_rollout_stage_resumes_after_sigterm_and_sigkill_at_random_steps_w
 
     for at in sorted((kill_at, term_at)):
         if at == kill_at:
-            _sigkill_after_checkpoint(_stage_run_cmd(stage, workdir), workdir, kill_at, cwd=REPO)
+            sigkill_after_checkpoint(_stage_run_cmd(stage, workdir), workdir, kill_at, cwd=REPO)
         else:
             monkeypatch.setattr(loop.Run, "step_fn", preempted)
             assert _stage_run(stage, workdir, teachers) == full[term_at - 1:term_at]

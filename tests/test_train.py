@@ -3,11 +3,8 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import subprocess_env
+from conftest import sigkill_after_checkpoint, subprocess_env
 from a1jax import model, sharding, stages
 from a1jax.cli import main as cli_main
 from a1jax.train import checkpoint, experiment, optim, steps
@@ -227,27 +224,6 @@ def _losses(workdir):
     return by_step
 
 
-def _sigkill_after_checkpoint(cmd, workdir, step: int, **popen):
-    """Runs `cmd` (a run in `workdir`) and kills it with SIGKILL once its checkpoint `step` exists (orbax renames a
-    finished save into place: the directory is a whole checkpoint), so mid-way through the steps after it. A later
-    checkpoint it got to before the kill is removed: the resume starts from `step` whatever the timing. Fails, with
-    the run's stderr, unless the SIGKILL is what ended it."""
-    checkpoints = workdir / "checkpoints"
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, **popen)
-        deadline = time.time() + 600
-        while not (checkpoints / str(step)).is_dir() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # a no-op if it already exited
-        proc.wait()
-        err.seek(0)
-        assert proc.returncode == -signal.SIGKILL and (checkpoints / str(step)).is_dir(), \
-            (proc.returncode, err.read()[-3000:].decode(errors="replace"))
-    for later in checkpoints.iterdir():
-        if later.name.isdigit() and int(later.name) > step:
-            shutil.rmtree(later)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     env = subprocess_env()
@@ -255,7 +231,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, *steps_flags), check=True, env=env, capture_output=True, cwd=REPO)
     killed = tmp_path / "killed"
-    _sigkill_after_checkpoint(_train_cmd(killed, *steps_flags), killed, 4, env=env, cwd=REPO)
+    sigkill_after_checkpoint(_train_cmd(killed, *steps_flags), killed, 4, env=env, cwd=REPO)
     subprocess.run(_train_cmd(killed, *steps_flags), check=True, env=env, capture_output=True, cwd=REPO)
     a, b = _losses(straight), _losses(killed)
     assert sorted(a) == [1, 2, 3, 4, 5, 6]
