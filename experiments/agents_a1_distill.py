@@ -41,6 +41,7 @@ _spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
                                                os.path.join(REPO, "experiments", "recipe_tiny_sft.py"))
 tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
+REUSE = 4  # tiny: updates per rollout batch (config.rollout.reuse)
 SIX = ("search", "engineering", "science", "instruction_following", "tool_calling", "scientific_agents")
 
 
@@ -80,10 +81,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # trajectories token for token). 2,048 slots is slower again (34.9 s): the loop empties a full cache and
         # re-prefills the live rows. A trajectory (max_tokens 1,536 + one turn of 96) always fits.
         c.rollout.update(dict(batch_size=24, max_len=4096))
+        # Probe I of docs/recipe.md ("Why stage 3 lowers the KL but not the success"): forward KL at lr 3e-3, four
+        # updates per rollout batch of 32 tasks per domain; 160 updates on 40 rollout batches.
+        c.envs.tasks_per_domain = 32
+        c.rollout.reuse = REUSE
+        c.distill.direction = "forward"
+        c.checkpoint.every = 20  # a multiple of rollout.reuse
         c.optimizer = ml_collections.ConfigDict(dict(
-            learning_rate=1e-3, warmup_steps=2, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
+            learning_rate=3e-3, warmup_steps=5, schedule="constant", min_lr_ratio=1.0, weight_decay=0.0,
             b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
-        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 40), microbatches=1, log_every=5,
+        c.train = ml_collections.ConfigDict(dict(steps=int(a["steps"] or 160), microbatches=1, log_every=5,
                                                  z_loss_coef=0.0, mtp_loss_coef=0.0, max_consecutive_skips=5))
         return c
     c.model = ml_collections.ConfigDict()
