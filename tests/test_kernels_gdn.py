@@ -19,7 +19,7 @@ from a1jax.model.deltanet import causal_conv
 from a1jax.model.layers import l2_normalize
 from cross_lowering import custom_calls, lower_text
 from kernels.gdn import chunk_gated_delta_rule, context_parallel_gated_delta_rule, conv_halo
-from kernels.gdn.intra import unit_lower_inverse
+from kernels.gdn.intra import lower_inverse, unit_lower_inverse
 from kernels.reference import gdn as ref
 
 F32 = jnp.float32
@@ -58,6 +58,30 @@ def test_blockwise_doubling_inverse_matches_triangular_solve():
     eye = jnp.eye(64)
     want = jax.scipy.linalg.solve_triangular(eye + a, jnp.broadcast_to(eye, a.shape), lower=True)
     np.testing.assert_allclose(unit_lower_inverse(a), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("C", [16, 64])
+def test_lower_inverse_matches_the_solve_forward_and_backward(C):
+    """The XLA paths' inverse (diagonal blocks only, analytic backward) against the triangular solve differentiated by
+    autodiff, with a random cotangent: equal values, and equal cotangents on the strictly lower entries it reads (the
+    others are zero)."""
+    ka, kc = jax.random.split(jax.random.PRNGKey(1))
+    a = jnp.tril(jax.random.normal(ka, (2, 3, C, C)) * 0.3, -1)
+    ct = jax.random.normal(kc, a.shape)
+    eye = jnp.eye(C)
+    strict = jnp.tril(jnp.ones((C, C), bool), -1)
+
+    def solve(a):
+        a = jnp.where(strict, a, 0.0)
+        return jax.scipy.linalg.solve_triangular(eye + a, jnp.broadcast_to(eye, a.shape), lower=True)
+
+    got, vjp = jax.vjp(lower_inverse, a)
+    want, vjp_want = jax.vjp(solve, a)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(got, unit_lower_inverse(a))
+    (da,), (da_want,) = vjp(ct), vjp_want(ct)
+    np.testing.assert_allclose(da, da_want, atol=1e-4, rtol=1e-4)
+    assert not np.any(np.asarray(da)[..., ~np.asarray(strict)])
 
 
 # B = 2 rows: row 0 has boundaries inside chunks and a padding tail (id 0), row 1 a chunk-aligned boundary.

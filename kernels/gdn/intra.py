@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.attention import _pallas
-from kernels.reference.gated_delta_rule import mm, unit_lower_inverse
+from kernels.reference.gated_delta_rule import lower_inverse, mm, unit_lower_inverse
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST  # the WY inverse and the state chain lose accuracy fast at bf16 passes
@@ -30,15 +30,16 @@ def mm_nt(a, b):  # a [.., m, d] . b [.., n, d]^T
     return jnp.matmul(a, jnp.swapaxes(b, -1, -2), precision=HIGHEST, preferred_element_type=F32)
 
 
-def _wy(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row):
-    """One chunk (2-D operands, or batched with matching leading dims). Returns (W [C, dk], U [C, dv])."""
+def _wy(k, v, gam_col, gam_row, beta_col, sidx_col, sidx_row, inverse=unit_lower_inverse):
+    """One chunk (2-D operands, or batched with matching leading dims). Returns (W [C, dk], U [C, dv]). `inverse`:
+    full-size matmuls in a kernel body; `lower_inverse` (blockwise, an analytic backward) where XLA differentiates."""
     C = k.shape[-2]
     row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
     strict = (row > col) & (sidx_col == sidx_row)
     decay = jnp.exp(jnp.where(strict, gam_col - gam_row, 0.0))
     a = jnp.where(strict, beta_col * mm_nt(k, k) * decay, 0.0)
-    x = unit_lower_inverse(a)
+    x = inverse(a)
     u = mm(x, beta_col * v)
     w = jnp.where(sidx_col == 0, mm(x, (beta_col * jnp.exp(gam_col)) * k), 0.0)
     return w, u
@@ -91,7 +92,7 @@ def intra_chunk(q, k, v, gamma, beta, sidx, rep: int):
     C = k.shape[-2]
     sid = sidx[:, None]  # [B, 1, n, C]
     gc, gr, sc, sr = gamma[..., :, None], gamma[..., None, :], sid[..., :, None], sid[..., None, :]
-    w, u = _wy(k, v, gc, gr, beta[..., :, None], sc, sr)
+    w, u = _wy(k, v, gc, gr, beta[..., :, None], sc, sr, lower_inverse)
     row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
     incl = (row >= col) & (sc == sr)

@@ -56,6 +56,51 @@ def unit_lower_inverse(a):
     return x
 
 
+def _strict_lower(x):
+    C = x.shape[-1]
+    row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    return jnp.where(row > col, x, 0.0)
+
+
+@jax.custom_vjp
+def lower_inverse(a):
+    """(I + a)^-1 for strictly lower-triangular a [..., C, C] (C a power of two), for the XLA paths; equal to
+    `unit_lower_inverse` (which a Pallas kernel body can run: full-size matmuls only).
+
+    Forward: the same doubling on the diagonal blocks alone. The inverse is block lower-triangular at every scale, so
+    each round joins two s-blocks [[X1, 0], [E, X2]] into [[X1, 0], [-X2 E X1, X2]] with two s x s matmuls per pair:
+    about C^3 FLOPs in all, where the full-size rounds spend 4 log2(C) C^3.
+    Backward: with X = (I + a)^-1, dX = -X da X, so the cotangent of a is -X^T dX X^T on the strictly lower
+    entries (the only ones the inverse reads): two matmuls, instead of differentiating every round."""
+    *lead, C, _ = a.shape
+    x = jnp.ones((*lead, C, 1, 1), F32)  # the diagonal 1-blocks of the inverse
+    s = 1
+    while s < C:
+        m = C // (2 * s)
+        diag = jnp.diagonal(a.reshape(*lead, m, 2 * s, m, 2 * s), axis1=-4, axis2=-2)  # [..., 2s, 2s, m]
+        e = jnp.moveaxis(diag, -1, -3)[..., s:, :s]  # lower-left s-block of each diagonal 2s-block
+        pair = x.reshape(*lead, m, 2, s, s)
+        x1, x2 = pair[..., 0, :, :], pair[..., 1, :, :]
+        x = jnp.concatenate([jnp.concatenate([x1, jnp.zeros_like(x1)], axis=-1),
+                             jnp.concatenate([-mm(mm(x2, e), x1), x2], axis=-1)], axis=-2)
+        s *= 2
+    return x.reshape(*lead, C, C)
+
+
+def _lower_inverse_fwd(a):
+    x = lower_inverse(a)
+    return x, x
+
+
+def _lower_inverse_bwd(x, dx):
+    xt = jnp.swapaxes(x, -1, -2)
+    return (_strict_lower(-mm(mm(xt, dx), xt)),)
+
+
+lower_inverse.defvjp(_lower_inverse_fwd, _lower_inverse_bwd)
+
+
 def gated_delta_rule_scan(q, k, v, g, beta, *, segment_ids=None, initial_state=None):
     """Token-by-token reference. Returns (o [B,T,H,dv] fp32, final_state [B,H,dk,dv] fp32)."""
     B, T, H, dk = q.shape
@@ -81,7 +126,7 @@ def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_stat
     """Chunked WY form (HF `torch_chunk_gated_delta_rule`, FLA `chunk_gated_delta_rule`), sequential only over chunks.
 
     `inverse` says how (I + A)^-1 is applied: "solve" (`solve_triangular`, the reference) or "doubling"
-    (`unit_lower_inverse`, matmuls only, for a power-of-two chunk): on XLA:CPU the triangular solve is a LAPACK call
+    (`lower_inverse`, matmuls only, for a power-of-two chunk): on XLA:CPU the triangular solve is a LAPACK call
     that runs at a few GFLOP/s on 64 x 64 blocks, the doubling is batched matmuls (kernels/gdn/chunk.py, "xla_cpu").
 
     Within a chunk with cumulative log-decay gamma (all exponents below are <= 0, so nothing overflows):
@@ -123,7 +168,7 @@ def gated_delta_rule_chunked(q, k, v, g, beta, *, segment_ids=None, initial_stat
     A = jnp.where(mask_strict, beta[..., :, None] * kk * decay, 0.0)
     rhs = jnp.concatenate([beta[..., None] * v, (beta * jnp.exp(gamma))[..., None] * k], axis=-1)
     if inverse == "doubling":
-        sol = mm(unit_lower_inverse(A), rhs)
+        sol = mm(lower_inverse(A), rhs)
     else:
         sol = jax.scipy.linalg.solve_triangular(jnp.eye(C, dtype=F32) + A, rhs, lower=True, unit_diagonal=True)
     u, w = sol[..., :dv], sol[..., dv:]
