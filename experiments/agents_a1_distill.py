@@ -68,7 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         domains = a["domains"].split(":") if a["domains"] else list(tiny.DOMAINS)
         tiny.tiny_model(c)
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = 2048, 4 * len(domains)
+        c.data.seq_len, c.data.batch_size = 1024, 4 * len(domains)
         c.envs = ml_collections.ConfigDict(dict(
             domains=domains, horizons=[1], tasks_per_domain=8, task_seed=2,
             domain_horizons={d: [tiny.HORIZONS[d]] for d in domains if tiny.HORIZONS.get(d, 1) != 1},
@@ -82,8 +82,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # re-prefills the live rows. A trajectory (max_tokens 1,536 + one turn of 96) always fits.
         c.rollout.update(dict(batch_size=24, max_len=4096))
         # Probe I of docs/recipe.md ("Why stage 3 lowers the KL but not the success"): forward KL at lr 3e-3, four
-        # updates per rollout batch of 32 tasks per domain; 160 updates on 40 rollout batches.
+        # updates per rollout batch of 32 tasks per domain in 4 rows of 1,024 tokens each; 160 updates on 40 rollout
+        # batches. A domain the teacher check leaves out is anchored on 4 tasks a batch (its trajectories, up to
+        # 1,632 tokens, cut at 1,024: the anchor only holds it in place).
         c.envs.tasks_per_domain = 32
+        c.gate.anchor_tasks = 4
         c.rollout.reuse = REUSE
         c.distill.direction = "forward"
         c.checkpoint.every = 20  # a multiple of rollout.reuse

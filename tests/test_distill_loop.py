@@ -344,6 +344,17 @@ def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_on
     kept = opd.step_items(run, envs, 0, DOMAINS[1:])
     assert len(kept) == len(every) and {t.domain for t, _ in kept} == {DOMAINS[1]}
     assert len({t.id for t, _ in kept}) == len(kept)
+    # an anchored domain (trained, toward the student's start) draws config.gate.anchor_tasks when that is set
+    assert opd.step_items(run, envs, 0, DOMAINS, anchored=[DOMAINS[0]]) == every  # 0: tasks_per_domain
+    c = _config()
+    c.gate = ml_collections.ConfigDict(dict(anchor_tasks=1))
+    run.settings = stages.validate(c).loop
+    items = opd.step_items(run, envs, 0, DOMAINS, anchored=[DOMAINS[0]])
+    assert [t.domain for t, _ in items] == [DOMAINS[0]] + [DOMAINS[1]] * 2
+    assert items[0][0].id == every[0][0].id  # the same draw, cut short
+    c.gate = ml_collections.ConfigDict(dict(anchor_tasks=-1))
+    with pytest.raises(ValueError, match="config.gate.anchor_tasks"):
+        stages.validate(c)
 
 
 def test_stage3_rows_take_the_shortest_halving_of_seq_len_that_holds_every_trajectory_whole():

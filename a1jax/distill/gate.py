@@ -8,7 +8,8 @@ here: it is kept, and the verdict says so. The verdicts go to WORKDIR/gate.json,
 domains, and the report says which domains were distilled. With `anchor` (the default) a left-out domain keeps its
 place in each step, its teacher replaced by the frozen starting weights of the student (opd.py, `anchor_teacher`).
 
-    config.gate = dict(tasks=32, margin=0.0, keep=[], anchor=True)   # tasks=0: no check, every domain is distilled
+    config.gate = dict(tasks=32, margin=0.0, keep=[], anchor=True, anchor_tasks=0)   # tasks=0: no check
+    (anchor_tasks: the train tasks an anchored domain draws per rollout batch; 0: config.envs.tasks_per_domain)
 """
 from __future__ import annotations
 

@@ -97,16 +97,18 @@ def anchor_teacher(run: RolloutSource, k: int):
                                     params=run.start_params(), cfg=run.exp.model)
 
 
-def step_items(run: RolloutSource, envs: dict, step: int, domains) -> list:
+def step_items(run: RolloutSource, envs: dict, step: int, domains, anchored=()) -> list:
     """Step 1: this step's (task, env) pairs: the step draws tasks_per_domain train tasks for each configured domain,
-    shared equally among `domains` (the distilled ones), so a domain the teacher check left out hands its tasks and
-    batch rows to the others instead of leaving them empty."""
+    shared equally among `domains` (the ones trained), so a domain the teacher check left out hands its tasks and
+    batch rows to the others instead of leaving them empty. An `anchored` domain (in `domains`, distilled toward the
+    student's start) draws config.gate.anchor_tasks of them when that is set."""
     s = run.settings
     step = 0 if s.envs.fixed_tasks else step
     n = s.envs.tasks_per_domain * len(s.envs.domains) // max(len(domains), 1)
     items = []
     for d in domains:
-        tasks = R.draw_tasks(envs[d], d, n=n, horizons=s.envs.horizons_of(d),
+        tasks = R.draw_tasks(envs[d], d, n=s.gate.anchor_tasks if d in anchored and s.gate.anchor_tasks else n,
+                             horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
         items += [(t, envs[d]) for t in tasks]
     return items
@@ -136,11 +138,11 @@ def _fits_mesh(run: RolloutSource, seq_len: int) -> bool:
     return True
 
 
-def opd_batch(run: RolloutSource, engine, envs: dict, step: int, domains=None):
+def opd_batch(run: RolloutSource, engine, envs: dict, step: int, domains=None, anchored=()):
     """Steps 1-3: the student's rollouts of this step in `domains` (default: all), packed domain-balanced.
     Returns (Packed, trajectories, row_domains)."""
     domains = list(domains or run.settings.envs.domains)
-    trajs = R.roll_out(engine, run.tok, step_items(run, envs, step, domains), run.settings.rollout,
+    trajs = R.roll_out(engine, run.tok, step_items(run, envs, step, domains, anchored), run.settings.rollout,
                        seed=rollout_seed(run, step), domain_ids=run.domains)
     packed, row_domains = pack_step(run, trajs, domains)
     return packed, trajs, row_domains
@@ -159,12 +161,12 @@ def teacher_engines(run: RolloutSource, teachers: dict[int, object]) -> dict[int
     return engines
 
 
-def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict, step: int, domains):
+def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict, step: int, domains, anchored=()):
     """Steps 1-3 of policy="off": the same tasks the student would have drawn, each domain's rolled out by its own
     teacher (same rollout settings, T = 1), packed exactly like the student's. Returns (Packed, trajectories,
     row_domains)."""
     domains = list(domains)
-    items, seed, trajs = step_items(run, envs, step, domains), rollout_seed(run, step), []
+    items, seed, trajs = step_items(run, envs, step, domains, anchored), rollout_seed(run, step), []
     for d in domains:
         mine = [(t, env) for t, env in items if t.domain == d]
         trajs += R.roll_out(engines[run.domains[d]], run.tok, mine, run.settings.rollout, seed=seed,
@@ -210,7 +212,7 @@ class OPDSource(RolloutSource):
         self.by_id = (load_teachers(self, kept) if teachers is None else
                       {self.domains[d]: t for d, t in teachers.items() if d in kept})
         self.k = max(getattr(t, "k", 1) for t in self.by_id.values())
-        anchored = anchored_domains(self, kept) if teachers is None else []
+        self.anchored = anchored = anchored_domains(self, kept) if teachers is None else []
         if anchored:
             anchor = anchor_teacher(self, self.k)
             self.by_id.update({self.domains[d]: anchor for d in anchored})
@@ -227,9 +229,10 @@ class OPDSource(RolloutSource):
         if self.packed is None or step % self.boundary == 0:  # else config.rollout.reuse: the last batch once more
             if self.off:
                 self.packed, self.trajs, row_domains = off_policy_batch(self, self.engines, self.envs, step,
-                                                                        self.kept)
+                                                                        self.kept, self.anchored)
             else:
-                self.packed, self.trajs, row_domains = opd_batch(self, self.engine, self.envs, step, self.kept)
+                self.packed, self.trajs, row_domains = opd_batch(self, self.engine, self.envs, step, self.kept,
+                                                                 self.anchored)
             t1 = time.perf_counter()
             if self.off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
                 B, T = self.packed.batch["tokens"].shape

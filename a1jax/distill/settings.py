@@ -12,7 +12,7 @@
     config.expert_iteration  (teacher_sft) rollout_every (steps between rollout rounds), rollout_fraction (max share
                      of a batch's rows given to accepted rollouts; the rest are the domain's expert demonstrations),
                      demos (how many demonstrations the domain's expert writes up front)
-    config.gate      (opd) tasks, margin, keep, anchor: the teacher check before distilling (gate.py)
+    config.gate      (opd) tasks, margin, keep, anchor, anchor_tasks: the teacher check before distilling (gate.py)
     config.init_from the checkpoint to start from (a training workdir or a converted directory); `--init_from` wins
 
 The loss options stay where their steps read them (`config.distill`, `config.grpo`: a1jax/distill/steps.py).
@@ -91,6 +91,9 @@ class Gate:
     # frozen), so the updates of the other domains do not drag it away; False: it sits out (its tasks and rows go to
     # the distilled domains) and drifts with the shared weights.
     anchor: bool = True
+    # Train tasks an anchored domain draws per rollout batch (0: config.envs.tasks_per_domain, as a distilled one).
+    # The anchor only holds the domain in place, so a few tasks do; its rollouts cost as much as a distilled domain's.
+    anchor_tasks: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,5 +236,8 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
            f"domains of config.envs.domains {list(envs.domains)}, or 'all'")
     _check(isinstance(gate.anchor, bool), "config.gate.anchor", gate.anchor,
            "true or false (distil a left-out domain toward the student's frozen starting weights)")
+    _check(isinstance(gate.anchor_tasks, int) and not isinstance(gate.anchor_tasks, bool) and gate.anchor_tasks >= 0,
+           "config.gate.anchor_tasks", gate.anchor_tasks,
+           "a non-negative integer (train tasks per rollout batch of an anchored domain; 0: tasks_per_domain)")
     return LoopSettings(envs=envs, rollout=ro, teachers=teachers, expert_iteration=ei, init_from=init_from,
                         gate=gate)
