@@ -75,9 +75,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c = tiny.get_config(f"root={a['root']},domains={d},steps={a['steps'] or TINY_STEPS.get(d, 120)}")
         c.init_from = a["init"] or os.path.join(tiny.root_dir(a["root"]), "sft")
         c.data.seed = 1
-        # A constant learning rate after the warm-up: a cosine decay reached its floor while the search teacher was
-        # still on its copy plateau (240 steps, loss 0.49, 0/32; 2026-12-06, WORKDIR=/tmp/qs15), where two cosine
-        # runs of 120 steps, the second restarting at the peak, reached 0.026 and 27/32 (docs/recipe.md).
+        # A constant learning rate after the warm-up, tried because a cosine decay reached its floor while the search
+        # teacher was still on its copy plateau (240 steps, loss 0.49, 0/32; 2026-12-06, WORKDIR=/tmp/qs15). It did
+        # not move it off either (loss 0.57, 0/32; WORKDIR=/tmp/qs16, whose teachers the README's table uses).
         c.optimizer.update(dict(schedule="constant", min_lr_ratio=1.0))
         c.checkpoint.every = 60
         return c
