@@ -15,12 +15,12 @@ DOMAIN = "tool_calling"
 
 def test_each_variant_changes_one_thing_and_turns_the_teacher_check_off(tmp_path):
     root = str(tmp_path)
-    configs = {v: ablation.get_config(f"root={root},variant={v},steps=3,domains={DOMAIN}:search")
-               for v in ablation.VARIANTS}
-    recipe = ablation.RECIPE + f":tiny,root={root},steps=3,domains={DOMAIN}:search"
+    configs = {v: ablation.get_config(f"root={root},variant={v},steps=8,domains={DOMAIN}:search")
+               for v in ablation.VARIANTS}  # steps: a multiple of the recipe's config.rollout.reuse
+    recipe = ablation.RECIPE + f":tiny,root={root},steps=8,domains={DOMAIN}:search"
     base = experiment.load(recipe)
     for v, c in configs.items():
-        assert c.gate.tasks == 0 and c.train.steps == 3 and c.init_from == base.init_from
+        assert c.gate.tasks == 0 and c.train.steps == 8 and c.init_from == base.init_from
         stages.validate(c)
     a, b, c, d = (configs[v] for v in "abcd")
     assert [t["workdir"] for t in a.teachers] == [t["workdir"] for t in base.teachers]
@@ -38,7 +38,7 @@ def test_each_variant_changes_one_thing_and_turns_the_teacher_check_off(tmp_path
 def _fake_workdir(root, name, seed):
     """A training workdir holding an untrained tiny-recipe model (seeded): stands in for the main job's stages."""
     c = ablation.get_config(f"root={root},steps=1,domains={DOMAIN}")
-    c.init_from, c.seed = "", seed
+    c.init_from, c.seed, c.rollout.reuse = "", seed, 1
     run = loop.Run(stages.validate(c), os.path.join(root, name), devices=jax.devices()[:1])
     run.save(0, {"step": 0}, force=True)
     run.ckpt.wait()
@@ -58,7 +58,8 @@ def test_ablation_runs_the_variants_and_writes_the_table_and_json(tmp_path, caps
     out = str(tmp_path / "out")
     rc = ablation.main(["--root", root, "--steps", "1", "--n", "2", "--variants", "a,c", "--domains", DOMAIN,
                         "--out", out, "--set", "rollout.max_new_tokens=16", "--set", "rollout.max_turns=1",
-                        "--set", "envs.tasks_per_domain=1", "--set", "rollout.batch_size=2"])
+                        "--set", "envs.tasks_per_domain=1", "--set", "rollout.batch_size=2",
+                        "--set", "rollout.reuse=1"])
     printed = capsys.readouterr().out
     result = json.load(open(os.path.join(out, "ablation.json")))
     assert rc == 0, [r.get("error") for r in result["variants"]]
