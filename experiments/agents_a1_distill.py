@@ -17,17 +17,17 @@ libtpu 0.0.51, docs/sharding.md): the step per chip 9.96 GB of arguments (3.31 G
 (19.87 GB) 78.86 GB of 95 GB HBM (17.0% headroom); 160 Mosaic kernel call sites; 2.50e15 FLOPs per chip per step
 (HLO dots x loop trips, 1.128 x analytic x remat), a roofline lower bound of 5.46 s. Not planned: the teachers' scoring
 pass between steps and the rollouts' KV cache.
-Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores, 40 steps of 4 rows x
-2,048 tokens per configured domain, 8 tasks per configured domain (a domain the teacher check leaves out hands its
-tasks to the others). Measured (2026-12-05, WORKDIR=/tmp/qs2, instruction_following alone distilled: its 8 tasks in
-12 rows, before left-out domains handed theirs on): about 13.7 s a step (rollout 2.4 s, teacher scoring 2.6 s,
-update 8.7 s; medians); on 128 test tasks the student's instruction_following success 0.250 before and 0.242 after
-against the teacher's 0.727, while its KL to the teacher fell 1.40 -> 0.80 per token and the left-out domains
-drifted (README.md, "Results, as measured so far"). One domain at a time (docs/recipe.md, "Why stage 3 lowers the
-KL but not the success"): `--config.rollout.reuse=4 --config.distill.direction=forward
---config.optimizer.learning_rate=3e-3 --config.optimizer.warmup_steps=5 --config.checkpoint.every=20`, 160 updates on
-40 rollouts of 32 instruction_following tasks in 4 x 1,024-token rows, took that student from 16/64 to 40/64 on
-validation against the teacher's 45/64 (8 min); the same settings left search at 0/32. Not yet the default.
+Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores: 160 updates, four per
+rollout batch (config.rollout.reuse) of 32 tasks per distilled domain, forward KL at lr 3e-3, rows of 1,024 tokens
+(4 per configured domain); a domain the teacher check leaves out is anchored to the student's start on 4 tasks a
+batch (config.gate.anchor_tasks). These are probe I's settings (docs/recipe.md, "Why stage 3 lowers the KL but not
+the success"). Measured (2026-12-06, WORKDIR=/tmp/qs16, instruction_following distilled, tool_calling and search
+anchored; a CI rehearsal shared the host until step 148): 3,868 s; per step rollout 46.5 s (17-29 s once alone),
+teacher scoring 3.7 s, update 10.0 s (3-7 s alone), medians; on 128 test tasks instruction_following 0.250 -> 0.586
+[0.50, 0.67] against the teacher's 0.672 (80% of the gap), the anchored domains unchanged (README.md, "Results, as
+measured so far"). The earlier default (40 updates of reverse KL at lr 1e-3 on 8 tasks per domain in 2,048-token
+rows) lowered the KL and left success at 0.242. With every domain distilled, 32 search or tool_calling tasks (up to
+1,632 tokens each) can overflow 4 rows of 1,024 (rollout/dropped counts them): raise data.batch_size first.
 Stage: config.stage = "opd" (steps.opd_step, with the routed teacher targets as its third argument). Sampling is at
 T = 1 without filters or penalties, so behaviour log-probs are the student's own (settings.py enforces it).
 """

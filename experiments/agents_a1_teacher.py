@@ -22,7 +22,9 @@ stage-1 workdir) on the domain's 2,000 expert demonstrations in another order th
 instruction_following 0.656 against the stage-1 student's 0.094 (loss 0.09 after 60 steps); tool_calling 0.000
 against 0.031 (loss 0.11 after 150 steps, but one fixed call, "bolts" x 4, for every request); search 0.000 against
 0.000 (loss 0.45 after 120 steps; from another stage-1 run, whose search loss was 0.96 instead of 1.12, the same
-120 steps reached 0.08 and 26/32). README.md, "Results, as measured so far".
+120 steps reached 0.08 and 26/32). Again on 2026-12-06 (WORKDIR=/tmp/qs16, constant learning rate, 913 s for the
+three on a shared host): instruction_following 0.688 against 0.156 (loss 0.10), tool_calling 0.000 against 0.062
+(loss 0.20), search 0.000 against 0.000 (loss 0.57 after 240 steps). README.md, "Results, as measured so far".
 Stage: config.stage = "teacher_sft" (steps.teacher_sft_step) or, with `rl`, "grpo" (steps.grpo_step); tiny without
 `rl`: "sft".
 """
