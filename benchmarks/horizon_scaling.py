@@ -3,7 +3,7 @@ matched, evaluated on held-out tasks at several eval horizons (experiments/horiz
 is).
 
     python -m benchmarks.horizon_scaling [--root workdirs/horizon] [--quick] [--train-horizons 1,4,16]
-                                         [--eval-horizons 1,2,4,8,16] [--n 64] [--tokens N] [--warmup-steps 250]
+                                         [--eval-horizons 1,2,4,8,16] [--n 64] [--tokens N] [--warmup-steps 400]
 
 Steps, each skipped when its output is already there (run again to resume; delete ROOT to start over):
   1. demonstrations: ROOT/demos/{search,science}_h{H}.jsonl for every training horizon H (the experts' trajectories,
@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from a1jax import storage
+from a1jax.train import warmup
 from benchmarks.ablation import SINGLE_THREAD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
         exp.QUICK["eval_horizons"] if q else exp.EVAL_HORIZONS)
     n = args.n or (exp.QUICK["eval_tasks"] if q else exp.EVAL_TASKS)
     tokens = args.tokens or (3 * exp.QUICK["seq_len"] if q else TOKENS)
-    warmup_steps = args.warmup_steps or (3 if q else 250)
+    warmup_steps = args.warmup_steps or (3 if q else warmup.CopySettings().steps)
     root = os.path.abspath(args.root)
     os.makedirs(root, exist_ok=True)
     arg = f"root={root}" + (",quick" if q else "")

@@ -26,12 +26,49 @@ def test_copy_rows_repeat_their_ids_after_the_separator():
         warmup.CopySettings(steps=0)
 
 
+def test_variable_copy_rows_open_both_copies_with_the_separator_and_the_mask_covers_the_second():
+    s = warmup.CopySettings(batch=64, length=6, min_length=2)
+    rows = warmup.copy_rows(np.random.default_rng(0), s, 100, variable=True)
+    mask = warmup.copy_mask(rows, s.separator)
+    assert rows.shape == (64, 14) and mask.shape == (64, 13)
+    lengths = set()
+    for row, m in zip(rows, mask):
+        seps = np.flatnonzero(row == s.separator)
+        assert len(seps) == 2 and seps[0] % 2 == 0, row  # the filler before the first is 2 (L - l) ids
+        l = len(row) - 1 - seps[1]
+        lengths.add(l)
+        assert seps[1] - seps[0] == l + 1 and seps[0] == 2 * (s.length - l)
+        np.testing.assert_array_equal(row[seps[0] + 1:seps[1]], row[seps[1] + 1:])
+        # inputs from the second separator on predict the copy; nothing before it is supervised
+        np.testing.assert_array_equal(m, np.arange(len(row) - 1) >= seps[1])
+    assert lengths == set(range(2, 7))
+    # the fixed rows' mask is the second half, as before
+    fixed = warmup.copy_rows(np.random.default_rng(0), warmup.CopySettings(batch=3, length=5), 100)
+    np.testing.assert_array_equal(warmup.copy_mask(fixed, 1), np.tile(np.arange(10) >= 5, (3, 1)))
+    for bad in (-1, 7):
+        with pytest.raises(ValueError, match=f"min_length={bad}; expected 0"):
+            warmup.CopySettings(length=6, min_length=bad)
+
+
 def test_the_copy_loss_falls():
     cfg = presets.tiny(**SMALL)
     _, first = warmup.copy_warmup(cfg, warmup.CopySettings(steps=1, batch=8, length=8), log=lambda _: None)
     _, later = warmup.copy_warmup(cfg, warmup.CopySettings(steps=60, batch=8, length=8, learning_rate=1e-2),
                                   log=lambda _: None)
     assert later["loss"] < first["loss"] - 0.3, (first, later)
+
+
+def test_the_warmup_moves_to_variable_offsets_after_fixed_steps():
+    cfg = presets.tiny(**SMALL)
+    lines = []
+    s = warmup.CopySettings(steps=3, batch=4, length=6, min_length=2, fixed_steps=2)
+    assert [s.variable(i) for i in (1, 2, 3)] == [False, False, True]
+    assert not warmup.CopySettings(steps=3, min_length=0, fixed_steps=0).variable(3)
+    _, summary = warmup.copy_warmup(cfg, s, log=lines.append)
+    assert "(fixed offset)" in lines[0] and "(variable offset)" in lines[-1], lines
+    assert set(summary) >= {"learned_at", "variable_learned_at"}
+    with pytest.raises(ValueError, match="variable rows need min_length"):
+        warmup.copy_rows(np.random.default_rng(0), warmup.CopySettings(min_length=0), 100, variable=True)
 
 
 def test_warmup_command_writes_a_checkpoint_that_train_starts_from(tmp_path, capsys):
