@@ -43,8 +43,9 @@ _spec.loader.exec_module(tiny)
 # Steps of each tiny teacher (4 x 1,024 tokens each; the student's stage 1 had 150 over all three domains). From the
 # student of the variable-offset copy warm-up (a1jax/train/warmup.py, VARIABLE_NOTE; 2026-12-06, /tmp/p17, 32
 # validation tasks): search 240 steps, 0.625 against the student's 0.000; tool_calling 150 steps, 0.125 against
-# 0.156 (the values copied, the inventory tools confused), hence 400. Before that warm-up the search and
-# tool_calling teachers stayed at 0/32 on their copy plateau (docs/recipe.md).
+# 0.156 (the values copied, the inventory tools confused), 400 steps 0.750; instruction_following 60 steps, 0.750
+# against 0.250. Before that warm-up the search and tool_calling teachers stayed at 0/32 on their copy plateau
+# (docs/recipe.md).
 TINY_STEPS = {"instruction_following": 60, "tool_calling": 400, "search": 240}
 
 
