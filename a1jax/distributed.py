@@ -53,6 +53,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from typing import Mapping
 
 import jax
@@ -328,7 +329,14 @@ class StopSignal:
         self._flag = False
         self._previous = None
         if not self._sync_manager:
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_flag", True))
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, *_):
+        if not self._flag:  # the run may go on for a while: a stage with rollouts stops at a rollout boundary
+            sys.stderr.write("SIGTERM received: the run stops at its next stopping step (a checkpoint is written "
+                             "first)\n")
+            sys.stderr.flush()
+        self._flag = True
 
     def requested(self, step: int) -> bool:
         if self._sync_manager:

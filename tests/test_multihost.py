@@ -119,6 +119,21 @@ def test_jobset_pod_finds_the_coordinator_from_its_host_name():
         distributed.resolve({**env, "HOSTNAME": "laptop"})
 
 
+def test_one_process_sigterm_sets_the_stop_flag_says_so_once_and_close_restores_the_handler(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    stop = distributed.StopSignal()
+    try:
+        assert not stop.requested(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop.requested(1)
+    finally:
+        stop.close()
+    assert capsys.readouterr().err.count("SIGTERM received: the run stops at its next stopping step") == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.parametrize("env, message", [
     ({"A1JAX_COORDINATOR_ADDRESS": "h:1", "A1JAX_NUM_PROCESSES": "two", "A1JAX_PROCESS_ID": "0"},
      "A1JAX_NUM_PROCESSES='two': expected an integer"),
