@@ -5,8 +5,8 @@ student (docs/spec/recipe.md §2.6, §6.4; the loss options are config.distill, 
     a1jax train --config experiments/agents_a1_distill.py:tiny --workdir workdirs/quickstart/distill   # CPU recipe
 
 Args (comma-separated): tiny (the CPU variant), root (tiny: the recipe's workdir root, default workdirs/quickstart),
-domains (tiny: colon-separated; default instruction_following:tool_calling), init (the student's start; default the
-stage-1 workdir), steps.
+domains (tiny: colon-separated; default instruction_following:tool_calling:search), init (the student's start;
+default the stage-1 workdir), steps.
 
 Full size: Qwen3.5-35B-A3B student on TPU v5p-512 (256 chips), six in-process teachers (the stage-2 workdirs
 /shared/fs/agents_a1_teacher_<domain>, frozen, on the same mesh), salient top-64 reverse KL with a tail bucket,
@@ -18,16 +18,21 @@ libtpu 0.0.51, docs/sharding.md): the step per chip 9.96 GB of arguments (3.31 G
 (HLO dots x loop trips, 1.128 x analytic x remat), a roofline lower bound of 5.46 s. Not planned: the teachers' scoring
 pass between steps and the rollouts' KV cache.
 Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores: 160 updates, four per
-rollout batch (config.rollout.reuse) of 32 tasks per distilled domain, forward KL at lr 3e-3, rows of 1,024 tokens
-(4 per configured domain); a domain the teacher check leaves out is anchored to the student's start on 4 tasks a
-batch (config.gate.anchor_tasks). These are probe I's settings (docs/recipe.md, "Why stage 3 lowers the KL but not
-the success"). Measured (2026-12-06, WORKDIR=/tmp/qs16, instruction_following distilled, tool_calling and search
+rollout batch (config.rollout.reuse), forward KL at lr 3e-3 (probe I of docs/recipe.md, "Why stage 3 lowers the KL
+but not the success"). Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search
+(TINY_TASKS; config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS;
+config.envs.domain_rows), sized so that no trajectory is dropped or cut: with the copy warm-up's variable offsets
+every teacher beats the student, so every domain is distilled, and the earlier 32 tasks each in 4 rows of 1,024
+tokens dropped 25-28 of every batch's 68 trajectories (search kept 2-3). A domain the teacher check leaves out is
+anchored to the student's start on 4 tasks a batch (config.gate.anchor_tasks). Measured with these rows (2026-12-06
+night, /tmp/qs17q, every domain distilled, 8 steps alone on the host): no trajectory dropped or cut; rollout 17.2 s a
+batch (38.7 s the first), teacher scoring 11.9-14.7 s, update 10.1-11.8 s, so about 50 minutes for the 160 updates.
+Measured with the earlier rows (2026-12-06, WORKDIR=/tmp/qs16, instruction_following distilled, tool_calling and search
 anchored; a CI rehearsal shared the host until step 148): 3,868 s; per step rollout 46.5 s (17-29 s once alone),
 teacher scoring 3.7 s, update 10.0 s (3-7 s alone), medians; on 128 test tasks instruction_following 0.250 -> 0.586
 [0.50, 0.67] against the teacher's 0.672 (80% of the gap), the anchored domains unchanged (README.md, "Results, as
 measured so far"). The earlier default (40 updates of reverse KL at lr 1e-3 on 8 tasks per domain in 2,048-token
-rows) lowered the KL and left success at 0.242. With every domain distilled, 32 search or tool_calling tasks (up to
-1,632 tokens each) can overflow 4 rows of 1,024 (rollout/dropped counts them): raise data.batch_size first.
+rows) lowered the KL and left success at 0.242.
 Stage: config.stage = "opd" (steps.opd_step, with the routed teacher targets as its third argument). Sampling is at
 T = 1 without filters or penalties, so behaviour log-probs are the student's own (settings.py enforces it).
 """
@@ -42,6 +47,12 @@ _spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
 tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 REUSE = 4  # tiny: updates per rollout batch (config.rollout.reuse)
+# Tiny: tasks per rollout batch of the domains whose trajectories are long (the others: tasks_per_domain, 32), and
+# the 2,048-token rows each domain gets. A search trajectory at horizon 2 is 1,100-1,600 tokens, one to a row; a
+# tool_calling one about 560 (three to a row); 32 instruction_following ones fill about two. With 32 tasks each in
+# 4 rows of 1,024 tokens, 25-28 of every batch's 68 trajectories were dropped and search kept 2-3 (docs/recipe.md).
+TINY_TASKS = {"tool_calling": 16, "search": 6}
+TINY_ROWS = {"instruction_following": 3, "tool_calling": 6, "search": 6}
 SIX = ("search", "engineering", "science", "instruction_following", "tool_calling", "scientific_agents")
 
 
@@ -68,10 +79,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         domains = a["domains"].split(":") if a["domains"] else list(tiny.DOMAINS)
         tiny.tiny_model(c)
         c.init_from = a["init"] or os.path.join(root, "sft")
-        c.data.seq_len, c.data.batch_size = 1024, 4 * len(domains)
+        # Rows of 2,048 tokens, split by what each domain's trajectories need (TINY_ROWS, TINY_TASKS below).
+        rows = {d: TINY_ROWS.get(d, 4) for d in domains}
+        c.data.seq_len, c.data.batch_size = 2048, sum(rows.values())
         c.envs = ml_collections.ConfigDict(dict(
             domains=domains, horizons=[1], tasks_per_domain=8, task_seed=2,
             domain_horizons={d: [tiny.HORIZONS[d]] for d in domains if tiny.HORIZONS.get(d, 1) != 1},
+            domain_tasks={d: TINY_TASKS[d] for d in domains if d in TINY_TASKS}, domain_rows=rows,
             options={d: dict(tiny.ENV_OPTIONS[d]) for d in domains if d in tiny.ENV_OPTIONS}))
         c.teachers = [dict(domain=d, workdir=os.path.join(root, f"teacher_{d}"), k=64) for d in domains]
         c.gate = ml_collections.ConfigDict(dict(tasks=32, margin=0.0, keep=[]))
@@ -82,9 +96,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # re-prefills the live rows. A trajectory (max_tokens 1,536 + one turn of 96) always fits.
         c.rollout.update(dict(batch_size=24, max_len=4096))
         # Probe I of docs/recipe.md ("Why stage 3 lowers the KL but not the success"): forward KL at lr 3e-3, four
-        # updates per rollout batch of 32 tasks per domain in 4 rows of 1,024 tokens each; 160 updates on 40 rollout
-        # batches. A domain the teacher check leaves out is anchored on 4 tasks a batch (its trajectories, up to
-        # 1,632 tokens, cut at 1,024: the anchor only holds it in place).
+        # updates per rollout batch; 160 updates on 40 rollout batches. A domain the teacher check leaves out is
+        # anchored on 4 tasks a batch.
         c.envs.tasks_per_domain = 32
         c.gate.anchor_tasks = 4
         c.rollout.reuse = REUSE

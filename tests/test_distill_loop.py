@@ -357,6 +357,47 @@ def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_on
         stages.validate(c)
 
 
+def test_per_domain_task_counts_and_rows_for_domains_whose_trajectories_differ_in_length():
+    """config.envs.domain_tasks: a domain's own tasks per step (a left-out domain's share goes to the others in
+    proportion); config.envs.domain_rows: the rows of the batch each domain's trajectories get."""
+    import types
+    import unittest.mock as mock
+    c = _config()
+    c.envs.domain_tasks = {DOMAINS[1]: 1}
+    c.data.batch_size = 5
+    c.envs.domain_rows = {DOMAINS[0]: 1, DOMAINS[1]: 4}
+    exp = stages.validate(c)
+    run = types.SimpleNamespace(settings=exp.loop, domains={d: i for i, d in enumerate(DOMAINS)},
+                                exp=types.SimpleNamespace(data=types.SimpleNamespace(batch_size=5, seq_len=1024)),
+                                tok=types.SimpleNamespace(pad_id=0))
+    envs = R.make_envs(exp.loop)
+    items = opd.step_items(run, envs, 0, DOMAINS)
+    assert [t.domain for t, _ in items] == [DOMAINS[0]] * 2 + [DOMAINS[1]]  # tasks_per_domain=2, and 1
+    assert [t.domain for t, _ in opd.step_items(run, envs, 0, DOMAINS[1:])] == [DOMAINS[1]] * 3  # all 3 tasks
+    assert exp.loop.envs.rows_of(DOMAINS, 5) == [1, 4] and exp.loop.envs.rows_of(DOMAINS[1:], 5) == [5]
+    traj = lambda n, d: types.SimpleNamespace(n=n, d=d)
+    piece = lambda t: {"tokens": np.arange(1, t.n + 1, dtype=np.int32), "loss_mask": np.ones(t.n, np.float32),
+                       "domain_id": t.d}
+    with mock.patch.object(R, "rollout_piece", piece), mock.patch.object(opd, "_fits_mesh", lambda run, n: True):
+        trajs = [traj(600, 0)] + [traj(900, 1)] * 4  # four long ones fit only in the four rows domain 1 has
+        packed, row_domains = opd.pack_step(run, trajs, DOMAINS)
+    assert row_domains == [0, 1, 1, 1, 1] and packed.dropped == 0
+    assert packed.batch["tokens"].shape == (5, 1024)
+    for key, value, expected in [("domain_tasks", {DOMAINS[0]: 0}, "config.envs.domain_tasks"),
+                                 ("domain_tasks", {"engineering": 1}, "config.envs.domain_tasks"),
+                                 ("domain_rows", {DOMAINS[0]: 1, DOMAINS[1]: 3}, "summing to config.data.batch_size=5"),
+                                 ("domain_rows", {DOMAINS[0]: 5}, "every domain of config.envs.domains")]:
+        bad = _config()
+        bad.data.batch_size = 5
+        bad.envs[key] = value
+        with pytest.raises(ValueError, match=expected):
+            stages.validate(bad)
+    odd = _config()
+    odd.data.batch_size = 5  # without domain_rows the rows must split equally
+    with pytest.raises(ValueError, match="or set config.envs.domain_rows"):
+        stages.validate(odd)
+
+
 def test_stage3_rows_take_the_shortest_halving_of_seq_len_that_holds_every_trajectory_whole():
     assert R.halvings(2048, lambda n: True) == [2048, 1024, 512, 256]
     assert R.halvings(2048, lambda n: n % 1024 == 0) == [2048, 1024]  # e.g. a sequence axis the others do not fit

@@ -53,10 +53,14 @@ def test_every_shipped_experiment_and_arg_validates(recipe_root):
 
 # ---- generated: every field of the shipped configs, given a value of the wrong type -------------------------------
 
+# dict-valued fields (keyed by rule, domain): validated whole, so a wrong value in them is named by the field
+DICT_FIELDS = ("sharding_rules", "options", "domain_horizons", "domain_tasks", "domain_rows")
+
+
 def _leaves(node, path=()):
     for key in node.keys():
         value = node[key]
-        if isinstance(value, (dict, ml_collections.ConfigDict)) and key not in ("sharding_rules", "options", "domain_horizons"):
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and key not in DICT_FIELDS:
             yield from _leaves(value, path + (key,))
         else:
             yield path + (key,), value

@@ -98,15 +98,18 @@ def anchor_teacher(run: RolloutSource, k: int):
 
 
 def step_items(run: RolloutSource, envs: dict, step: int, domains, anchored=()) -> list:
-    """Step 1: this step's (task, env) pairs: the step draws tasks_per_domain train tasks for each configured domain,
-    shared equally among `domains` (the ones trained), so a domain the teacher check left out hands its tasks and
-    batch rows to the others instead of leaving them empty. An `anchored` domain (in `domains`, distilled toward the
-    student's start) draws config.gate.anchor_tasks of them when that is set."""
+    """Step 1: this step's (task, env) pairs: the step draws `envs.tasks_of(d)` train tasks for each configured
+    domain d, and the ones trained (`domains`) share that total in proportion to their own counts, so a domain the
+    teacher check left out hands its tasks and batch rows to the others instead of leaving them empty. An `anchored`
+    domain (in `domains`, distilled toward the student's start) draws config.gate.anchor_tasks of them when that is
+    set."""
     s = run.settings
     step = 0 if s.envs.fixed_tasks else step
-    n = s.envs.tasks_per_domain * len(s.envs.domains) // max(len(domains), 1)
+    total = sum(s.envs.tasks_of(d) for d in s.envs.domains)
+    trained = max(sum(s.envs.tasks_of(d) for d in domains), 1)
     items = []
     for d in domains:
+        n = s.envs.tasks_of(d) * total // trained
         tasks = R.draw_tasks(envs[d], d, n=s.gate.anchor_tasks if d in anchored and s.gate.anchor_tasks else n,
                              horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step, run.domains[d]))
@@ -119,11 +122,13 @@ def rollout_seed(run: RolloutSource, step: int) -> int:
 
 
 def pack_step(run: RolloutSource, trajs, domains):
-    """Step 3: the trajectories packed into [B, T], B / n_domains rows per domain, T the shortest of seq_len and its
-    halvings that holds them all (`R.pack_fitted`). Returns (Packed, row_domains)."""
+    """Step 3: the trajectories packed into [B, T], each domain in its own rows (`envs.rows_of`: B / n_domains each,
+    or shares of config.envs.domain_rows), T the shortest of seq_len and its halvings that holds them all
+    (`R.pack_fitted`). Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
-    per = B // len(domains)
-    row_domains = [run.domains[d] for d in domains for _ in range(per)]
+    rows = run.settings.envs.rows_of(domains, B) if run.settings.envs.domain_rows else [B // len(domains)] * len(
+        domains)
+    row_domains = [run.domains[d] for d, n in zip(domains, rows) for _ in range(n)]
     packed = R.pack_fitted([R.rollout_piece(t) for t in trajs], rows=len(row_domains),
                            lengths=R.halvings(T, functools.partial(_fits_mesh, run)), pad_id=run.tok.pad_id,
                            row_domains=row_domains)

@@ -2,6 +2,9 @@
 
     config.envs      domains, horizons, tasks_per_domain (per step), task_seed, options {domain: {factory kwargs}},
                      domain_horizons {domain: [h, ...]} (a domain's own horizons instead of `horizons`),
+                     domain_tasks {domain: n} (a domain's own tasks per step instead of `tasks_per_domain`),
+                     domain_rows {domain: rows} (opd: the rows of config.data.batch_size each domain's trajectories
+                     get, for domains whose trajectories differ in length; default: an equal share),
                      fixed_tasks (every step rolls out step 0's tasks with step 0's sampler seed: a debugging check)
     config.rollout   engine and sampling: batch_size, max_len, max_new_tokens, max_turns, max_tokens,
                      enable_thinking, temperature, top_p, top_k, presence_penalty, group_size (grpo),
@@ -37,10 +40,28 @@ class Envs:
     options: dict = dataclasses.field(default_factory=dict)
     fixed_tasks: bool = False  # every step re-draws step 0's tasks and sampler seed (overfit-one-batch checks)
     domain_horizons: dict = dataclasses.field(default_factory=dict)  # {domain: [h, ...]} overrides `horizons`
+    domain_tasks: dict = dataclasses.field(default_factory=dict)  # {domain: n} overrides `tasks_per_domain`
+    domain_rows: dict = dataclasses.field(default_factory=dict)  # opd: {domain: rows}, every domain, sum = batch
 
     def horizons_of(self, domain: str) -> tuple[int, ...]:
         """The task horizons of `domain`: its entry in domain_horizons, else `horizons`."""
         return tuple(self.domain_horizons.get(domain, self.horizons))
+
+    def tasks_of(self, domain: str) -> int:
+        """Train tasks `domain` draws per step: its entry in domain_tasks, else `tasks_per_domain`."""
+        return int(self.domain_tasks.get(domain, self.tasks_per_domain))
+
+    def rows_of(self, domains, batch_size: int) -> list[int]:
+        """The rows of a `batch_size`-row batch each of `domains` (the ones a step trains) gets: shares of
+        domain_rows (largest remainders, at least one each), else equal shares."""
+        weights = [self.domain_rows[d] if self.domain_rows else 1 for d in domains]
+        quota = [batch_size * w / sum(weights) for w in weights]
+        rows = [max(1, int(q)) for q in quota]
+        while sum(rows) > batch_size:  # the minimum of one row each took more than the quotas gave
+            rows[rows.index(max(rows))] -= 1
+        for i in sorted(range(len(rows)), key=lambda i: int(quota[i]) - quota[i])[:batch_size - sum(rows)]:
+            rows[i] += 1
+        return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +163,10 @@ def _check(cond: bool, where: str, value, expected: str):
         raise ValueError(f"{where}={value!r}: expected {expected}")
 
 
+def _positive_int(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
 def _check_rollout_interval(config, where: str, interval: int, why: str):
     """`interval` steps share one rollout: it must divide config.checkpoint.every and config.train.steps, so every
     checkpoint falls between two rollouts and a resumed run rebuilds what the uninterrupted one had."""
@@ -169,6 +194,14 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
         for hs in envs.domain_horizons.values()), "config.envs.domain_horizons", envs.domain_horizons,
         "a dict {domain of config.envs.domains: non-empty list of positive horizons}")
     _check(envs.tasks_per_domain >= 1, "config.envs.tasks_per_domain", envs.tasks_per_domain, "a positive integer")
+    _check(isinstance(envs.domain_tasks, dict) and set(envs.domain_tasks) <= set(envs.domains) and all(
+        _positive_int(n) for n in envs.domain_tasks.values()), "config.envs.domain_tasks", envs.domain_tasks,
+        "a dict {domain of config.envs.domains: positive number of tasks per step}")
+    _check(isinstance(envs.domain_rows, dict) and (not envs.domain_rows or (
+        set(envs.domain_rows) == set(envs.domains) and all(_positive_int(n) for n in envs.domain_rows.values())
+        and sum(envs.domain_rows.values()) == batch_size)), "config.envs.domain_rows", envs.domain_rows,
+        f"empty (equal shares) or a dict {{every domain of config.envs.domains: positive rows}} summing to "
+        f"config.data.batch_size={batch_size}")
     _check(isinstance(envs.options, dict) and set(envs.options) <= set(envs.domains), "config.envs.options",
            envs.options, "a dict {domain: {factory options}} over config.envs.domains")
     ro = _section(config, "rollout", Rollout)
@@ -186,8 +219,9 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
                "(1.0, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution")
         _check_rollout_interval(config, "config.rollout.reuse", ro.reuse, "a checkpoint must fall between two "
                                 "rollouts, so a resumed run rolls out what the uninterrupted one did")
-        _check(batch_size % len(envs.domains) == 0, "config.data.batch_size", batch_size,
-               f"a multiple of the {len(envs.domains)} domains (domain-balanced rows)")
+        _check(bool(envs.domain_rows) or batch_size % len(envs.domains) == 0, "config.data.batch_size",
+               batch_size, f"a multiple of the {len(envs.domains)} domains (domain-balanced rows; or set "
+               f"config.envs.domain_rows)")
     if stage in ("teacher_sft", "grpo"):
         _check(len(envs.domains) == 1, "config.envs.domains", envs.domains,
                f"exactly one domain for stage {stage!r} (one teacher per domain)")

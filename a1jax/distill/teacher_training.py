@@ -70,7 +70,7 @@ class ExpertIterationSource(RolloutSource):
         if self.n_roll_rows == 0:  # plain SFT on the domain's demonstrations: nothing to roll out
             self.accepted = []
         elif self.accepted is None or step % s.expert_iteration.rollout_every == 0:
-            tasks = R.draw_tasks(self.env, d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(d),
+            tasks = R.draw_tasks(self.env, d, n=s.envs.tasks_of(d), horizons=s.envs.horizons_of(d),
                                  seed=R.step_seed(s.envs.task_seed, step))
             trajs = R.roll_out(self.engine, self.tok, [(t, self.env) for t in tasks], s.rollout,
                                seed=R.step_seed(self.exp.config.seed, step, 7919), domain_ids={d: 0})
@@ -110,7 +110,7 @@ class GRPOSource(RolloutSource):
     def next(self, step: int):
         self.t0 = time.perf_counter()
         s, d, G = self.settings, self.domain, self.settings.rollout.group_size
-        tasks = R.draw_tasks(self.env, d, n=s.envs.tasks_per_domain, horizons=s.envs.horizons_of(d),
+        tasks = R.draw_tasks(self.env, d, n=s.envs.tasks_of(d), horizons=s.envs.horizons_of(d),
                              seed=R.step_seed(s.envs.task_seed, step))
         items = [(dataclasses.replace(t, id=f"{t.id}#g{j}"), self.env) for t in tasks for j in range(G)]
         self.trajs = R.roll_out(self.engine, self.tok, items, s.rollout,
