@@ -66,10 +66,7 @@ def main() -> None:
                             min_length=args.min_length, fixed_steps=args.fixed_steps)
     print(f"vocab {args.vocab}, tie {args.tie}, {s.batch} rows x {s.length} copy targets per step, lr {args.lr}")
     params, summary = warmup.copy_warmup(cfg, s, log=lambda line: print(line, flush=True))
-    for kind, learned in (("fixed", summary["learned_at"]), ("variable", summary["variable_learned_at"])):
-        if kind == "fixed" or s.min_length:
-            print(f"{kind}-offset copy accuracy first above 0.9 at step {learned}" if learned
-                  else f"{kind}-offset copy accuracy never passed 0.9")
+    print(f"copy accuracy: {warmup.learned_text(summary, s)}")
     if args.save:
         save_params(args.save, cfg, params)
         print(f"params written to {args.save}")

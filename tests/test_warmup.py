@@ -24,6 +24,8 @@ def test_copy_rows_repeat_their_ids_after_the_separator():
         warmup.copy_rows(np.random.default_rng(0), s, 11)
     with pytest.raises(ValueError, match="steps=0; expected an integer >= 1"):
         warmup.CopySettings(steps=0)
+    with pytest.raises(ValueError, match="learning_rate=0; expected > 0"):
+        warmup.CopySettings(learning_rate=0)
 
 
 def test_variable_copy_rows_open_both_copies_with_the_separator_and_the_mask_covers_the_second():

@@ -126,8 +126,7 @@ def pack_step(run: RolloutSource, trajs, domains):
     or shares of config.envs.domain_rows), T the shortest of seq_len and its halvings that holds them all
     (`R.pack_fitted`). Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
-    rows = run.settings.envs.rows_of(domains, B) if run.settings.envs.domain_rows else [B // len(domains)] * len(
-        domains)
+    rows = run.settings.envs.rows_of(domains, B)
     row_domains = [run.domains[d] for d, n in zip(domains, rows) for _ in range(n)]
     packed = R.pack_fitted([R.rollout_piece(t) for t in trajs], rows=len(row_domains),
                            lengths=R.halvings(T, functools.partial(_fits_mesh, run)), pad_id=run.tok.pad_id,

@@ -53,8 +53,10 @@ class Envs:
 
     def rows_of(self, domains, batch_size: int) -> list[int]:
         """The rows of a `batch_size`-row batch each of `domains` (the ones a step trains) gets: shares of
-        domain_rows (largest remainders, at least one each), else equal shares."""
-        weights = [self.domain_rows[d] if self.domain_rows else 1 for d in domains]
+        domain_rows (largest remainders, at least one each), else batch_size // len(domains) each."""
+        if not self.domain_rows:
+            return [batch_size // len(domains)] * len(domains)
+        weights = [self.domain_rows[d] for d in domains]
         quota = [batch_size * w / sum(weights) for w in weights]
         rows = [max(1, int(q)) for q in quota]
         while sum(rows) > batch_size:  # the minimum of one row each took more than the quotas gave

@@ -65,12 +65,12 @@ class CopySettings:
                              f"in [1, length={self.length}]")
         if self.fixed_steps < 0:
             raise ValueError(f"copy warm-up: fixed_steps={self.fixed_steps}; expected an integer >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"copy warm-up: learning_rate={self.learning_rate}; expected > 0")
 
     def variable(self, step: int) -> bool:
         """Whether 1-based `step` trains on the variable rows."""
         return bool(self.min_length) and step > self.fixed_steps
-        if not self.learning_rate > 0:
-            raise ValueError(f"copy warm-up: learning_rate={self.learning_rate}; expected > 0")
 
 
 def copy_rows(rng: np.random.Generator, s: CopySettings, vocab_size: int, variable: bool = False) -> np.ndarray:
@@ -152,6 +152,13 @@ def copy_warmup(cfg, s: CopySettings, params=None,
     return params, summary
 
 
+def learned_text(summary: dict, s: CopySettings) -> str:
+    """When copy accuracy first passed 0.9, at the fixed offset and (min_length > 0) at varying offsets."""
+    kinds = (("fixed", "learned_at"), ("variable", "variable_learned_at"))[:2 if s.min_length else 1]
+    return ", ".join(f"{kind} offset passed 0.9 at step {summary[key]}" if summary[key] else
+                     f"{kind} offset never passed 0.9" for kind, key in kinds)
+
+
 def add_parser(sub):
     p = sub.add_parser("warmup", help="a synthetic copy warm-up for a model trained from scratch (a pretraining "
                                       "stand-in; `a1jax train --init_from OUT` starts from it)")
@@ -185,10 +192,6 @@ def run(args) -> int:
     vocabulary.record(args.out, tok)
     storage.write_atomic(os.path.join(args.out, DONE), json.dumps({**summary, "settings": dataclasses.asdict(s)},
                                                                   indent=1))
-    learned = ", ".join(f"{kind} offset passed 0.9 at step {summary[key]}" if summary[key] else
-                        f"{kind} offset never passed 0.9" for kind, key in (("fixed", "learned_at"),
-                                                                          ("variable", "variable_learned_at"))
-                        if key == "learned_at" or s.min_length)
-    print(f"copy warm-up: accuracy {summary['accuracy']:.3f} ({learned}) in {summary['seconds']}s; "
+    print(f"copy warm-up: accuracy {summary['accuracy']:.3f} ({learned_text(summary, s)}) in {summary['seconds']}s; "
           f"params in {args.out}")
     return 0
