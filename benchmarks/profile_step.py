@@ -1,8 +1,10 @@
 """Where a train step (or a forward) spends its time, per part of the model, from a jax.profiler trace.
 
     .venv/bin/python -m benchmarks.profile_step [--shape 1,2048] [--forward] [--top 8] [--trace DIR] [--quick]
+    .venv/bin/python -m benchmarks.profile_step --config experiments/recipe_tiny_sft.py [--config.x.y=value ...]
 
-Runs the model of `benchmarks/peers.py` (the issue's tiny Qwen3.5-MoE; --quick: its smoke-test sizes): the trainer's
+Runs the model of `benchmarks/peers.py` (the issue's tiny Qwen3.5-MoE; --quick: its smoke-test sizes), or with
+--config an experiment's own model at its own batch shape (--shape overrides it): the trainer's
 `sft_step` jitted with donated state (or a forward with last-position logits), once to compile, then once under
 `jax.profiler.trace`. XLA:CPU records one trace event per executed thunk; each event's time *without* the events
 nested in it (a while loop's body, a conditional's branch) is attributed, through the compiled HLO's op_name
@@ -86,8 +88,15 @@ def attribute(times: collections.Counter, names: dict[str, str]):
     return table, ops
 
 
-def build(quick: bool, shape: tuple[int, int], forward: bool):
-    cfg = peers.model_config(quick)
+def experiment_model(path: str, overrides) -> tuple:
+    """(model config, (batch_size, seq_len)) of an experiment config file, with `--config.x=y` overrides."""
+    from a1jax import stages
+    from a1jax.train import experiment
+    exp = stages.validate(experiment.apply_overrides(experiment.load(path), overrides))
+    return exp.model, (int(exp.data.batch_size), int(exp.data.seq_len))
+
+
+def build(cfg, shape: tuple[int, int], forward: bool):
     params = jax.tree.map(jnp.array, model.init(cfg, jax.random.key(0), include_mtp=False))
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, shape)
     if forward:
@@ -114,14 +123,22 @@ def build(quick: bool, shape: tuple[int, int], forward: bool):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", default="1,2048", help="batch,length")
+    p.add_argument("--shape", default="", help="batch,length (default 1,2048, or the --config experiment's)")
     p.add_argument("--forward", action="store_true", help="profile a forward (last-position logits), not a step")
     p.add_argument("--quick", action="store_true", help="smoke-test model sizes (benchmarks/peers.py --quick)")
     p.add_argument("--top", type=int, default=8, help="heaviest ops listed per part")
     p.add_argument("--trace", default="", help="keep the trace here (default: a temporary directory)")
-    args = p.parse_args(argv)
-    shape = tuple(int(x) for x in args.shape.split(","))
-    fn, example, run = build(args.quick, shape, args.forward)
+    p.add_argument("--config", default="", help="profile this experiment's model (e.g. experiments/recipe_tiny_sft.py)")
+    args, extra = p.parse_known_args(argv)
+    if extra and not args.config:
+        p.error(f"unrecognized arguments: {' '.join(extra)} (--config.x=y overrides need --config)")
+    if args.config:
+        cfg, shape = experiment_model(args.config, extra)
+    else:
+        cfg, shape = peers.model_config(args.quick), (1, 2048)
+    if args.shape:
+        shape = tuple(int(x) for x in args.shape.split(","))
+    fn, example, run = build(cfg, shape, args.forward)
     names = op_names(fn.lower(*example).compile().as_text())
     t = time.perf_counter()
     run()
