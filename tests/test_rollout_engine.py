@@ -142,3 +142,31 @@ def test_turns_and_requests_of_new_lengths_do_not_recompile(params):
         eng.extend({n % 3: list(range(2, 2 + n)), (n + 1) % 3: [4] * (n // 2)})
         eng.generate([n % 3, (n + 1) % 3], budget={n % 3: n})
     assert (E._extend._cache_size(), E._generate._cache_size()) == sizes
+
+
+def test_a_cache_that_grows_by_doublings_decodes_as_one_of_max_len_slots(params):
+    """min_slots=8 grows through 16 (the 11-token prompt), then 32, 64 and max_len=96 over the turns; tokens, log-probs and the
+    context stop are those of the engine that holds all 96 slots from the start."""
+    runs = {}
+    for min_slots in (8, 96):
+        eng = _engine(params, min_slots=min_slots, stop_ids=(-1,))
+        sizes = [eng.slots]
+        for r in range(3):
+            eng.start_row(r)
+        eng.extend({0: [5, 9, 11, 3, 200, 17, 41, 8, 99, 100, 2], 1: [1, 2, 3], 2: [300, 301]})
+        sizes.append(eng.slots)
+        turns = [eng.generate([0, 1, 2], budget={1: 3})]
+        eng.extend({0: [4, 4], 2: list(range(20, 50))})
+        turns.append(eng.generate([0, 2]))
+        eng.extend({1: list(range(60, 60 + eng.max_len - eng.index - 2))})  # two free slots left
+        turns.append(eng.generate([1]))
+        sizes.append(eng.slots)
+        runs[min_slots] = turns, sizes
+    (grown, sizes), (full, full_sizes) = runs[8], runs[96]
+    assert sizes == [8, 16, 96] and full_sizes == [96, 96, 96]
+    assert grown[-1][1]["finish_reason"] == "context" and len(grown[-1][1]["tokens"]) == 2
+    for a, b in zip(grown, full):
+        assert a.keys() == b.keys()
+        for r in a:
+            assert a[r]["tokens"] == b[r]["tokens"] and a[r]["finish_reason"] == b[r]["finish_reason"]
+            np.testing.assert_allclose(a[r]["logprobs"], b[r]["logprobs"], rtol=1e-5, atol=1e-5)
