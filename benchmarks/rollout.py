@@ -38,14 +38,18 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--naive-steps", type=int, default=16, help="tokens timed for the non-cached loop")
+    ap.add_argument("--naive-steps", type=int, default=16, help="tokens timed for the non-cached loop (0: none)")
+    ap.add_argument("--max-len", type=int, default=0, help="the engine's cache slots at most (default 2 x (prompt + new))")
+    ap.add_argument("--min-slots", type=int, default=512,
+                    help="the cache's starting size (it doubles up to --max-len as needed); --min-slots equal to "
+                         "--max-len: the whole cache from the start, the engine before it could grow")
     args = ap.parse_args(argv)
     cfg = experiment.model_config(experiment.load(args.config))
     params = model.unbox(model.init(cfg, jax.random.PRNGKey(0), include_mtp=False))
     B, P, N = args.batch, args.prompt, args.new
     prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, P)).astype(np.int32)
-    eng = Engine(params, cfg, batch_size=B, max_len=2 * (P + N), stop_ids=(-1,), sampling=SamplingParams.greedy(),
-                 max_new_tokens=N)
+    eng = Engine(params, cfg, batch_size=B, max_len=args.max_len or 2 * (P + N), stop_ids=(-1,),
+                 sampling=SamplingParams.greedy(), max_new_tokens=N, min_slots=args.min_slots)
 
     def run_once():
         eng.reset()
@@ -63,10 +67,13 @@ def main(argv=None) -> None:
     compile_s = time.perf_counter() - t
     prefill_s, decode_s = run_once()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model {cfg.num_hidden_layers} layers, "
-          f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size}; batch {B}, prompt {P}, new {N}")
+          f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size}; batch {B}, prompt {P}, new {N}; cache {eng.slots} of "
+          f"{eng.max_len} slots")
     print(f"engine  compile+first run {compile_s:7.2f}s")
     print(f"engine  prefill {B * P / prefill_s:10.1f} tok/s  ({prefill_s:.3f}s)")
     print(f"engine  decode  {B * N / decode_s:10.1f} tok/s  ({decode_s:.3f}s, {1e3 * decode_s / N:.2f} ms/step)")
+    if args.naive_steps <= 0:
+        return
 
     buf = jnp.zeros((B, P + N), jnp.int32).at[:, :P].set(prompts)
     buf = _naive_step(params, cfg, buf, P)  # compile
