@@ -575,3 +575,23 @@ def test_k_skipped_updates_in_a_row_stop_every_rollout_stage_in_one_line(stage, 
     with pytest.raises(loop.TrainingStopped, match=r"stopping at step 2: the last 2 updates were skipped .*"
                                                    r"max_consecutive_skips=2"):
         _stage_run(stage, tmp_path / "nan", teachers, steps=2, max_consecutive_skips=2, step=inf_lr)
+
+
+def test_a_teachers_scoring_compiles_once_per_power_of_two_of_scored_positions(teachers):
+    """Rollout batches differ in how many tokens they generate; the local teacher pads the scored positions to a power
+    of two, so ten batches of 300 to 1,000 generated tokens compile its scoring at most three times."""
+    teacher = teachers["search"]
+    assert [teacher_lib.position_bucket(n) for n in (1, 256, 257, 1000, 1024, 1025)] == [256, 256, 512, 1024, 1024,
+                                                                                          2048]
+    B, T = 2, 512
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, MODEL["vocab_size"], (B, T)).astype(np.int32)
+    batch = dict(tokens=tokens, targets=np.roll(tokens, -1, 1), segment_ids=np.ones_like(tokens),
+                 positions=np.tile(np.arange(T, dtype=np.int32), (B, 1)))
+    before = teacher._fn._cache_size()
+    for n in np.linspace(300, 1000, 10).astype(int):
+        mask = np.zeros(B * T, np.float32)
+        mask[rng.choice(B * T, n, replace=False)] = 1.0
+        out, _ = teacher.score({**batch, "loss_mask": mask.reshape(B, T)})
+        assert out["valid"].sum() == n and np.isfinite(out["topk_logp"][out["valid"] > 0]).all()
+    assert teacher._fn._cache_size() - before <= 3

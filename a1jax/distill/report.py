@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from a1jax import model, storage
-from a1jax.distill import gate, rollouts as R, settings
+from a1jax.distill import gate, rollouts as R, settings, teachers as teacher_lib
 from a1jax.distill.settings import Rollout
 from a1jax.train import vocabulary
 from a1jax.envs import registry
@@ -67,7 +67,7 @@ def mean_kl(student, teacher, trajs, tok, seq_len: int) -> float:
         flat = np.flatnonzero(packed.batch["loss_mask"].reshape(-1) > 0)
         if not flat.size:
             continue
-        idx = np.zeros(-(-flat.size // 256) * 256, np.int32)
+        idx = np.zeros(teacher_lib.position_bucket(flat.size), np.int32)
         idx[:flat.size] = flat
         arrays = {k: jnp.asarray(packed.batch[k]) for k in ("tokens", "positions", "segment_ids")}
         kl = np.asarray(reverse_kl_at(s_params, s_cfg, t_params, t_cfg, arrays, jnp.asarray(idx)))[:flat.size]
