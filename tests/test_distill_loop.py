@@ -227,10 +227,14 @@ def test_grpo_loop_runs_and_logs_per_domain_metrics(tmp_path):
 
 
 def test_bad_loop_config_names_the_field():
+    for name, value in (("temperature", 1.5), ("temperature", 0.0), ("top_p", 0.9), ("top_k", 20)):
+        c = _config()
+        c.rollout[name] = value
+        with pytest.raises(ValueError, match=r"config.rollout .*temperature"):
+            stages.validate(c)
     c = _config()
-    c.rollout.temperature = 0.7
-    with pytest.raises(ValueError, match=r"config.rollout .*temperature"):
-        stages.validate(c)
+    c.rollout.temperature = 0.5  # sharpened rollouts; the importance ratio takes the T = 1 log-probs
+    stages.validate(c)
     c = _config()
     c.envs.domains = ["search", "nonexistent"]
     with pytest.raises(ValueError, match="config.envs.domains"):

@@ -128,7 +128,7 @@ def pack_step(run: RolloutSource, trajs, domains):
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
     rows = run.settings.envs.rows_of(domains, B)
     row_domains = [run.domains[d] for d, n in zip(domains, rows) for _ in range(n)]
-    packed = R.pack_fitted([R.rollout_piece(t) for t in trajs], rows=len(row_domains),
+    packed = R.pack_fitted([R.rollout_piece(t, t1=True) for t in trajs], rows=len(row_domains),
                            lengths=R.halvings(T, functools.partial(_fits_mesh, run)), pad_id=run.tok.pad_id,
                            row_domains=row_domains)
     return packed, row_domains

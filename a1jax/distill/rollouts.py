@@ -86,12 +86,15 @@ def roll_out(engine, tok, items: Sequence[tuple[Task, object]], ro, *, seed: int
 
 # --- packing -----------------------------------------------------------------------------------------------------
 
-def rollout_piece(traj: Trajectory, *, advantage: float | None = None) -> dict:
+def rollout_piece(traj: Trajectory, *, advantage: float | None = None, t1: bool = False) -> dict:
     """A packing piece (a1jax/data/packing.py) from a rollout: loss on the model-generated tokens only (tool
-    outputs, prompts and the template stay in the context, unsupervised), plus the behaviour log-probs."""
+    outputs, prompts and the template stay in the context, unsupervised), plus the behaviour log-probs: the
+    sampler's own, or with `t1` the T = 1 log-probs of the sampled tokens (stage 3's importance ratio with tempered
+    rollouts: the student against itself at rollout time; the same values at T = 1)."""
     rec = traj.record
+    behaviour = rec["logprobs_t1"] if t1 and "logprobs_t1" in rec else rec["behaviour_logprobs"]
     piece = {"tokens": np.asarray(rec["token_ids"], np.int32), "loss_mask": np.asarray(rec["loss_mask"], np.float32),
-             "behavior_logp": np.asarray(rec["behaviour_logprobs"], np.float32), "domain_id": traj.domain_id,
+             "behavior_logp": np.asarray(behaviour, np.float32), "domain_id": traj.domain_id,
              "reward": traj.reward, "success": float(traj.success)}
     if advantage is not None:
         piece["advantages"] = np.full(len(piece["tokens"]), advantage, np.float32)

@@ -214,11 +214,15 @@ def from_config(config, *, batch_size: int) -> LoopSettings:
            f"less than config.rollout.max_len={ro.max_len}")
     check_thinking(ro.enable_thinking, "config.rollout.enable_thinking")
     if stage == "opd":
-        # On-policy distillation needs the behaviour log-probs to be the student's own (docs/spec/recipe.md §2.8).
-        _check(ro.temperature == 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,
+        # On-policy distillation needs the behaviour log-probs to be the student's own (docs/spec/recipe.md §2.8):
+        # no filter or penalty. A temperature below 1 only sharpens which states the rollouts visit (nearer the
+        # greedy path the report scores); the importance ratio then uses the T = 1 log-probs the engine records
+        # (rollouts.rollout_piece), so it still compares the student with itself at rollout time.
+        _check(0.0 < ro.temperature <= 1.0 and ro.top_p == 1.0 and ro.top_k == 0 and ro.presence_penalty == 0.0,
                "config.rollout (temperature, top_p, top_k, presence_penalty)",
                (ro.temperature, ro.top_p, ro.top_k, ro.presence_penalty),
-               "(1.0, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution")
+               "(0 < T <= 1, 1.0, 0, 0.0) for stage 'opd': sampling must be the student's own distribution, "
+               "at most sharpened by a temperature")
         _check_rollout_interval(config, "config.rollout.reuse", ro.reuse, "a checkpoint must fall between two "
                                 "rollouts, so a resumed run rolls out what the uninterrupted one did")
         _check(bool(envs.domain_rows) or batch_size % len(envs.domains) == 0, "config.data.batch_size",
