@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--naive-steps", type=int, default=16, help="tokens timed for the non-cached loop (0: none)")
-    ap.add_argument("--max-len", type=int, default=0, help="the engine's cache slots at most (default 2 x (prompt + new))")
+    ap.add_argument("--max-len", type=int, default=0,
+                    help="the engine's cache slots at most (default 2 x (prompt + new))")
     ap.add_argument("--min-slots", type=int, default=512,
                     help="the cache's starting size (it doubles up to --max-len as needed); --min-slots equal to "
                          "--max-len: the whole cache from the start, the engine before it could grow")

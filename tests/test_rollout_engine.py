@@ -145,8 +145,8 @@ def test_turns_and_requests_of_new_lengths_do_not_recompile(params):
 
 
 def test_a_cache_that_grows_by_doublings_decodes_as_one_of_max_len_slots(params):
-    """min_slots=8 grows through 16 (the 11-token prompt), then 32, 64 and max_len=96 over the turns; tokens, log-probs and the
-    context stop are those of the engine that holds all 96 slots from the start."""
+    """min_slots=8 grows through 16 (the 11-token prompt), then 32, 64 and max_len=96 over the turns; tokens,
+    log-probs and the context stop are those of the engine that holds all 96 slots from the start."""
     runs = {}
     for min_slots in (8, 96):
         eng = _engine(params, min_slots=min_slots, stop_ids=(-1,))
