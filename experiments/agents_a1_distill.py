@@ -17,26 +17,26 @@ libtpu 0.0.51, docs/sharding.md): the step per chip 9.96 GB of arguments (3.31 G
 (19.87 GB) 78.86 GB of 95 GB HBM (17.0% headroom); 160 Mosaic kernel call sites; 2.50e15 FLOPs per chip per step
 (HLO dots x loop trips, 1.128 x analytic x remat), a roofline lower bound of 5.46 s. Not planned: the teachers' scoring
 pass between steps and the rollouts' KV cache.
-Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores: 160 updates, four per
-rollout batch (config.rollout.reuse), forward KL at lr 1e-4 on rollouts sampled at T = 0.5 (since 2026-12-07; before,
-lr 3e-3 at T = 1, probe I of docs/recipe.md, "Why stage 3 lowers the KL but not the success", which diverged once
-every domain was distilled: docs/recipe.md, "Stage 3 with every domain distilled"). Each rollout batch draws 32
-instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS; config.envs.domain_tasks) into rows of 2,048
-tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so that no trajectory is dropped or cut:
-with the copy warm-up's variable offsets every teacher beats the student, so every domain is distilled, and the
-earlier 32 tasks each in 4 rows of 1,024 tokens dropped 25-28 of every batch's 68 trajectories (search kept 2-3). A domain the teacher check leaves out is
+Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores: 160 updates, four per rollout
+batch (config.rollout.reuse), forward KL at lr 1e-4 on rollouts sampled at T = 0.5 (since 2026-12-07; before, lr 3e-3 at
+T = 1, probe I of docs/recipe.md, "Why stage 3 lowers the KL but not the success", which diverged once every domain was
+distilled: docs/recipe.md, "Stage 3 with every domain distilled"). Each rollout batch draws 32 instruction_following
+tasks, 16 tool_calling and 6 search (TINY_TASKS; config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them
+(TINY_ROWS; config.envs.domain_rows), sized so that no trajectory is dropped or cut: with the copy warm-up's variable
+offsets every teacher beats the student, so every domain is distilled, and the earlier 32 tasks each in 4 rows of 1,024
+tokens dropped 25-28 of every batch's 68 trajectories (search kept 2-3). A domain the teacher check leaves out is
 anchored to the student's start on 4 tasks a batch (config.gate.anchor_tasks). Measured with these rows (2026-12-06
 night, /tmp/qs17q, every domain distilled, 8 steps alone on the host): no trajectory dropped or cut; rollout 17.2 s a
-batch (38.7 s the first), teacher scoring 11.9-14.7 s, update 10.1-11.8 s, so about 50 minutes for the 160 updates.
-With the CPU formulations, the growing engine cache and the teachers' power-of-two position buckets (2026-12-07,
-/tmp/qs18, alone on the host): rollout 10-16 s a batch (about 100 s the first, with the compiles), teacher scoring
-2-4 s once its few programs are compiled, update 10-15 s (the update did not get faster), so about 40 minutes.
-Measured with the earlier rows (2026-12-06, WORKDIR=/tmp/qs16, instruction_following distilled, tool_calling and search
-anchored; a CI rehearsal shared the host until step 148): 3,868 s; per step rollout 46.5 s (17-29 s once alone),
-teacher scoring 3.7 s, update 10.0 s (3-7 s alone), medians; on 128 test tasks instruction_following 0.250 -> 0.586
-[0.50, 0.67] against the teacher's 0.672 (80% of the gap), the anchored domains unchanged (README.md, "Results, as
-measured so far"). The earlier default (40 updates of reverse KL at lr 1e-3 on 8 tasks per domain in 2,048-token
-rows) lowered the KL and left success at 0.242.
+batch (38.7 s the first), teacher scoring 11.9-14.7 s, update 10.1-11.8 s, so about 50 minutes for the 160 updates. With
+the CPU formulations, the growing engine cache and the teachers' power-of-two position buckets (2026-12-07, /tmp/qs18,
+alone on the host): rollout 10-16 s a batch (about 100 s the first, with the compiles), teacher scoring 2-4 s once its
+few programs are compiled, update 10-15 s (the update did not get faster), so about 40 minutes. Measured with the
+earlier rows (2026-12-06, WORKDIR=/tmp/qs16, instruction_following distilled, tool_calling and search anchored; a CI
+rehearsal shared the host until step 148): 3,868 s; per step rollout 46.5 s (17-29 s once alone), teacher scoring 3.7 s,
+update 10.0 s (3-7 s alone), medians; on 128 test tasks instruction_following 0.250 -> 0.586 [0.50, 0.67] against the
+teacher's 0.672 (80% of the gap), the anchored domains unchanged (README.md, "Results, as measured so far"). The earlier
+default (40 updates of reverse KL at lr 1e-3 on 8 tasks per domain in 2,048-token rows) lowered the KL and left success
+at 0.242.
 Stage: config.stage = "opd" (steps.opd_step, with the routed teacher targets as its third argument). Sampling is at
 T = 1 (the tiny one at T = 0.5) without filters or penalties, so behaviour log-probs are the student's own
 (settings.py enforces it; with T < 1 the importance ratio takes the T = 1 log-probs of the sampled tokens).
