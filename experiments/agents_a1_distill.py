@@ -94,7 +94,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             options={d: dict(tiny.ENV_OPTIONS[d]) for d in domains if d in tiny.ENV_OPTIONS}))
         c.teachers = [dict(domain=d, workdir=os.path.join(root, f"teacher_{d}"), k=64) for d in domains]
         c.gate = ml_collections.ConfigDict(dict(tasks=32, margin=0.0, keep=[]))
-        # A 4,096-slot engine cache, not 16,384: every decode step attends over all of the cache's slots, so the
+        # A 4,096-slot engine cache, not 16,384 (measured before the cache grew with use, a1jax/rollout/engine.py;
+        # a call now costs the slots in use): every decode step attended over all of the cache's slots, so the
         # bigger cache made the teacher check and the report 3.2x slower (gate.greedy_success of the stage-1
         # student on 24 search tasks at horizon 2, one process, 2-core CPU: 28.9 s against 93.0 s warm, the same
         # trajectories token for token). 2,048 slots is slower again (34.9 s): the loop empties a full cache and
