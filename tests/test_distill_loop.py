@@ -380,7 +380,7 @@ def test_per_domain_task_counts_and_rows_for_domains_whose_trajectories_differ_i
     assert [t.domain for t, _ in opd.step_items(run, envs, 0, DOMAINS[1:])] == [DOMAINS[1]] * 3  # all 3 tasks
     assert exp.loop.envs.rows_of(DOMAINS, 5) == [1, 4] and exp.loop.envs.rows_of(DOMAINS[1:], 5) == [5]
     traj = lambda n, d: types.SimpleNamespace(n=n, d=d)
-    piece = lambda t: {"tokens": np.arange(1, t.n + 1, dtype=np.int32), "loss_mask": np.ones(t.n, np.float32),
+    piece = lambda t, **_: {"tokens": np.arange(1, t.n + 1, dtype=np.int32), "loss_mask": np.ones(t.n, np.float32),
                        "domain_id": t.d}
     with mock.patch.object(R, "rollout_piece", piece), mock.patch.object(opd, "_fits_mesh", lambda run, n: True):
         trajs = [traj(600, 0)] + [traj(900, 1)] * 4  # four long ones fit only in the four rows domain 1 has

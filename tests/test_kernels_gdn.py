@@ -78,7 +78,8 @@ def test_lower_inverse_matches_the_solve_forward_and_backward(C):
     got, vjp = jax.vjp(lower_inverse, a)
     want, vjp_want = jax.vjp(solve, a)
     np.testing.assert_allclose(got, want, atol=1e-5)
-    np.testing.assert_array_equal(got, unit_lower_inverse(a))
+    np.testing.assert_allclose(got, unit_lower_inverse(a), rtol=1e-6, atol=1e-6)  # the same ops; XLA:CPU may split
+    # the two programs' dots differently under load (1e-7 apart in a loaded CI rehearsal)
     (da,), (da_want,) = vjp(ct), vjp_want(ct)
     np.testing.assert_allclose(da, da_want, atol=1e-4, rtol=1e-4)
     assert not np.any(np.asarray(da)[..., ~np.asarray(strict)])
