@@ -4,10 +4,11 @@ is).
 
     python -m benchmarks.horizon_scaling [--root workdirs/horizon] [--quick] [--train-horizons 1,4,16]
                                          [--eval-horizons 1,2,4,8,16] [--n 64] [--tokens N] [--warmup-steps 400]
+                                         [--domains search,scientific_agents] [--fixed]
 
 Steps, each skipped when its output is already there (run again to resume; delete ROOT to start over):
-  1. demonstrations: ROOT/demos/{search,science}_h{H}.jsonl for every training horizon H (the experts' trajectories,
-     enough for the token budget without repeating a record);
+  1. demonstrations: ROOT/demos/<domain>_h<h>.jsonl for every horizon a student trains on (every power of two up to
+     its training horizon H, and H; --fixed: H alone), enough for the token budget without repeating a record;
   2. the shared initialisation: ROOT/warmup, the copy warm-up of a freshly initialised tiny model (`a1jax warmup`);
   3. tokens matched: the steps each student needs for --tokens non-padding training tokens, counted on its own packed
      batches (the training pipeline itself, same seed; rows of 1 x 4,096);
@@ -88,14 +89,14 @@ def _run(argv: list[str], log_path: str, inline: bool) -> None:
         raise SystemExit(f"a1jax {' '.join(argv)} failed (exit {rc}); {where}")
 
 
-def write_demos(root: str, exp, horizons, tokens: int) -> None:
-    """ROOT/demos/<domain>_h<H>.jsonl with enough records that no student repeats one (each domain could fill the
-    whole budget alone)."""
+def write_demos(root: str, exp, horizons, tokens: int, domains=None) -> None:
+    """ROOT/demos/<domain>_h<H>.jsonl for every horizon in `horizons`, with enough records that no student repeats
+    one (each file could fill the whole budget alone)."""
     from a1jax.data import chat, tokenizers
     from a1jax.envs import demos, registry
     tok = tokenizers.load(exp.tiny.TOKENIZER)
     for h in horizons:
-        for d in exp.DOMAINS:
+        for d in domains or exp.DOMAINS:
             path = exp.demos_path(root, d, h)
             if os.path.exists(path):
                 continue
@@ -163,8 +164,9 @@ def resolvable_difference(n: int, p: float = 0.5, z_alpha: float = 1.959964, z_p
 
 def table(result: dict) -> str:
     hs = result["eval_horizons"]
-    lines = [f"{'domain':<9}{'train h':>8}{'steps':>7}{'tokens':>11}  " + "".join(f"{'eval h=' + str(h):>19}"
-                                                                              for h in hs)]
+    width = max(len(d) for d in result["domains"]) + 1
+    lines = [f"{'domain':<{width}}{'train h':>8}{'steps':>7}{'tokens':>11}  " + "".join(f"{'eval h=' + str(h):>19}"
+                                                                                  for h in hs)]
     for d in result["domains"]:
         for s in result["students"]:
             cells = []
@@ -172,13 +174,21 @@ def table(result: dict) -> str:
                 c = s["eval"][d][str(h)]
                 cells.append(f"{c['success']:.2f} [{c['ci'][0]:.2f},{c['ci'][1]:.2f}]"
                              + ("*" if c["truncated"] else " "))
-            lines.append(f"{d:<9}{s['h']:>8}{s['steps']:>7}{s['tokens']:>11,}  " + "".join(f"{x:>19}" for x in cells))
+            trained = student_label(s).removeprefix("trained at h")
+            lines.append(f"{d:<{width}}{trained:>8}{s['steps']:>7}{s['tokens']:>11,}  "
+                         + "".join(f"{x:>19}" for x in cells))
+    lines.append("train h: =H the student saw horizon H alone, <=H every power of two up to H (equal record weights)")
     lines.append(f"success on {result['n']} held-out test tasks per cell, greedy, 95% Wilson interval; * some "
                  f"trajectories ended on a budget, not an answer (horizon_scaling.json: truncated, terminations)")
     lines.append(f"two students differ detectably (5% test, 80% power) by about "
                  f"{resolvable_difference(result['n']):.2f} near 0.5 success, "
                  f"{resolvable_difference(result['n'], 0.1):.2f} near 0.1")
     return "\n".join(lines)
+
+
+def student_label(s: dict) -> str:
+    """"trained at h=4" (one horizon) or "trained at h<=4" (every power of two up to 4)."""
+    return f"trained at h={s['h']}" if len(s.get("mixture", [s["h"]])) == 1 else f"trained at h<={s['h']}"
 
 
 def figure(result: dict, path: str) -> None:
@@ -192,7 +202,7 @@ def figure(result: dict, path: str) -> None:
             ys = [s["eval"][d][str(h)]["success"] for h in hs]
             lo = [s["eval"][d][str(h)]["ci"][0] for h in hs]
             hi = [s["eval"][d][str(h)]["ci"][1] for h in hs]
-            line, = ax.plot(hs, ys, marker="o", label=f"trained at h={s['h']}")
+            line, = ax.plot(hs, ys, marker="o", label=student_label(s))
             ax.fill_between(hs, lo, hi, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs, [str(h) for h in hs])
@@ -217,10 +227,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-horizons", default="")
     p.add_argument("--n", type=int, default=0, help="held-out test tasks per domain and eval horizon")
     p.add_argument("--tokens", type=int, default=0, help="non-padding training tokens per student")
+    p.add_argument("--domains", default="", help="comma-separated (default: experiments/horizon_scaling.py DOMAINS)")
+    p.add_argument("--fixed", action="store_true", help="each student trains on its own horizon alone (the design "
+                   "measured on 2026-12-06), not on every power of two up to it")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--inline", action="store_true", help="run the warm-up and the students in this process, on one "
                    "device (tests; by default each runs in its own process with one XLA thread)")
     args = p.parse_args(argv)
+    os.environ.update(_env())  # the evaluation runs here: CPU (also where libtpu is installed), one XLA thread
     exp = experiment()
     q = args.quick
     train_hs = _csv_ints(args.train_horizons, "--train-horizons") if args.train_horizons else list(
@@ -230,14 +244,15 @@ def main(argv=None) -> int:
     n = args.n or (exp.QUICK["eval_tasks"] if q else exp.EVAL_TASKS)
     tokens = args.tokens or (3 * exp.QUICK["seq_len"] if q else TOKENS)
     warmup_steps = args.warmup_steps or (3 if q else warmup.CopySettings().steps)
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()] or list(exp.DOMAINS)
     root = os.path.abspath(args.root)
     os.makedirs(root, exist_ok=True)
-    arg = f"root={root}" + (",quick" if q else "")
+    arg = f"root={root},domains={':'.join(domains)}" + (",quick" if q else "") + (",fixed" if args.fixed else "")
     started = time.time()
     log = os.path.join(root, "log.txt")
 
     print("1. demonstrations", flush=True)
-    write_demos(root, exp, train_hs, tokens)
+    write_demos(root, exp, sorted({x for h in train_hs for x in exp.mixture(h, args.fixed)}), tokens, domains)
     print(f"2. shared initialisation: copy warm-up ({warmup_steps} steps)", flush=True)
     warm = os.path.join(root, "warmup")
     if not os.path.exists(os.path.join(warm, "warmup.json")):
@@ -259,13 +274,14 @@ def main(argv=None) -> int:
             loop.train(stages.validate(experiment_lib.load(spec)), workdir, init_from=warm, devices=jax.devices()[:1])
         else:
             _run(["train", "--config", spec, "--workdir", workdir, "--init_from", warm], log, False)
-        students.append({"h": h, "workdir": workdir, **plan, "train_s": round(time.time() - t0, 1)})
+        students.append({"h": h, "mixture": list(exp.mixture(h, args.fixed)), "workdir": workdir, **plan,
+                         "train_s": round(time.time() - t0, 1)})
     for s in students:
         t0 = time.time()
-        s["eval"] = evaluate_student(s["workdir"], exp, list(exp.DOMAINS), eval_hs, n)
+        s["eval"] = evaluate_student(s["workdir"], exp, domains, eval_hs, n)
         s["eval_s"] = round(time.time() - t0, 1)
         print(f"5. evaluated h={s['h']} ({s['eval_s']:.0f}s)", flush=True)
-    result = {"domains": list(exp.DOMAINS), "train_horizons": train_hs, "eval_horizons": eval_hs, "n": n,
+    result = {"domains": domains, "train_horizons": train_hs, "fixed": args.fixed, "eval_horizons": eval_hs, "n": n,
               "tokens_per_student": tokens, "warmup_steps": warmup_steps, "quick": q, "students": students,
               "resolvable_difference": {"p=0.5": resolvable_difference(n), "p=0.1": resolvable_difference(n, 0.1)},
               "wall_s": round(time.time() - started, 1)}

@@ -3,32 +3,35 @@
     python -m benchmarks.horizon_scaling [--root workdirs/horizon] [--quick]     # the whole experiment
 
 One student per training horizon H (default 1, 4 and 16), each trained by the stage-1 loop on expert demonstrations
-of two domains whose horizon is the number of *dependent* tool calls: `search` (follow a chain of H relations through
-a knowledge base; every query copies the entity the previous result named) and `science` (apply H unit conversions
-and arithmetic steps in order; every call takes the previous call's printed result). All students start from the same
-initialisation, the tiny recipe's copy warm-up of a freshly initialised tiny model (`a1jax warmup`, shared by all of
-them; docs/recipe.md, "Why the tiny recipe starts with a copy warm-up"), share the tiny recipe's model and compact
-vocabulary (experiments/recipe_tiny_sft.py: TINY_MODEL, qwen3_5_compact) and see the same number of training tokens:
-benchmarks/horizon_scaling.py counts the non-padding tokens of each student's packed batches (the same pipeline, the
-same seed) and gives each student the steps that reach the token budget. One student's run:
+of every horizon in `mixture(H)` (every power of two up to H, and H: H = 4 sees horizons 1, 2 and 4, drawn equally
+often; arg `fixed` trains on H alone, the design measured on 2026-12-06), in two domains whose horizon is the number
+of tool calls: `search` (follow a chain of H relations through a knowledge base; every query copies the entity the
+previous result named) and `scientific_agents` (H - 1 look-ups in a table of element data, then one calculator call
+that needs all of them; `science`, the 2026-12-06 second domain, copies 12-digit results and no student learnt it).
+All students start from the same initialisation, the tiny recipe's copy warm-up of a freshly initialised tiny model
+(`a1jax warmup`, shared by all of them; docs/recipe.md, "Why the tiny recipe starts with a copy warm-up"), share the
+tiny recipe's model and compact vocabulary (experiments/recipe_tiny_sft.py: TINY_MODEL, qwen3_5_compact) and see the
+same number of training tokens: benchmarks/horizon_scaling.py counts the non-padding tokens of each student's packed
+batches (the same pipeline, the same seed) and gives each student the steps that reach the token budget. One
+student's run:
 
     a1jax train --config experiments/horizon_scaling.py:root=ROOT,h=H,steps=S --workdir ROOT/h{H} \
         --init_from ROOT/warmup
 
-Its data are ROOT/demos/{search,science}_h{H}.jsonl (`a1jax envs demos --domain D --horizon H`), both at weight 1.
+Its data are ROOT/demos/<domain>_h<h>.jsonl for every h in mixture(H) (`a1jax envs demos --domain D --horizon h`).
 Rows are 1 x 4,096 tokens, so a 16-hop search demonstration (about 3,900 tokens) fits whole; shorter ones are packed
 several to a row. The eval section (`config.envs_eval`, read by `a1jax eval`) scores a student greedily on held-out
 test tasks at every eval horizon (default 1, 2, 4, 8, 16; 64 tasks per point).
 
 Args (comma-separated key=value): root (default workdirs/horizon), h (training horizon, default 1), steps (default
-200), quick (the CI smoke size: `:quick` gives 2 eval tasks per point at eval horizons 1 and 2, shorter rows).
-Measured (2026-12-06, 2-core CPU, the defaults, `--root /tmp/hz`): 67.5 minutes in all (warm-up 106 s; students
-697 s, 692 s and 774 s for 292, 289 and 326 steps of about 1,025,000 tokens; evaluation 385 s, 722 s and 642 s),
-over the 45-minute target. No student is competent: 0/64 in every cell except the H = 4 student on search at eval
-horizon 4, 6/64 (0.09 [0.04, 0.19]); table, plot and reading in docs/recipe.md, "Horizon scaling". Its
-"Diagnosis" there: science held the mixed students back (search alone reaches loss 0.005 in 300 steps), and
-search-only students at 300 steps are competent only at their own horizon (H = 1: 29/32 at h = 1; H = 4: 26/32 at
-h = 4; 0-1/32 elsewhere), so horizon mixtures are the next design.
+200), fixed (train on h alone), domains (colon-separated; default DOMAINS), quick (the CI smoke size: `:quick` gives
+2 eval tasks per point at eval horizons 1 and 2, shorter rows).
+Measured (2026-12-07, 2-core CPU, nothing else running, the defaults, `--root /tmp/hz19`): 2,683 s (44.7 minutes)
+in all: warm-up 128 s, students 325 s, 352 s and 341 s (274, 288 and 284 steps of about 1,025,000 tokens),
+evaluation 196 s, 397 s and 882 s. At this budget only the H = 1 student is competent, and only on search at
+horizon 1 (0.69 [0.57, 0.79]); every other cell is 0/64 or 1/64, so the claim is not tested at this size (table,
+plot and reading: docs/recipe.md, "Horizon scaling"). The 2026-12-06 run (fixed horizons, search and science, 67.5
+minutes) and its diagnosis (students trained on one horizon learn the length of their demonstrations) are there too.
 """
 import importlib.util
 import os
@@ -41,7 +44,7 @@ _spec = importlib.util.spec_from_file_location("recipe_tiny_sft",
 tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
-DOMAINS = ("search", "science")
+DOMAINS = ("search", "scientific_agents")
 TRAIN_HORIZONS = (1, 4, 16)
 EVAL_HORIZONS = (1, 2, 4, 8, 16)
 EVAL_TASKS = 64  # per domain and eval horizon
@@ -54,14 +57,25 @@ def demos_path(root: str, domain: str, h: int) -> str:
     return os.path.join(tiny.root_dir(root), "demos", f"{domain}_h{h}.jsonl")
 
 
+def mixture(h: int, fixed: bool = False) -> tuple[int, ...]:
+    """The horizons student H trains on: every power of two up to H, and H itself (H alone with `fixed`)."""
+    if fixed:
+        return (h,)
+    return tuple(sorted({1 << k for k in range(h.bit_length())} | {h}))
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    a = tiny.parse_arg(arg, {"root": "workdirs/horizon", "h": "1", "steps": "200", "quick": False})
+    a = tiny.parse_arg(arg, {"root": "workdirs/horizon", "h": "1", "steps": "200", "quick": False, "fixed": False,
+                             "domains": ":".join(DOMAINS)})
     h = int(a["h"])
     if h < 1:
         raise ValueError(f"experiments/horizon_scaling.py arg h={a['h']!r}: expected a training horizon >= 1")
-    c = tiny.get_config(f"root={a['root']},domains={':'.join(DOMAINS)},steps={a['steps']}")
-    c.data.sources = [dict(paths=[demos_path(a["root"], d, h)], weight=1.0) for d in DOMAINS]
-    c.data.domains = DOMAINS
+    domains = tuple(a["domains"].split(":"))
+    c = tiny.get_config(f"root={a['root']},domains={':'.join(domains)},steps={a['steps']}")
+    mix = mixture(h, bool(a["fixed"]))
+    # Every (domain, horizon) file at the same record weight: each horizon of the mixture is drawn equally often.
+    c.data.sources = [dict(paths=[demos_path(a["root"], d, x)], weight=1.0 / len(mix)) for d in domains for x in mix]
+    c.data.domains = domains
     c.data.seq_len = QUICK["seq_len"] if a["quick"] else SEQ_LEN
     c.data.batch_size = 1
     c.data.eval_batch_size = 1
@@ -69,7 +83,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 25
     eval_horizons = QUICK["eval_horizons"] if a["quick"] else EVAL_HORIZONS
     c.envs_eval = ml_collections.ConfigDict(dict(  # `a1jax eval`: every eval horizon at once, the longest's budgets
-        domains=",".join(DOMAINS), n=QUICK["eval_tasks"] if a["quick"] else EVAL_TASKS,
+        domains=",".join(domains), n=QUICK["eval_tasks"] if a["quick"] else EVAL_TASKS,
         horizons=",".join(map(str, eval_horizons)), batch_size=EVAL_BATCH, thinking="model",
         **eval_budgets(max(eval_horizons))))
     return c

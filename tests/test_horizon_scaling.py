@@ -15,9 +15,15 @@ EXP = hs.experiment()
 def test_each_student_trains_on_its_own_horizon_with_the_shared_model(tmp_path):
     root = str(tmp_path)
     base = experiment_lib.load(f"{hs.EXPERIMENT}:root={root}")
+    assert EXP.mixture(1) == (1,) and EXP.mixture(4) == (1, 2, 4) and EXP.mixture(12) == (1, 2, 4, 8, 12)
+    assert EXP.mixture(16) == (1, 2, 4, 8, 16) and EXP.mixture(16, fixed=True) == (16,)
     for h in (1, 16):
         c = EXP.get_config(f"root={root},h={h},steps=7")
-        assert [s["paths"] for s in c.data.sources] == [[EXP.demos_path(root, d, h)] for d in EXP.DOMAINS]
+        mix = EXP.mixture(h)  # every power of two up to h, each drawn equally often
+        assert [s["paths"] for s in c.data.sources] == [[EXP.demos_path(root, d, x)] for d in EXP.DOMAINS for x in mix]
+        assert {s["weight"] for s in c.data.sources} == {1.0 / len(mix)}
+        fixed = EXP.get_config(f"root={root},h={h},fixed,domains=search")  # the 2026-12-06 design, one domain
+        assert [s["paths"] for s in fixed.data.sources] == [[EXP.demos_path(root, "search", h)]]
         assert c.train.steps == 7 and c.data.seq_len == EXP.SEQ_LEN
         assert c.model.to_dict() == base.model.to_dict() and c.data.tokenizer == base.data.tokenizer
         for d in EXP.DOMAINS:  # horizon = dependent tool calls in both domains
@@ -32,7 +38,7 @@ def test_each_student_trains_on_its_own_horizon_with_the_shared_model(tmp_path):
 
 def test_steps_for_tokens_stops_at_the_first_batch_that_reaches_the_budget(tmp_path):
     root = str(tmp_path)
-    hs.write_demos(root, EXP, [1, 4], tokens=6000)
+    hs.write_demos(root, EXP, [1, 2, 4], tokens=6000)
     plans = {}
     for h in (1, 4):
         config = EXP.get_config(f"root={root},h={h},quick")

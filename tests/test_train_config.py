@@ -25,7 +25,8 @@ def shipped_specs(root):
              e("agents_a1_sft.py"), e("agents_a1_sft.py") + ":v5p-512", e("agents_a1_sft.py") + ":h100-64",
              e("agents_a1_distill.py"), e("agents_a1_distill.py") + f":tiny,root={root}",
              e("recipe_tiny_sft.py") + f":root={root}", e("horizon_scaling.py") + f":root={root},h=16",
-             e("horizon_scaling.py") + f":root={root},h=1,quick"]
+             e("horizon_scaling.py") + f":root={root},h=1,quick",
+             e("horizon_scaling.py") + f":root={root},h=4,fixed,domains=search"]
     for d in registry.names():
         for arg in ("", "tiny,", "rl,", "tiny,rl,"):
             specs.append(e("agents_a1_teacher.py") + f":{arg}root={root},domain={d}")
@@ -38,7 +39,7 @@ def recipe_root(tmp_path_factory):
     (root / "demos").mkdir()
     for d in registry.names():
         (root / "demos" / f"{d}.jsonl").write_text("")
-        for h in (1, 16):  # experiments/horizon_scaling.py
+        for h in (1, 2, 4, 8, 16):  # experiments/horizon_scaling.py: h=16 trains on every power of two up to 16
             (root / "demos" / f"{d}_h{h}.jsonl").write_text("")
     return str(root)
 
