@@ -20,11 +20,15 @@ pass between steps and the rollouts' KV cache.
 Tiny: the stage-1 student and the stage-2 teachers of launch/quickstart.sh on 2 CPU cores: 160 updates, four per rollout
 batch (config.rollout.reuse), forward KL at lr 1e-4 on rollouts sampled at T = 0.5 (since 2026-12-07; before, lr 3e-3 at
 T = 1, probe I of docs/recipe.md, "Why stage 3 lowers the KL but not the success", which diverged once every domain was
-distilled: docs/recipe.md, "Stage 3 with every domain distilled"). Each rollout batch draws 32 instruction_following
-tasks, 16 tool_calling and 6 search (TINY_TASKS; config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them
-(TINY_ROWS; config.envs.domain_rows), sized so that no trajectory is dropped or cut: with the copy warm-up's variable
-offsets every teacher beats the student, so every domain is distilled, and the earlier 32 tasks each in 4 rows of 1,024
-tokens dropped 25-28 of every batch's 68 trajectories (search kept 2-3). A domain the teacher check leaves out is
+distilled: docs/recipe.md, "Stage 3 with every domain distilled"). Measured with them (2026-12-07, a fresh main job,
+WORKDIR=/tmp/qs19, 2-core CPU): 1,918 s (teacher check 198 s, 160 updates in 1,710 s, median update 7.2 s, rollout
+batch about 9.7 s, teacher scoring about 2.8 s a batch); on 128 test tasks, greedy, instruction_following 0.266 ->
+0.297 (teacher 0.734), tool_calling 0.039 -> 0.117 (0.477), search 0.125 -> 0.406 [0.33, 0.49] (0.852).
+Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS;
+config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so
+that no trajectory is dropped or cut: with the copy warm-up's variable offsets every teacher beats the student, so every
+domain is distilled, and the earlier 32 tasks each in 4 rows of 1,024 tokens dropped 25-28 of every batch's 68
+trajectories (search kept 2-3). A domain the teacher check leaves out is
 anchored to the student's start on 4 tasks a batch (config.gate.anchor_tasks). Measured with these rows (2026-12-06
 night, /tmp/qs17q, every domain distilled, 8 steps alone on the host): no trajectory dropped or cut; rollout 17.2 s a
 batch (38.7 s the first), teacher scoring 11.9-14.7 s, update 10.1-11.8 s, so about 50 minutes for the 160 updates. With
