@@ -234,7 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--inline", action="store_true", help="run the warm-up and the students in this process, on one "
                    "device (tests; by default each runs in its own process with one XLA thread)")
     args = p.parse_args(argv)
-    os.environ.update(_env())  # the evaluation runs here: CPU (also where libtpu is installed), one XLA thread
+    if not args.inline:  # the evaluation runs in this process: CPU (also where libtpu is installed), one XLA thread
+        os.environ.update(_env())
     exp = experiment()
     q = args.quick
     train_hs = _csv_ints(args.train_horizons, "--train-horizons") if args.train_horizons else list(
