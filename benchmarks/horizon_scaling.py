@@ -174,8 +174,7 @@ def table(result: dict) -> str:
                 c = s["eval"][d][str(h)]
                 cells.append(f"{c['success']:.2f} [{c['ci'][0]:.2f},{c['ci'][1]:.2f}]"
                              + ("*" if c["truncated"] else " "))
-            trained = student_label(s).removeprefix("trained at h")
-            lines.append(f"{d:<{width}}{trained:>8}{s['steps']:>7}{s['tokens']:>11,}  "
+            lines.append(f"{d:<{width}}{trained_at(s):>8}{s['steps']:>7}{s['tokens']:>11,}  "
                          + "".join(f"{x:>19}" for x in cells))
     lines.append("train h: =H the student saw horizon H alone, <=H every power of two up to H (equal record weights)")
     lines.append(f"success on {result['n']} held-out test tasks per cell, greedy, 95% Wilson interval; * some "
@@ -186,9 +185,9 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def student_label(s: dict) -> str:
-    """"trained at h=4" (one horizon) or "trained at h<=4" (every power of two up to 4)."""
-    return f"trained at h={s['h']}" if len(s.get("mixture", [s["h"]])) == 1 else f"trained at h<={s['h']}"
+def trained_at(s: dict) -> str:
+    """"=4" (student s saw horizon 4 alone) or "<=4" (every power of two up to 4)."""
+    return f"={s['h']}" if len(s.get("mixture", [s["h"]])) == 1 else f"<={s['h']}"
 
 
 def figure(result: dict, path: str) -> None:
@@ -202,7 +201,7 @@ def figure(result: dict, path: str) -> None:
             ys = [s["eval"][d][str(h)]["success"] for h in hs]
             lo = [s["eval"][d][str(h)]["ci"][0] for h in hs]
             hi = [s["eval"][d][str(h)]["ci"][1] for h in hs]
-            line, = ax.plot(hs, ys, marker="o", label=student_label(s))
+            line, = ax.plot(hs, ys, marker="o", label=f"trained at h{trained_at(s)}")
             ax.fill_between(hs, lo, hi, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs, [str(h) for h in hs])

@@ -26,7 +26,7 @@ def test_each_student_trains_on_its_own_horizon_with_the_shared_model(tmp_path):
         assert [s["paths"] for s in fixed.data.sources] == [[EXP.demos_path(root, "search", h)]]
         assert c.train.steps == 7 and c.data.seq_len == EXP.SEQ_LEN
         assert c.model.to_dict() == base.model.to_dict() and c.data.tokenizer == base.data.tokenizer
-        for d in EXP.DOMAINS:  # horizon = dependent tool calls in both domains
+        for d in EXP.DOMAINS:  # horizon = tool calls in both domains (search's depend on each other)
             task = next(iter(registry.get(d).tasks("train", 0, n=1, horizon=h)))
             calls = [m for m in registry.get(d).solve(task)["messages"] if m.get("tool_calls")]
             assert len(calls) == h
