@@ -26,6 +26,8 @@ WORKDIR=/tmp/qs19, 2-core CPU, at lr 1e-4): 1,918 s (teacher check 198 s, 160 up
 instruction_following 0.266 -> 0.297 (teacher 0.734), tool_calling 0.039 -> 0.117 (0.477), search 0.125 -> 0.406
 [0.33, 0.49] (0.852). Stage 3 again from the same stages 0-2 at lr 3e-4 (the default since): 0.414 [0.33, 0.50],
 0.078 and 0.422 [0.34, 0.51], the KL lower in every domain (docs/recipe.md, "The whole main job at these defaults").
+At lr 1e-3 (80 updates, the same stages 0-2) no domain left the start's intervals: 0.289, 0.023, 0.133 (docs/recipe.md,
+"What did not help").
 Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS;
 config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so
 that no trajectory is dropped or cut: with the copy warm-up's variable offsets every teacher beats the student, so every

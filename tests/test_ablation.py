@@ -71,5 +71,38 @@ def test_ablation_runs_the_variants_and_writes_the_table_and_json(tmp_path, caps
         metrics = [json.loads(x) for x in open(os.path.join(out, v["name"], "distill", "metrics.jsonl"))]
         assert v["rollout_tokens"] == sum(m.get(f"tokens/{DOMAIN}", 0) for m in metrics)
     assert "a routed" in printed and "c off_policy" in printed and "ablation.json" in printed
+    # The recipe's report over the same workdirs (variant a as the student after): every model scored, both KLs
+    # finite, each part timed, the figure written.
+    from a1jax.distill import report
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    for name in ("sft", f"teacher_{DOMAIN}"):
+        os.symlink(os.path.join(root, name), rep / name)
+    os.symlink(os.path.join(out, "routed", "distill"), rep / "distill")
+    got = report.build_report(str(rep), [DOMAIN], n=2)
+    row = got["domains"][DOMAIN]
+    assert row["n"] == 2 and all(0 <= row[k] <= 1 for k in ("before", "after", "teacher"))
+    assert row["kl_before"] > 0 and row["kl_after"] > 0  # untrained models that differ
+    assert set(row["seconds"]) == {"rollouts_before", "rollouts_after", "rollouts_teacher", "kl_before", "kl_after"}
+    assert f"{DOMAIN} rollouts_before" in report.table(got) and not row["cached"]
+    report.figure(got, str(rep / "report.png"))
+    assert (rep / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # Again: the student before and the teacher come from ROOT/report_cache/ (only the student after is decoded),
+    # with the figures a fresh report computed; weights that change miss the cache.
+    decoded = []
+    real = report.rollouts_on_test
+    monkeypatch.setattr(report, "rollouts_on_test", lambda cfg, params, *a, **k: (decoded.append(params),
+                                                                                    real(cfg, params, *a, **k))[1])
+    again = report.build_report(str(rep), [DOMAIN], n=2)["domains"][DOMAIN]
+    assert len(decoded) == 1 and again["cached"] and set(again["seconds"]) == {"rollouts_after", "kl_after"}
+    for key in report.CACHED + ("after", "kl_after"):
+        assert again[key] == pytest.approx(json.loads(json.dumps(row[key]))), key  # tuples come back as lists
+    assert "from report_cache/" in report.table({**got, "domains": {DOMAIN: again}})
+    os.unlink(rep / "sft")
+    os.symlink(os.path.join(root, f"teacher_{DOMAIN}"), rep / "sft")  # another student before: no cache hit
+    assert not report.build_report(str(rep), [DOMAIN], n=2)["domains"][DOMAIN]["cached"] and len(decoded) == 4
+    key = report._cache_path(str(rep), {"domain": DOMAIN})
+    monkeypatch.setattr(report, "code_digest", lambda: "another a1jax")  # changed sources: another key
+    assert report._cache_path(str(rep), {"domain": DOMAIN}) != key
     with pytest.raises(SystemExit):  # a root without the main job's workdirs is refused up front
         ablation.main(["--root", str(tmp_path / "empty"), "--domains", DOMAIN])

@@ -172,6 +172,33 @@ def test_report_kl_at_positions_equals_an_unchunked_brute_force():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_report_mean_kl_packs_trajectories_and_equals_one_per_row_brute_force():
+    """mean_kl packs several trajectories into a row (segments apart) and scores rows in fixed-size calls; the mean
+    must equal each trajectory scored alone, whatever the packing and the padded last call."""
+    from a1jax.distill import report
+    student, teacher = model.init(CFG, jax.random.key(5)), model.init(CFG, jax.random.key(6))
+    r = np.random.default_rng(0)
+    trajs, kls = [], []
+    for n in r.integers(6, 40, 11):
+        ids = r.integers(0, CFG.vocab_size, n).astype(np.int32)
+        gen = np.zeros(n, np.float32)
+        gen[n // 2:] = 1.0  # the model wrote the second half
+        trajs.append(types.SimpleNamespace(record={"token_ids": ids, "loss_mask": gen, "behaviour_logprobs": gen * 0},
+                                           domain_id=0, reward=0.0, success=False))
+        one = {"tokens": jnp.asarray(np.pad(ids, (0, 40 - n))[None]), "positions": jnp.arange(40)[None],
+               "segment_ids": jnp.asarray((np.arange(40) < n)[None].astype(np.int32))}  # one shape: one compile
+        logq, logp = (np.asarray(_logp_all(p, CFG, one), np.float64)[0] for p in (student, teacher))
+        at = np.flatnonzero(gen[1:] > 0)  # the position before each generated token predicts it
+        kls.append((np.exp(logq[at]) * (logq[at] - logp[at])).sum(-1))
+    want = np.concatenate(kls).mean()
+    tok = types.SimpleNamespace(pad_id=0)
+    got = report.mean_kl((CFG, student), (CFG, teacher), trajs, tok, seq_len=64, rows=2)
+    assert want > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="seq_len 16"):
+        report.mean_kl((CFG, student), (CFG, teacher), trajs, tok, seq_len=16)
+
+
 def _canned_response(ids, k, vocab):
     """What a vLLM server returns for prompt_logprobs=k on `ids`, from a fixed toy distribution."""
     r = np.random.default_rng(len(ids))

@@ -1,7 +1,7 @@
 """The recipe's scoreboard: per domain, the student's held-out success before and after distillation, the domain
 teacher's success, and the student->teacher reverse KL on the student's own trajectories.
 
-    python -m a1jax.distill.report --root workdirs/quickstart [--domains D1,D2] [--n 128]
+    python -m a1jax.distill.report --root workdirs/quickstart [--domains D1,D2] [--n 128] [--jobs 2] [--fresh]
 
 ROOT holds the recipe's training workdirs: sft/ (stage 1 = the student before), teacher_<domain>/ (stage 2) and
 distill/ (stage 3 = the student after). Success comes from the environments' own verifiers on the *test* split
@@ -10,15 +10,19 @@ the whole vocabulary, at every position the student generated in those test roll
 chunks of positions (never [T, V]). Every success figure carries its 95% Wilson interval. The targets, per domain:
 the teacher beats the student by >= 0.2, and after distillation the student reaches >= 0.9 x its teacher and has
 gained at least half of the student-teacher gap. Domains that stage 3's teacher check left out (gate.py) are marked.
-Writes ROOT/report.json and ROOT/report.png (the figure).
+Writes ROOT/report.json and ROOT/report.png (the figure). The student before and the teachers' figures are cached in
+ROOT/report_cache/ by their weights and a1jax's sources (`build_report`): a report after another stage-3 run from
+the same stages 0-2 decodes only the new student (`--fresh` scores everything again).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +36,8 @@ from a1jax.train import vocabulary
 from a1jax.envs import registry
 
 TARGET = 0.9
+CACHE = "report_cache"  # ROOT/report_cache/: the parts of a report that stage 3 does not change
+CACHED = ("before", "before_ci", "teacher", "teacher_ci", "n", "kl_before")
 
 
 def _hidden_at(params, cfg, batch, flat_idx):
@@ -55,21 +61,31 @@ def reverse_kl_at(s_params, s_cfg, t_params, t_cfg, batch, flat_idx, *, chunk: i
                                   remat=False)[0]
 
 
-def mean_kl(student, teacher, trajs, tok, seq_len: int) -> float:
-    """Per-token mean KL(student || teacher) over the generated tokens of `trajs` (one trajectory per row)."""
+def mean_kl(student, teacher, trajs, tok, seq_len: int, *, rows: int = 8) -> float:
+    """Per-token mean KL(student || teacher) over the generated tokens of `trajs`.
+
+    The trajectories are packed first-fit, longest first, into rows of `seq_len` (segments keep them apart, as in
+    training), scored `rows` rows per call: one trajectory per row padded a 200-token instruction_following
+    trajectory to the 1,632 tokens of a search row."""
     if not trajs:
         return float("nan")
     (s_cfg, s_params), (t_cfg, t_params) = student, teacher
+    pieces = sorted((R.rollout_piece(t) for t in trajs), key=lambda p: -len(p["tokens"]))
+    packed = R.pack(pieces, rows=len(pieces), seq_len=seq_len, pad_id=tok.pad_id)
+    if packed.dropped or packed.truncated:
+        raise ValueError(f"mean_kl: {packed.dropped} trajectories dropped and {packed.truncated} cut at seq_len "
+                         f"{seq_len}; expected every trajectory to fit a row")
+    used = [r for r, held in enumerate(packed.placed) if held]
     total, count = 0.0, 0
-    for i in range(0, len(trajs), 8):
-        packed = R.pack([R.rollout_piece(t) for t in trajs[i:i + 8]], rows=8, seq_len=seq_len, pad_id=tok.pad_id,
-                        one_per_row=True)
-        flat = np.flatnonzero(packed.batch["loss_mask"].reshape(-1) > 0)
+    for i in range(0, len(used), rows):
+        chunk = used[i:i + rows]
+        take = chunk + [chunk[-1]] * (rows - len(chunk))  # a fixed [rows, seq_len] shape; the repeats not counted
+        flat = np.flatnonzero(packed.batch["loss_mask"][chunk].reshape(-1) > 0)
         if not flat.size:
             continue
         idx = np.zeros(teacher_lib.position_bucket(flat.size), np.int32)
         idx[:flat.size] = flat
-        arrays = {k: jnp.asarray(packed.batch[k]) for k in ("tokens", "positions", "segment_ids")}
+        arrays = {k: jnp.asarray(packed.batch[k][take]) for k in ("tokens", "positions", "segment_ids")}
         kl = np.asarray(reverse_kl_at(s_params, s_cfg, t_params, t_cfg, arrays, jnp.asarray(idx)))[:flat.size]
         total, count = total + float(kl.sum()), count + flat.size
     return total / max(count, 1)
@@ -127,11 +143,50 @@ def student_on_test(root: str, workdir: str, domains=None, *, n: int = 128, hori
     return out
 
 
-def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Rollout | None = None) -> dict:
+def model_digest(cfg, params) -> str:
+    """sha256 of a model's config and every parameter's bytes: what the report's cache is keyed on."""
+    h = hashlib.sha256(repr(cfg).encode())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the installed a1jax's Python sources: any change to the model, the environments, their verifiers or
+    the rollout code changes it, so the report's cache never serves figures an older a1jax computed."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(package)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, package).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def _cache_path(root: str, parts: dict) -> str:
+    parts = {**parts, "code": code_digest()}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return os.path.join(root, CACHE, f"{key}.json")
+
+
+def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Rollout | None = None,
+                 cache: bool = True) -> dict:
     """`domains`, `horizons` (per domain) and `ro` default to the recipe's own (ROOT/distill/config.json). Per domain:
     success (with its 95% Wilson interval) of the student before and after distillation and of the domain's teacher,
     the reverse KL before and after, whether stage 3's teacher check let the domain be distilled, and the recipe's
-    targets."""
+    targets.
+
+    With `cache`, the parts that do not depend on stage 3 (the student before and the teacher: their success and the
+    KL before) are kept in ROOT/report_cache/, keyed on both models' weights (`model_digest`), the domain, the tasks,
+    the rollout settings and a1jax's own sources (`code_digest`): a report after another stage-3 run from the same
+    stages 0-2 scores only the student after. Greedy decoding makes the cached figures the ones a fresh run
+    computes."""
     from a1jax.data import tokenizers
     from a1jax.train.checkpoint import load_model
     config, s = _distill_settings(root)
@@ -149,17 +204,33 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
     seq_len = ro.max_tokens + ro.max_new_tokens
     report = {"n": n, "horizons": {d: list(horizons or s.envs.horizons_of(d)) for d in domains}, "domains": {},
               "anchored": bool(s.gate.anchor and s.init_from)}
+    digests = {name: model_digest(*m) for name, m in models.items() if name != "after"} if cache else {}
     for d in domains:
-        row, trajs = {}, {}
-        for name in ("before", "after", f"teacher_{d}"):
+        row, trajs, seconds = {}, {}, {}
+        cache_file = _cache_path(root, {"domain": d, "n": n, "horizons": report["horizons"][d], "ro": ro,
+                                        "options": s.envs.options.get(d), "before": digests.get("before"),
+                                        "teacher": digests.get(f"teacher_{d}")}) if cache else None
+        cached = storage.read_json(cache_file) if cache and storage.isfile(cache_file) else None
+        if cached:
+            row.update(cached)
+        for name in ("after",) if cached else ("before", "after", f"teacher_{d}"):
+            key = "teacher" if name.startswith("teacher") else name
+            start = time.perf_counter()
             summary, trajs[name] = rollouts_on_test(*models[name], tok, d, n=n, horizons=report["horizons"][d], ro=ro,
                                                     options=s.envs.options.get(d))
-            key = "teacher" if name.startswith("teacher") else name
+            seconds[f"rollouts_{key}"] = time.perf_counter() - start
             row[key] = summary["success_rate"]
             row[f"{key}_ci"] = wilson(summary["success_rate"] * summary["n"], summary["n"])
             row["n"] = summary["n"]
-        row["kl_before"] = mean_kl(models["before"], models[f"teacher_{d}"], trajs["before"], tok, seq_len)
-        row["kl_after"] = mean_kl(models["after"], models[f"teacher_{d}"], trajs["after"], tok, seq_len)
+        for key in ("after",) if cached else ("before", "after"):
+            start = time.perf_counter()
+            row[f"kl_{key}"] = mean_kl(models[key], models[f"teacher_{d}"], trajs[key], tok, seq_len)
+            seconds[f"kl_{key}"] = time.perf_counter() - start
+        if cache and not cached:
+            storage.makedirs(os.path.dirname(cache_file))
+            storage.write_atomic(cache_file, json.dumps({k: row[k] for k in CACHED}))
+        row["seconds"] = seconds  # wall time of each part computed here (compiles included)
+        row["cached"] = bool(cached)
         row["ratio"] = row["after"] / row["teacher"] if row["teacher"] > 0 else float("nan")
         row["distilled"] = verdicts.get(d, {}).get("distilled", True)
         row["gate"] = verdicts.get(d)
@@ -172,16 +243,17 @@ def build_report(root: str, domains=None, *, n: int = 128, horizons=None, ro: Ro
     return report
 
 
-def build_report_parallel(root: str, domains=None, *, n: int, horizons=None, jobs: int = 1) -> dict:
+def build_report_parallel(root: str, domains=None, *, n: int, horizons=None, jobs: int = 1,
+                          cache: bool = True) -> dict:
     """`build_report` with the domains spread over `jobs` processes (spawned: each has its own jax)."""
     domains = domains or recipe_settings(root)[0]
     if jobs <= 1 or len(domains) <= 1:
-        return build_report(root, domains, n=n, horizons=horizons)
+        return build_report(root, domains, n=n, horizons=horizons, cache=cache)
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(min(jobs, len(domains)),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(functools.partial(_one_domain, root, n=n, horizons=horizons), domains))
+        parts = list(pool.map(functools.partial(_one_domain, root, n=n, horizons=horizons, cache=cache), domains))
     report = {"n": n, "horizons": {}, "domains": {}, "anchored": parts[0]["anchored"]}
     for part in parts:
         report["horizons"].update(part["horizons"])
@@ -189,8 +261,8 @@ def build_report_parallel(root: str, domains=None, *, n: int, horizons=None, job
     return report
 
 
-def _one_domain(root: str, domain: str, *, n: int, horizons) -> dict:
-    return build_report(root, [domain], n=n, horizons=horizons)
+def _one_domain(root: str, domain: str, *, n: int, horizons, cache: bool) -> dict:
+    return build_report(root, [domain], n=n, horizons=horizons, cache=cache)
 
 
 def _ci(r: dict, key: str) -> str:
@@ -219,6 +291,14 @@ def table(report: dict) -> str:
             if report.get("anchored") else ""
         lines.append(f"left out of distillation by the teacher check (validation split): {', '.join(left_out)}"
                      f"{anchored}")
+    timed = {d: r["seconds"] for d, r in report["domains"].items() if "seconds" in r}
+    if timed:
+        lines.append("seconds: " + "; ".join(f"{d} " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())
+                                              for d, t in timed.items()))
+    cached = [d for d, r in report["domains"].items() if r.get("cached")]
+    if cached:
+        lines.append(f"student before and teacher from {CACHE}/ (same weights, tasks and settings): "
+                     f"{', '.join(cached)}")
     return "\n".join(lines)
 
 
@@ -261,6 +341,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=128, help="test tasks per domain and horizon")
     p.add_argument("--horizons", default="", help="comma-separated, for every domain (default: the recipe's own)")
     p.add_argument("--jobs", type=int, default=1, help="domains scored at once, one process each (one per core)")
+    p.add_argument("--fresh", action="store_true",
+                   help=f"score the student before and the teachers again instead of reading ROOT/{CACHE}/")
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d] or None
     bad = [d for d in domains or () if d not in registry.names()]
@@ -269,7 +351,8 @@ def main(argv=None) -> int:
     horizons = tuple(int(h) for h in args.horizons.split(",") if h) or None
     if args.jobs < 1:
         p.error(f"--jobs={args.jobs}: expected a positive integer")
-    report = build_report_parallel(args.root, domains, n=args.n, horizons=horizons, jobs=args.jobs)
+    report = build_report_parallel(args.root, domains, n=args.n, horizons=horizons, jobs=args.jobs,
+                                   cache=not args.fresh)
     storage.write_atomic(os.path.join(args.root, "report.json"), json.dumps(report, indent=1))
     figure(report, os.path.join(args.root, "report.png"))
     print(table(report))
