@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -157,16 +158,9 @@ def model_digest(cfg, params) -> str:
 def code_digest() -> str:
     """sha256 of the installed a1jax's Python sources: any change to the model, the environments, their verifiers or
     the rollout code changes it, so the report's cache never serves figures an older a1jax computed."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    h = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(package)):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(folder, name)
-            h.update(os.path.relpath(path, package).encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
+    from a1jax.data.tokenizers.base import fingerprint_files
+    package = Path(__file__).resolve().parent.parent
+    return fingerprint_files(sorted(package.rglob("*.py")), builder="a1jax sources")
 
 
 def _cache_path(root: str, parts: dict) -> str:
