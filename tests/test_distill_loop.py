@@ -338,6 +338,54 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
     assert np.isfinite(hist[0]["train/loss"]) and hist[0]["train/loss"] > 0 and hist[0]["kl/search"] == 0.0
 
 
+def test_mixed_policy_splits_each_domains_tasks_between_the_student_and_its_teacher(tmp_path, monkeypatch, teachers):
+    """config.distill.policy='mix' (GKD's data mix): of each domain's tasks the student rolls out one part and the
+    domain's teacher the other (off_share); the batch holds both, the teachers' tokens marked off_policy, and every
+    token is scored by its domain's teacher (the targets are valid on both kinds)."""
+    calls, seen = [], []
+    real_roll, real_step = R.roll_out, loop.Run.step_fn
+
+    def roll_spy(engine, tok, items, ro, *, seed, domain_ids):
+        trajs = real_roll(engine, tok, items, ro, seed=seed, domain_ids=domain_ids)
+        calls.append((engine, [t.id for t, _ in items], trajs))
+        return trajs
+
+    def step_spy(self, state, batch, *rest):
+        seen.append(({k: np.asarray(v).copy() for k, v in batch.items()},
+                     {k: np.asarray(v).copy() for k, v in rest[0].items()}))
+        return real_step(self, state, batch, *rest)
+
+    monkeypatch.setattr(opd.R, "roll_out", roll_spy)
+    monkeypatch.setattr(loop.Run, "step_fn", step_spy)
+    cfg = _config(steps=1)
+    cfg.distill.policy = "mix"
+    hist = run_opd(stages.validate(cfg), str(tmp_path / "mix"), devices=ONE, teachers=teachers)
+    assert len(calls) == 3 and len(seen) == 1  # the student once, then each domain's teacher
+    student_ids, student = calls[0][1], calls[0][2]
+    for (engine, ids, _), d in zip(calls[1:], DOMAINS):
+        np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
+        drawn = [t.id for t in R.draw_tasks(registry.get(d), d, n=2, horizons=[1],
+                                            seed=R.step_seed(0, 0, DOMAINS.index(d)))]
+        assert ids == drawn[:1] and drawn[1] in student_ids  # off_share 0.5 of two tasks: one each
+    batch, targets = seen[0]
+    theirs = [t for _, _, ts in calls[1:] for t in ts]
+    seg, off = batch["segment_ids"], batch["off_policy"]
+    for i in range(len(seg)):
+        for s in set(seg[i]) - {0}:
+            ids = tuple(batch["tokens"][i][seg[i] == s])
+            marked = off[i][seg[i] == s][:-1]  # shifted like loss_mask: the last position has no target in-segment
+            assert marked.all() if ids in {tuple(t.record["token_ids"]) for t in theirs} else not marked.any()
+    assert off.sum() > 0 and (off * batch["loss_mask"]).sum() == sum(sum(t.record["loss_mask"]) for t in theirs)
+    assert (targets["valid"][batch["loss_mask"] > 0] > 0).all()  # both kinds are scored by the teachers
+    for d in DOMAINS:
+        mine = [t for t in student if t.task.domain == d]
+        assert hist[0][f"success/{d}"] == sum(t.success for t in mine) / len(mine)
+        assert hist[0][f"teacher_success/{d}"] == float([t for t in theirs if t.task.domain == d][0].success)
+        assert hist[0][f"tokens/{d}"] == sum(sum(t.record["loss_mask"]) for t in student + theirs
+                                             if t.task.domain == d)
+    assert np.isfinite(hist[0]["train/loss"]) and hist[0]["train/is_nonzero_frac"] > 0
+
+
 def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_ones():
     import types
     exp = stages.validate(_config())

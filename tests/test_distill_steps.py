@@ -375,3 +375,30 @@ def test_off_policy_opd_is_sft_on_the_batch_tokens_whatever_the_teacher_targets(
         dsteps.OPDOptions(policy="sideways").check()
     with pytest.raises(ValueError, match=r"config.distill.sft_coef/reward_coef=\(0.5, 0.0\): expected 0 and 0"):
         dsteps.OPDOptions(policy="off", sft_coef=0.5).check()
+
+
+def test_mixed_policy_weighs_the_teachers_tokens_without_the_importance_ratio():
+    """config.distill.policy='mix' (GKD's data mix): where batch["off_policy"] marks a teacher's own rollout, its
+    tokens count with importance weight 1 whatever their behaviour log-probs (the teacher's, far from the student's),
+    while the student's own tokens keep the IS band; so the loss equals the recipe's on a batch whose teacher tokens
+    carry the student's own log-probs as behaviour."""
+    batch = _batch(CFG, seed=8)
+    params = model.init(CFG, jax.random.key(0))
+    logp = np.asarray(_student_logp(params, CFG, batch))
+    teacher = score(model.unbox(model.init(CFG, jax.random.key(1))), CFG, batch, k=8, chunk=6)
+    off = np.zeros_like(logp)
+    off[::2] = 1.0  # every other row is a teacher's rollout
+    ctx = _ctx(CFG, dsteps.OPDOptions(policy="mix", norm="domain"))
+    far = dict(batch, behavior_logp=np.where(off > 0, logp + 3.0, logp), off_policy=off)  # outside [0.2, 5] there
+    ratio_one = dict(batch, behavior_logp=logp)
+    (lm, mm, gm), (lr, mr, gr) = (dsteps.opd_loss_and_grads(ctx, params, b, teacher) for b in (far, ratio_one))
+    assert float(lm) == pytest.approx(float(lr), rel=1e-6)
+    assert float(mm["distill_tokens"]) == float(mr["distill_tokens"]) == float(mr["masked_tokens"]) > 0
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
+    np.testing.assert_allclose(flat(gm), flat(gr), rtol=1e-5, atol=1e-7)
+    _, m_on, _ = dsteps.opd_loss_and_grads(ctx, params, dict(far, off_policy=np.zeros_like(off)), teacher)
+    assert float(m_on["distill_tokens"]) < float(mm["distill_tokens"])  # without the mark the band drops them
+    with pytest.raises(ValueError, match=r"config.distill.off_share=1.0: expected a number strictly between 0 and 1"):
+        dsteps.OPDOptions(policy="mix", off_share=1.0).check()
+    with pytest.raises(ValueError, match=r"config.distill.reward_coef=0.5: expected 0 with policy='mix'"):
+        dsteps.OPDOptions(policy="mix", reward_coef=0.5).check()

@@ -328,7 +328,8 @@ def multi_teacher_opd_loss(stats: LogitStats, teacher: dict, batch: dict, *, num
     Per token: ℓ_t from `estimator` ("salient": analytic divergence on the teacher support; "sampled": the IS
     surrogate; "full": the full-vocab divergence, small V only; "mix": (1-mix_weight)·salient + mix_weight·sampled).
     Tokens count where loss_mask·valid > 0 and the IS ratio π_θ/μ lies in [is_low, is_high] (stale or mismatched
-    samples are dropped for every estimator). Reduction by `norm` (or precomputed `weights`); with
+    samples are dropped for every estimator); where batch["off_policy"] > 0 (a teacher's own rollout) the weight
+    is 1. Reduction by `norm` (or precomputed `weights`); with
     domain_weighting="kl" each domain's weight is further scaled by its detached mean KL ** kl_power (harder domains
     weigh more; within the batch, or within the microbatch when accumulating). Optional terms: sft_coef · NLL on
     batch["sft_mask"] (default loss_mask) and reward_coef · the outcome-reward policy gradient -w·A·log q on
@@ -346,6 +347,8 @@ def multi_teacher_opd_loss(stats: LogitStats, teacher: dict, batch: dict, *, num
     valid = teacher["valid"].astype(F32) > 0
     m = batch["loss_mask"].astype(F32) * valid
     w_is = importance_weights(stats.target_logp, batch["behavior_logp"], is_low=is_low, is_high=is_high) * m
+    if "off_policy" in batch:  # the teachers' own rollouts (OPDOptions.policy="mix"): not the student's samples
+        w_is = jnp.where(batch["off_policy"] > 0, m, w_is)
     kept = (w_is > 0).astype(F32)
     if weights is None:
         weights = token_weights(m, seg, dom, norm=norm, num_domains=num_domains, domain_weights=domain_weights)

@@ -15,7 +15,11 @@ Steps 1-4 and 6 are the batch source `OPDSource` of the one training loop (a1jax
 config.distill.policy="off" (an ablation: sequence-level KD) replaces steps 2 and 4: each domain's teacher rolls out
 that step's tasks (the same tasks, the same rollout settings) and the student takes the same number of updates, by
 the same `opd_step`, on the teacher's generated tokens as SFT targets (steps.OPDOptions.policy); then the reward,
-success and tokens/<domain> scalars describe the teachers' rollouts.
+success and tokens/<domain> scalars describe the teachers' rollouts. config.distill.policy="mix" (GKD's data mix)
+splits each domain's tasks of step 1: the student rolls out 1 - config.distill.off_share of them and the domain's
+teacher the rest; both kinds are packed together, scored by the teacher in step 4 and trained by the same divergence
+(the teachers' tokens without an importance weight); success/<domain> is the student's, teacher_success/<domain> the
+teachers'.
 
 Sampling is at temperature 1 with no top-p, top-k or penalties (settings.py rejects anything else for this stage), so
 the behaviour log-probs the engine records are the student's own log-probs at rollout time: the importance ratio
@@ -121,14 +125,15 @@ def rollout_seed(run: RolloutSource, step: int) -> int:
     return R.step_seed(run.exp.config.seed, 0 if run.settings.envs.fixed_tasks else step, 7919)
 
 
-def pack_step(run: RolloutSource, trajs, domains):
-    """Step 3: the trajectories packed into [B, T], each domain in its own rows (`envs.rows_of`: B / n_domains each,
-    or shares of config.envs.domain_rows), T the shortest of seq_len and its halvings that holds them all
-    (`R.pack_fitted`). Returns (Packed, row_domains)."""
+def pack_step(run: RolloutSource, trajs, domains, ready: bool = False):
+    """Step 3: the trajectories (with `ready`, packing pieces already) packed into [B, T], each domain in its own rows
+    (`envs.rows_of`: B / n_domains each, or shares of config.envs.domain_rows), T the shortest of seq_len and its
+    halvings that holds them all (`R.pack_fitted`). Returns (Packed, row_domains)."""
     B, T = run.exp.data.batch_size, run.exp.data.seq_len
     rows = run.settings.envs.rows_of(domains, B)
     row_domains = [run.domains[d] for d, n in zip(domains, rows) for _ in range(n)]
-    packed = R.pack_fitted([R.rollout_piece(t, t1=True) for t in trajs], rows=len(row_domains),
+    pieces = trajs if ready else [R.rollout_piece(t, t1=True) for t in trajs]
+    packed = R.pack_fitted(pieces, rows=len(row_domains),
                            lengths=R.halvings(T, functools.partial(_fits_mesh, run)), pad_id=run.tok.pad_id,
                            row_domains=row_domains)
     return packed, row_domains
@@ -170,18 +175,60 @@ def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict,
     teacher (same rollout settings, T = 1), packed exactly like the student's. Returns (Packed, trajectories,
     row_domains)."""
     domains = list(domains)
-    items, seed, trajs = step_items(run, envs, step, domains, anchored), rollout_seed(run, step), []
-    for d in domains:
-        mine = [(t, env) for t, env in items if t.domain == d]
-        trajs += R.roll_out(engines[run.domains[d]], run.tok, mine, run.settings.rollout, seed=seed,
-                            domain_ids=run.domains)
+    trajs = teacher_rollouts(run, engines, step_items(run, envs, step, domains, anchored), rollout_seed(run, step),
+                             domains)
     packed, row_domains = pack_step(run, trajs, domains)
     return packed, trajs, row_domains
 
 
-def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) -> dict[str, float]:
+def teacher_rollouts(run: RolloutSource, engines: dict[int, object], items: list, seed: int, domains) -> list:
+    """Each domain's (task, env) pairs of `items` rolled out by that domain's teacher engine (same rollout settings
+    and seed as the student's)."""
+    trajs = []
+    for d in domains:
+        mine = [(t, env) for t, env in items if t.domain == d]
+        if mine:
+            trajs += R.roll_out(engines[run.domains[d]], run.tok, mine, run.settings.rollout, seed=seed,
+                                domain_ids=run.domains)
+    return trajs
+
+
+def split_off(items: list, share: float) -> tuple[list, list]:
+    """policy="mix": (the student's, the teachers') (task, env) pairs: in each domain the first round(share · n)
+    of its drawn tasks (a random draw already) go to the teacher, at least one and at most n - 1 when n > 1."""
+    on, off = [], []
+    for d in dict.fromkeys(t.domain for t, _ in items):
+        mine = [(t, env) for t, env in items if t.domain == d]
+        k = min(max(round(share * len(mine)), 1), len(mine) - 1) if len(mine) > 1 else round(share)
+        off += mine[:k]
+        on += mine[k:]
+    return on, off
+
+
+def mixed_batch(run: RolloutSource, engine, engines: dict[int, object], envs: dict, step: int, domains,
+                anchored=(), share: float = 0.5):
+    """Steps 1-3 of policy="mix" (GKD's data mix): this step's tasks split by `split_off`, the student rolling out
+    its part and each domain's teacher the rest (same rollout settings and seed), packed together with every
+    teacher token marked `off_policy`. An anchored domain stays on-policy (its "teacher" is the student's start).
+    Returns (Packed, the student's trajectories, the teachers', row_domains)."""
+    domains = list(domains)
+    items, seed = step_items(run, envs, step, domains, anchored), rollout_seed(run, step)
+    on, off = split_off([it for it in items if it[0].domain not in anchored], share)
+    on += [it for it in items if it[0].domain in anchored]
+    mine = R.roll_out(engine, run.tok, on, run.settings.rollout, seed=seed, domain_ids=run.domains)
+    theirs = teacher_rollouts(run, engines, off, seed, domains)
+    pieces = [R.rollout_piece(t, t1=True) for t in mine]
+    for t in theirs:
+        piece = R.rollout_piece(t, t1=True)
+        pieces.append(dict(piece, off_policy=np.ones(len(piece["tokens"]), np.float32)))
+    packed, row_domains = pack_step(run, pieces, domains, ready=True)
+    return packed, mine, theirs, row_domains
+
+
+def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int], theirs=()) -> dict[str, float]:
     """Per-domain metrics of one step: reverse KL to the teacher (the step's estimate, on the kept tokens), reward and
-    success of the rollouts, generated tokens, IS nonzero fraction, teacher tail mass, teacher failures."""
+    success of the rollouts `trajs`, generated tokens (with the teachers' rollouts `theirs` of policy="mix", whose
+    success is teacher_success/<domain>), IS nonzero fraction, teacher tail mass, teacher failures."""
     out = {"train/loss": float(m["loss"]), "train/kl": float(m["kl"]), "train/grad_norm": float(m["grad_norm"]),
            "train/learning_rate": float(m["learning_rate"]), "train/is_nonzero_frac": float(m["is_nonzero_frac"]),
            "train/skipped_updates": float(m["skipped"]), "rollout/dropped": float(packed.dropped),
@@ -190,7 +237,9 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
     nd = max(names.values()) + 1
     rew, cnt = R.per_domain([t.reward for t in trajs], [t.domain_id for t in trajs], nd)
     suc, _ = R.per_domain([float(t.success) for t in trajs], [t.domain_id for t in trajs], nd)
-    gen, _ = R.per_domain([float(sum(t.record["loss_mask"])) for t in trajs], [t.domain_id for t in trajs], nd)
+    both = list(trajs) + list(theirs)
+    gen, _ = R.per_domain([float(sum(t.record["loss_mask"])) for t in both], [t.domain_id for t in both], nd)
+    t_suc, t_cnt = R.per_domain([float(t.success) for t in theirs], [t.domain_id for t in theirs], nd)
     for name, d in names.items():
         out.update({f"kl/{name}": float(m["domain_kl"][d]), f"reward/{name}": rew[d] / max(cnt[d], 1),
                     f"success/{name}": suc[d] / max(cnt[d], 1), f"tokens/{name}": gen[d],
@@ -199,6 +248,8 @@ def step_scalars(m: dict, trajs, packed, tstats: dict, names: dict[str, int]) ->
                     f"entropy/{name}": float(m["domain_entropy"][d]),
                     f"teacher_failures/{name}": float(tstats.get(d, {}).get("failures", 0)),
                     f"teacher_invalid_tokens/{name}": float(tstats.get(d, {}).get("invalid_tokens", 0))})
+        if t_cnt[d]:
+            out[f"teacher_success/{name}"] = t_suc[d] / t_cnt[d]
         for reason, count in sorted(tstats.get(d, {}).get("reasons", {}).items()):  # e.g. .../nan, .../timeout
             out[f"teacher_failures/{name}/{reason}"] = float(count)
     return out
@@ -221,19 +272,27 @@ class OPDSource(RolloutSource):
             anchor = anchor_teacher(self, self.k)
             self.by_id.update({self.domains[d]: anchor for d in anchored})
         self.kept = [d for d in s.envs.domains if d in kept or d in anchored]  # every domain this run trains on
-        self.off = self.built.ctx.options.policy == "off"
-        if self.off:
-            self.engines = teacher_engines(self, self.by_id)
-        else:
+        self.policy = policy = self.built.ctx.options.policy
+        self.off = policy == "off"
+        if policy != "on":  # the teachers roll out (all the tasks, or their share of a "mix")
+            self.engines = teacher_engines(self, self.by_id if self.off else  # "mix": anchored domains stay on-policy
+                                           {self.domains[d]: self.by_id[self.domains[d]] for d in kept})
+        if policy != "off":
             self.engine = R.make_engine(self.exp.model, self.engine_params(), self.tok, s.rollout)
+        self.theirs = []  # policy="mix": this batch's teacher rollouts
         self.boundary, self.packed = s.rollout.reuse, None  # a reused rollout batch is not in the checkpoint
 
     def next(self, step: int):
         self.t0 = t1 = t2 = time.perf_counter()
+        policy = self.policy
         if self.packed is None or step % self.boundary == 0:  # else config.rollout.reuse: the last batch once more
             if self.off:
                 self.packed, self.trajs, row_domains = off_policy_batch(self, self.engines, self.envs, step,
                                                                         self.kept, self.anchored)
+            elif policy == "mix":
+                self.packed, self.trajs, self.theirs, row_domains = mixed_batch(
+                    self, self.engine, self.engines, self.envs, step, self.kept, self.anchored,
+                    self.built.ctx.options.off_share)
             else:
                 self.packed, self.trajs, row_domains = opd_batch(self, self.engine, self.envs, step, self.kept,
                                                                  self.anchored)
@@ -251,7 +310,8 @@ class OPDSource(RolloutSource):
 
     def record(self, step: int, metrics: dict) -> dict:
         m = jax.device_get(metrics)
-        scalars = step_scalars(m, self.trajs, self.packed, self.tstats, {d: self.domains[d] for d in self.kept})
+        scalars = step_scalars(m, self.trajs, self.packed, self.tstats, {d: self.domains[d] for d in self.kept},
+                               self.theirs)
         return self.timed(scalars | self.perf | {"perf/update_s": time.perf_counter() - self.t_update},
                           self.packed.batch)
 

@@ -45,10 +45,14 @@ class GRPOOptions:
 class OPDOptions:
     """config.distill: see losses.multi_teacher_opd_loss; include_sampled adds the sampled token to the support.
 
-    policy: "on" (the recipe: the student rolls out and each token is scored by its domain's teacher) or "off"
+    policy: "on" (the recipe: the student rolls out and each token is scored by its domain's teacher), "off"
     (sequence-level KD, an ablation: each domain's teacher rolls out the step's tasks and the student takes an SFT
     step on the teacher's generated tokens; the KL, IS and estimator options are unused, and the NLL is reduced by
-    `norm` like the KL term it replaces, so both policies weigh the domains the same)."""
+    `norm` like the KL term it replaces, so both policies weigh the domains the same) or "mix" (GKD's data mix,
+    docs/spec/recipe.md §2.1: the student rolls out a 1 - off_share part of each domain's tasks and the domain's
+    teacher the rest, and every token of both is scored by the teacher and trained by the same divergence; on the
+    teacher's tokens, marked by batch["off_policy"], the importance weight is 1: they are not the student's samples,
+    and the analytic divergence at each position needs none)."""
     estimator: str = "salient"  # salient | sampled | full | mix
     direction: str = "reverse"  # reverse | forward | jsd
     beta: float = 1.0  # jsd mixture weight
@@ -63,13 +67,19 @@ class OPDOptions:
     kl_power: float = 1.0
     sft_coef: float = 0.0
     reward_coef: float = 0.0  # outcome-reward policy gradient on batch["advantages"]
-    policy: str = "on"  # on | off (see above)
+    policy: str = "on"  # on | off | mix (see above)
+    off_share: float = 0.5  # policy="mix": the share of each domain's tasks its teacher rolls out (GKD's 1 - λ)
 
     def check(self, where: str = "config.distill"):
         _one_of(where, "policy", self.policy, POLICIES)
         if self.policy == "off":
             _require(self.sft_coef == 0 and self.reward_coef == 0, where, "sft_coef/reward_coef",
                      (self.sft_coef, self.reward_coef), "0 and 0 with policy='off' (its loss is the SFT term alone)")
+        if self.policy == "mix":
+            _require(self.reward_coef == 0, where, "reward_coef", self.reward_coef,
+                     "0 with policy='mix' (the teachers' rollouts are not the student's samples to reinforce)")
+        _require(0.0 < self.off_share < 1.0, where, "off_share", self.off_share,
+                 "a number strictly between 0 and 1 (0 is policy='on', 1 is policy='off')")
         _one_of(where, "estimator", self.estimator, losses.ESTIMATORS)
         _one_of(where, "direction", self.direction, losses.DIRECTIONS)
         _one_of(where, "mode", self.mode, losses.MODES)
@@ -85,13 +95,13 @@ class OPDOptions:
 
     def loss_kwargs(self) -> dict:
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name not in ("include_sampled", "policy")}
+              if f.name not in ("include_sampled", "policy", "off_share")}
         if self.policy == "off":
             kw["sft_coef"] = 1.0
         return kw
 
 
-POLICIES = ("on", "off")
+POLICIES = ("on", "off", "mix")
 
 
 def _one_of(where, field, value, allowed):
