@@ -131,8 +131,8 @@ def pack(pieces: Sequence[dict], *, rows: int, seq_len: int, pad_id: int = 0, ro
 
     row_domains[r] (optional): row r only takes pieces of that domain id, so each row belongs to one domain (the
     stage-3 batch gives every domain a fixed number of rows, and each teacher scores a fixed-shape sub-batch).
-    Per-token extras (behavior_logp, advantages, off_policy) are shifted like loss_mask: position t carries the value of its
-    target t + 1. reward/success [B] are the first segment's (meaningful with one_per_row, as GRPO uses).
+    Per-token extras (behavior_logp, advantages, off_policy) are shifted like loss_mask: position t carries the value
+    of its target t + 1. reward/success [B] are the first segment's (meaningful with one_per_row, as GRPO uses).
     """
     layout: list[list[dict]] = [[] for _ in range(rows)]
     placed: list[list[int]] = [[] for _ in range(rows)]
