@@ -14,12 +14,14 @@ OUT/<variant>/distill; this file's get_config is experiments/agents_a1_distill.p
   c  off_policy: sequence-level KD, SFT of the student on the teachers' own rollouts of the same tasks
      (config.distill.policy="off", a1jax/distill/opd.py);
   d  sampled: the recipe with the single-sample estimator instead of the salient top-k one
-     (config.distill.estimator="sampled"; compare with a).
+     (config.distill.estimator="sampled"; compare with a);
+  e  mixed: GKD's data mix between a and c: each domain's teacher rolls out half of the step's tasks and the
+     student the other half, all scored by the domain's teacher (config.distill.policy="mix", off_share 0.5).
 Every variant runs with the teacher check off (config.gate.tasks=0), so all distil the same domains. Each student is
 then scored like the recipe's report (a1jax.distill.report.student_on_test: greedy decoding on N held-out test tasks
 per domain, the domains' verifiers, 95% Wilson intervals). The table gives, per variant, each domain's success, their
 mean, the student updates applied, the rollout tokens generated over the run (Σ tokens/<domain> of
-metrics.jsonl: the student's for a, b, d, the teachers' for c) and the wall time of training and of scoring.
+metrics.jsonl: the student's for a, b, d, the teachers' for c, both for e) and the wall time of training and of scoring.
 Writes OUT/ablation.json (default OUT: ROOT/ablation). --parallel 2 runs two variants at a time (on 2 cores: XLA is
 then made single-threaded in each, unless XLA_FLAGS already says otherwise). --set forwards `--config.KEY=VALUE` to
 every variant's run (the same for all). Not part of the main job (launch/quickstart.sh): run it after it.
@@ -39,7 +41,7 @@ import ml_collections
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIS = os.path.abspath(__file__)
 RECIPE = os.path.join(REPO, "experiments", "agents_a1_distill.py")
-VARIANTS = {"a": "routed", "b": "single_teacher", "c": "off_policy", "d": "sampled"}
+VARIANTS = {"a": "routed", "b": "single_teacher", "c": "off_policy", "d": "sampled", "e": "mixed"}
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -78,6 +80,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.distill.policy = "off"
     elif a["variant"] == "d":
         c.distill.estimator = "sampled"
+    elif a["variant"] == "e":
+        c.distill.policy = "mix"
     return c
 
 

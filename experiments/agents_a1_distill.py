@@ -27,7 +27,10 @@ instruction_following 0.266 -> 0.297 (teacher 0.734), tool_calling 0.039 -> 0.11
 [0.33, 0.49] (0.852). Stage 3 again from the same stages 0-2 at lr 3e-4 (the default since): 0.414 [0.33, 0.50],
 0.078 and 0.422 [0.34, 0.51], the KL lower in every domain (docs/recipe.md, "The whole main job at these defaults").
 At lr 1e-3 (80 updates, the same stages 0-2) no domain left the start's intervals: 0.289, 0.023, 0.133 (docs/recipe.md,
-"What did not help").
+"What did not help"). With config.distill.policy="mix" (GKD's data mix: each domain's teacher rolls out
+config.distill.off_share = 0.5 of the step's tasks; 2026-12-07, the same stages 0-2, 160 updates, 1,655 s):
+0.523 [0.44, 0.61], 0.125 and 0.430 [0.35, 0.52], mean 0.359 against the recipe's 0.305 (docs/recipe.md, "Both
+together: GKD's data mix"); the default stays "on" until a whole main job has run with it.
 Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS;
 config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so
 that no trajectory is dropped or cut: with the copy warm-up's variable offsets every teacher beats the student, so every
@@ -78,7 +81,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.tokenizer = "qwen3_5"
     c.distill = ml_collections.ConfigDict(dict(
         estimator="salient", direction="reverse", mode="tail", include_sampled=True, is_low=0.2, is_high=5.0,
-        norm="domain", domain_weighting="fixed", sft_coef=0.0, reward_coef=0.0, policy="on"))
+        norm="domain", domain_weighting="fixed", sft_coef=0.0, reward_coef=0.0, policy="on", off_share=0.5))
     # enable_thinking="model": the prompt stops at "<|im_start|>assistant\n" and the model opens its own <think> block,
     # as in the stage-1 SFT tokens (a1jax.data.chat.THINKING_MODES; the template's "<think>\n" splits the "\n\n"
     # token of an empty think block, which an a1jax-trained model has never seen).

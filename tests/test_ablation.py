@@ -22,10 +22,11 @@ def test_each_variant_changes_one_thing_and_turns_the_teacher_check_off(tmp_path
     for v, c in configs.items():
         assert c.gate.tasks == 0 and c.train.steps == 8 and c.init_from == base.init_from
         stages.validate(c)
-    a, b, c, d = (configs[v] for v in "abcd")
+    a, b, c, d, e = (configs[v] for v in "abcde")
     assert [t["workdir"] for t in a.teachers] == [t["workdir"] for t in base.teachers]
     assert [t["workdir"] for t in b.teachers] == [os.path.join(root, f"teacher_{DOMAIN}")] * 2
     assert c.distill.policy == "off" and a.distill.policy == "on" and d.distill.estimator == "sampled"
+    assert e.distill.policy == "mix" and e.distill.off_share == 0.5
     assert a.distill.estimator == "salient"
     with pytest.raises(ValueError, match="single_teacher='science': no teacher workdir .*teacher_science"):
         ablation.get_config(f"root={root},variant=b,single_teacher=science,domains={DOMAIN}:search")
