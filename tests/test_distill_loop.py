@@ -297,11 +297,9 @@ def test_report_decodes_with_the_recipes_own_domains_and_rollout_settings(tmp_pa
     assert ro.enable_thinking == "model" and ro.max_new_tokens == c.rollout.max_new_tokens
 
 
-def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_same_tasks(tmp_path, monkeypatch,
-                                                                                          teachers):
-    """config.distill.policy='off' (sequence-level KD, benchmarks/ablation.py variant c): each domain's teacher rolls
-    out the tasks the student would have drawn, and the step's batch holds exactly the teachers' tokens, with no
-    teacher target (the loss is SFT on them)."""
+def _spied_opd_step(tmp_path, monkeypatch, teachers, policy):
+    """One stage-3 step with config.distill.policy=`policy`: (every roll_out call as (engine, task ids,
+    trajectories), the (batch, teacher targets) the step saw, the history)."""
     calls, seen = [], []
     real_roll, real_step = R.roll_out, loop.Run.step_fn
 
@@ -318,8 +316,17 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
     monkeypatch.setattr(opd.R, "roll_out", roll_spy)
     monkeypatch.setattr(loop.Run, "step_fn", step_spy)
     cfg = _config(steps=1)
-    cfg.distill.policy = "off"
-    hist = run_opd(stages.validate(cfg), str(tmp_path / "off"), devices=ONE, teachers=teachers)
+    cfg.distill.policy = policy
+    hist = run_opd(stages.validate(cfg), str(tmp_path / policy), devices=ONE, teachers=teachers)
+    return calls, seen, hist
+
+
+def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_same_tasks(tmp_path, monkeypatch,
+                                                                                          teachers):
+    """config.distill.policy='off' (sequence-level KD, benchmarks/ablation.py variant c): each domain's teacher rolls
+    out the tasks the student would have drawn, and the step's batch holds exactly the teachers' tokens, with no
+    teacher target (the loss is SFT on them)."""
+    calls, seen, hist = _spied_opd_step(tmp_path, monkeypatch, teachers, "off")
     assert len(calls) == 2 and len(seen) == 1  # one rollout per domain, one student update
     for (engine, ids, _), d in zip(calls, DOMAINS):
         np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
@@ -342,24 +349,7 @@ def test_mixed_policy_splits_each_domains_tasks_between_the_student_and_its_teac
     """config.distill.policy='mix' (GKD's data mix): of each domain's tasks the student rolls out one part and the
     domain's teacher the other (off_share); the batch holds both, the teachers' tokens marked off_policy, and every
     token is scored by its domain's teacher (the targets are valid on both kinds)."""
-    calls, seen = [], []
-    real_roll, real_step = R.roll_out, loop.Run.step_fn
-
-    def roll_spy(engine, tok, items, ro, *, seed, domain_ids):
-        trajs = real_roll(engine, tok, items, ro, seed=seed, domain_ids=domain_ids)
-        calls.append((engine, [t.id for t, _ in items], trajs))
-        return trajs
-
-    def step_spy(self, state, batch, *rest):
-        seen.append(({k: np.asarray(v).copy() for k, v in batch.items()},
-                     {k: np.asarray(v).copy() for k, v in rest[0].items()}))
-        return real_step(self, state, batch, *rest)
-
-    monkeypatch.setattr(opd.R, "roll_out", roll_spy)
-    monkeypatch.setattr(loop.Run, "step_fn", step_spy)
-    cfg = _config(steps=1)
-    cfg.distill.policy = "mix"
-    hist = run_opd(stages.validate(cfg), str(tmp_path / "mix"), devices=ONE, teachers=teachers)
+    calls, seen, hist = _spied_opd_step(tmp_path, monkeypatch, teachers, "mix")
     assert len(calls) == 3 and len(seen) == 1  # the student once, then each domain's teacher
     student_ids, student = calls[0][1], calls[0][2]
     for (engine, ids, _), d in zip(calls[1:], DOMAINS):
