@@ -162,7 +162,7 @@ def table(result: dict) -> str:
     lines.append(f"(held-out test tasks: {result['n']} per domain and horizon, greedy decoding, [95% Wilson interval]; "
                  f"every variant from {result['root']}/sft and its teachers, {result['steps']} steps, teacher check "
                  f"off; b distils every domain from teacher_{result['single_teacher']}; rollout tokens: the student's, "
-                 f"or the teachers' for c)")
+                 f"or the teachers' for c, both for e)")
     return "\n".join(lines)
 
 
