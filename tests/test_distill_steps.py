@@ -402,3 +402,5 @@ def test_mixed_policy_weighs_the_teachers_tokens_without_the_importance_ratio():
         dsteps.OPDOptions(policy="mix", off_share=1.0).check()
     with pytest.raises(ValueError, match=r"config.distill.reward_coef=0.5: expected 0 with policy='mix'"):
         dsteps.OPDOptions(policy="mix", reward_coef=0.5).check()
+    with pytest.raises(ValueError, match=r"config.distill.estimator='sampled': expected 'salient' or 'full'"):
+        dsteps.OPDOptions(policy="mix", estimator="sampled").check()

@@ -78,6 +78,9 @@ class OPDOptions:
         if self.policy == "mix":
             _require(self.reward_coef == 0, where, "reward_coef", self.reward_coef,
                      "0 with policy='mix' (the teachers' rollouts are not the student's samples to reinforce)")
+            _require(self.estimator in ("salient", "full"), where, "estimator", self.estimator,
+                     "'salient' or 'full' with policy='mix' (an analytic divergence: the sampled-token estimator "
+                     "needs the student's own samples)")
         _require(0.0 < self.off_share < 1.0, where, "off_share", self.off_share,
                  "a number strictly between 0 and 1 (0 is policy='on', 1 is policy='off')")
         _one_of(where, "estimator", self.estimator, losses.ESTIMATORS)
