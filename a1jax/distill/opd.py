@@ -273,9 +273,9 @@ class OPDSource(RolloutSource):
             self.by_id.update({self.domains[d]: anchor for d in anchored})
         self.kept = [d for d in s.envs.domains if d in kept or d in anchored]  # every domain this run trains on
         self.policy = policy = self.built.ctx.options.policy
-        self.off = policy == "off"
         if policy != "on":  # the teachers roll out (all the tasks, or their share of a "mix")
-            self.engines = teacher_engines(self, self.by_id if self.off else  # "mix": anchored domains stay on-policy
+            # "mix": only the distilled domains' teachers roll out; anchored domains stay on-policy
+            self.engines = teacher_engines(self, self.by_id if policy == "off" else
                                            {self.domains[d]: self.by_id[self.domains[d]] for d in kept})
         if policy != "off":
             self.engine = R.make_engine(self.exp.model, self.engine_params(), self.tok, s.rollout)
@@ -286,7 +286,7 @@ class OPDSource(RolloutSource):
         self.t0 = t1 = t2 = time.perf_counter()
         policy = self.policy
         if self.packed is None or step % self.boundary == 0:  # else config.rollout.reuse: the last batch once more
-            if self.off:
+            if policy == "off":
                 self.packed, self.trajs, row_domains = off_policy_batch(self, self.engines, self.envs, step,
                                                                         self.kept, self.anchored)
             elif policy == "mix":
@@ -297,7 +297,7 @@ class OPDSource(RolloutSource):
                 self.packed, self.trajs, row_domains = opd_batch(self, self.engine, self.envs, step, self.kept,
                                                                  self.anchored)
             t1 = time.perf_counter()
-            if self.off:  # nothing to score: the step trains on the teachers' own tokens (steps.OPDOptions.policy)
+            if policy == "off":  # nothing to score: the step trains on the teachers' own tokens (OPDOptions.policy)
                 B, T = self.packed.batch["tokens"].shape
                 self.targets, self.tstats = teacher_lib.empty_targets(B, T, self.k), {}
             else:
