@@ -81,7 +81,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.tokenizer = "qwen3_5"
     c.distill = ml_collections.ConfigDict(dict(
         estimator="salient", direction="reverse", mode="tail", include_sampled=True, is_low=0.2, is_high=5.0,
-        norm="domain", domain_weighting="fixed", sft_coef=0.0, reward_coef=0.0, policy="on", off_share=0.5))
+        norm="domain", domain_weighting="fixed", sft_coef=0.0, reward_coef=0.0, policy="on", off_share=0.5,
+        off_temperature=-1.0))
     # enable_thinking="model": the prompt stops at "<|im_start|>assistant\n" and the model opens its own <think> block,
     # as in the stage-1 SFT tokens (a1jax.data.chat.THINKING_MODES; the template's "<think>\n" splits the "\n\n"
     # token of an empty think block, which an a1jax-trained model has never seen).

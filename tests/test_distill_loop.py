@@ -297,9 +297,9 @@ def test_report_decodes_with_the_recipes_own_domains_and_rollout_settings(tmp_pa
     assert ro.enable_thinking == "model" and ro.max_new_tokens == c.rollout.max_new_tokens
 
 
-def _spied_opd_step(tmp_path, monkeypatch, teachers, policy):
-    """One stage-3 step with config.distill.policy=`policy`: (every roll_out call as (engine, task ids,
-    trajectories), the (batch, teacher targets) the step saw, the history)."""
+def _spied_opd_step(tmp_path, monkeypatch, teachers, policy, **distill):
+    """One stage-3 step with config.distill.policy=`policy` (and the config.distill fields `distill`): (every
+    roll_out call as (engine, task ids, trajectories), the (batch, teacher targets) the step saw, the history)."""
     calls, seen = [], []
     real_roll, real_step = R.roll_out, loop.Run.step_fn
 
@@ -317,6 +317,8 @@ def _spied_opd_step(tmp_path, monkeypatch, teachers, policy):
     monkeypatch.setattr(loop.Run, "step_fn", step_spy)
     cfg = _config(steps=1)
     cfg.distill.policy = policy
+    for k, v in distill.items():
+        cfg.distill[k] = v
     hist = run_opd(stages.validate(cfg), str(tmp_path / policy), devices=ONE, teachers=teachers)
     return calls, seen, hist
 
@@ -328,6 +330,8 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
     teacher target (the loss is SFT on them)."""
     calls, seen, hist = _spied_opd_step(tmp_path, monkeypatch, teachers, "off")
     assert len(calls) == 2 and len(seen) == 1  # one rollout per domain, one student update
+    temperature = stages.validate(_config()).loop.rollout.temperature  # off_temperature -1: as the student samples
+    assert all(engine.sampling.temperature == temperature > 0 for engine, _, _ in calls)
     for (engine, ids, _), d in zip(calls, DOMAINS):
         np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
         # the tasks the on-policy loop draws at step 0 (opd.step_items: seeded by task_seed, step and domain id)
@@ -348,10 +352,13 @@ def test_off_policy_trains_the_student_on_each_domains_teacher_rollouts_of_the_s
 def test_mixed_policy_splits_each_domains_tasks_between_the_student_and_its_teacher(tmp_path, monkeypatch, teachers):
     """config.distill.policy='mix' (GKD's data mix): of each domain's tasks the student rolls out one part and the
     domain's teacher the other (off_share); the batch holds both, the teachers' tokens marked off_policy, and every
-    token is scored by its domain's teacher (the targets are valid on both kinds)."""
-    calls, seen, hist = _spied_opd_step(tmp_path, monkeypatch, teachers, "mix")
+    token is scored by its domain's teacher (the targets are valid on both kinds). With off_temperature 0 the
+    teachers decode greedily and the student still samples at config.rollout.temperature."""
+    calls, seen, hist = _spied_opd_step(tmp_path, monkeypatch, teachers, "mix", off_temperature=0.0)
     assert len(calls) == 3 and len(seen) == 1  # the student once, then each domain's teacher
     student_ids, student = calls[0][1], calls[0][2]
+    assert calls[0][0].sampling.temperature == stages.validate(_config()).loop.rollout.temperature > 0
+    assert [engine.sampling.temperature for engine, _, _ in calls[1:]] == [0.0, 0.0]
     for (engine, ids, _), d in zip(calls[1:], DOMAINS):
         np.testing.assert_array_equal(np.asarray(engine.params["lm_head"]), np.asarray(teachers[d].params["lm_head"]))
         drawn = [t.id for t in R.draw_tasks(registry.get(d), d, n=2, horizons=[1],

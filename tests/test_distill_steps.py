@@ -400,6 +400,8 @@ def test_mixed_policy_weighs_the_teachers_tokens_without_the_importance_ratio():
     assert float(m_on["distill_tokens"]) < float(mm["distill_tokens"])  # without the mark the band drops them
     with pytest.raises(ValueError, match=r"config.distill.off_share=1.0: expected a number strictly between 0 and 1"):
         dsteps.OPDOptions(policy="mix", off_share=1.0).check()
+    with pytest.raises(ValueError, match=r"config.distill.off_temperature=-0.5: expected -1 \(config.rollout"):
+        dsteps.OPDOptions(policy="mix", off_temperature=-0.5).check()
     with pytest.raises(ValueError, match=r"config.distill.reward_coef=0.5: expected 0 with policy='mix'"):
         dsteps.OPDOptions(policy="mix", reward_coef=0.5).check()
     with pytest.raises(ValueError, match=r"config.distill.estimator='sampled': expected 'salient' or 'full'"):

@@ -29,6 +29,7 @@ the behaviour log-probs the engine records are the student's own log-probs at ro
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -157,23 +158,26 @@ def opd_batch(run: RolloutSource, engine, envs: dict, step: int, domains=None, a
     return packed, trajs, row_domains
 
 
-def teacher_engines(run: RolloutSource, teachers: dict[int, object]) -> dict[int, object]:
-    """{domain id: a rollout engine on that domain's teacher} for config.distill.policy="off" (local teachers only:
-    an HTTP teacher scores tokens but cannot roll out here)."""
+def teacher_engines(run: RolloutSource, teachers: dict[int, object], temperature: float = -1.0) -> dict[int, object]:
+    """{domain id: a rollout engine on that domain's teacher} for config.distill.policy "off" and "mix" (local
+    teachers only: an HTTP teacher scores tokens but cannot roll out here), sampling at `temperature` (0: greedy;
+    -1: config.rollout.temperature, the student's)."""
+    ro = run.settings.rollout
+    sampling = R.sampling_params(ro if temperature < 0 else dataclasses.replace(ro, temperature=temperature))
     engines = {}
     for d, t in teachers.items():
         if not (hasattr(t, "params") and hasattr(t, "cfg")):
             raise ValueError(f"config.distill.policy='off': the teacher of domain id {d} ({type(t).__name__}) has no "
                              f"local weights to roll out; off-policy distillation needs local teachers "
                              f"(config.teachers[].workdir)")
-        engines[d] = R.make_engine(t.cfg, jax.device_put(t.params, jax.devices()[0]), run.tok, run.settings.rollout)
+        engines[d] = R.make_engine(t.cfg, jax.device_put(t.params, jax.devices()[0]), run.tok, ro, sampling=sampling)
     return engines
 
 
 def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict, step: int, domains, anchored=()):
     """Steps 1-3 of policy="off": the same tasks the student would have drawn, each domain's rolled out by its own
-    teacher (same rollout settings, T = 1), packed exactly like the student's. Returns (Packed, trajectories,
-    row_domains)."""
+    teacher (the rollout settings, at config.distill.off_temperature), packed exactly like the student's. Returns
+    (Packed, trajectories, row_domains)."""
     domains = list(domains)
     trajs = teacher_rollouts(run, engines, step_items(run, envs, step, domains, anchored), rollout_seed(run, step),
                              domains)
@@ -182,8 +186,8 @@ def off_policy_batch(run: RolloutSource, engines: dict[int, object], envs: dict,
 
 
 def teacher_rollouts(run: RolloutSource, engines: dict[int, object], items: list, seed: int, domains) -> list:
-    """Each domain's (task, env) pairs of `items` rolled out by that domain's teacher engine (same rollout settings
-    and seed as the student's)."""
+    """Each domain's (task, env) pairs of `items` rolled out by that domain's teacher engine (the student's rollout
+    settings and seed; the temperature is the engine's, `teacher_engines`)."""
     trajs = []
     for d in domains:
         mine = [(t, env) for t, env in items if t.domain == d]
@@ -276,7 +280,8 @@ class OPDSource(RolloutSource):
         if policy != "on":  # the teachers roll out (all the tasks, or their share of a "mix")
             # "mix": only the distilled domains' teachers roll out; anchored domains stay on-policy
             self.engines = teacher_engines(self, self.by_id if policy == "off" else
-                                           {self.domains[d]: self.by_id[self.domains[d]] for d in kept})
+                                           {self.domains[d]: self.by_id[self.domains[d]] for d in kept},
+                                           self.built.ctx.options.off_temperature)
         if policy != "off":
             self.engine = R.make_engine(self.exp.model, self.engine_params(), self.tok, s.rollout)
         self.theirs = []  # policy="mix": this batch's teacher rollouts

@@ -69,6 +69,8 @@ class OPDOptions:
     reward_coef: float = 0.0  # outcome-reward policy gradient on batch["advantages"]
     policy: str = "on"  # on | off | mix (see above)
     off_share: float = 0.5  # policy="mix": the share of each domain's tasks its teacher rolls out (GKD's 1 - λ)
+    # policy "off"/"mix": the teachers' sampling temperature (0: greedy); -1 samples at config.rollout.temperature
+    off_temperature: float = -1.0
 
     def check(self, where: str = "config.distill"):
         _one_of(where, "policy", self.policy, POLICIES)
@@ -81,6 +83,8 @@ class OPDOptions:
             _require(self.estimator in ("salient", "full"), where, "estimator", self.estimator,
                      "'salient' or 'full' with policy='mix' (an analytic divergence: the sampled-token estimator "
                      "needs the student's own samples)")
+        _require(self.off_temperature == -1.0 or self.off_temperature >= 0.0, where, "off_temperature",
+                 self.off_temperature, "-1 (config.rollout.temperature) or a temperature >= 0 (0: greedy)")
         _require(0.0 < self.off_share < 1.0, where, "off_share", self.off_share,
                  "a number strictly between 0 and 1 (0 is policy='on', 1 is policy='off')")
         _one_of(where, "estimator", self.estimator, losses.ESTIMATORS)
@@ -98,7 +102,7 @@ class OPDOptions:
 
     def loss_kwargs(self) -> dict:
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name not in ("include_sampled", "policy", "off_share")}
+              if f.name not in ("include_sampled", "policy", "off_share", "off_temperature")}
         if self.policy == "off":
             kw["sft_coef"] = 1.0
         return kw
