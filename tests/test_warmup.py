@@ -3,6 +3,7 @@ and that a training run starts from what it wrote."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -89,3 +90,31 @@ def test_warmup_command_writes_a_checkpoint_that_train_starts_from(tmp_path, cap
     (out / warmup.DONE).unlink()
     assert cli.main(["warmup", "--config", config, "--out", str(out), "--steps", "2"]) == 2
     assert "interrupted warm-up" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_warmup_is_the_same_in_every_process_with_or_without_the_compilation_cache(tmp_path):
+    """Stages 0-2 of the main job are deterministic: the same warm-up in two fresh processes on the main job's one
+    XLA thread, one without the persistent compilation cache and one with it (as launch/quickstart.sh runs), writes
+    the same parameters bit for bit. (2026-12-07: the whole 400-step warm-up reproduced a main job's to the last bit
+    this way, also with XLA's default threads and under a concurrent CPU load.)"""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    from a1jax.train import checkpoint
+    config = os.path.join(REPO, "experiments", "recipe_tiny_sft.py")
+    env = {**subprocess_env(), "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+    runs = {"no_cache": {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}, "cache": env}
+    params = {}
+    for name, e in runs.items():
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "a1jax.cli", "warmup", "--config", config, "--out", str(out), "--steps",
+                        "4", "--batch", "4", "--fixed_steps", "4"], check=True, env=e, capture_output=True, cwd=REPO)
+        params[name] = checkpoint.load_init_params(str(out))[1]
+    leaves = [jax.tree.leaves(params[name]) for name in runs]
+    assert len(leaves[0]) == len(leaves[1]) > 0
+    for a, b in zip(*leaves):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    losses = [json.loads((tmp_path / name / warmup.DONE).read_text())["loss"] for name in runs]
+    assert losses[0] == losses[1]
