@@ -35,7 +35,10 @@ HORIZONS = {"instruction_following": 1, "tool_calling": 1, "search": 2}
 # instead of 1,160, so a step holds twice the examples; the model still picks the tool and copies its arguments.
 # Its requests write the values a call copies in backticks (values="code"): then ' `gears`' and the call's "\ngears\n"
 # hold the same tokens, where a plain ' gears' is one token and the argument's 'gears' two (a1jax/envs/tool_calling.py).
-ENV_OPTIONS = {"tool_calling": {"tool_set": "apis", "values": "code"}}
+# search draws every task from one knowledge base, world 0 (the demonstrations', teacher check's and report's): the
+# loops that draw new tasks by seed each step (stage 3) otherwise met a new world of new names at every step, where
+# the search teacher solved 0.29 of the tasks instead of 0.875 (a1jax/envs/search.py, WORLD_NOTE).
+ENV_OPTIONS = {"tool_calling": {"tool_set": "apis", "values": "code"}, "search": {"world": 0}}
 # The compact Qwen3.5 vocabulary (a1jax/data/tokenizers/compact.py: its bytes, special tokens and the recipe
 # corpus's 3,807 most frequent tokens; lossless, same chat template) instead of 248,320 rows, so the budget goes into
 # the body and more steps.

@@ -35,7 +35,9 @@ export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/jax_cach
 start=$(date +%s)
 stamp() { echo; echo "=== $1 ($(( $(date +%s) - start ))s elapsed)"; }
 horizon() { case "$1" in search) echo 2;; *) echo 1;; esac; }  # recipe_tiny_sft.HORIZONS
-options() { case "$1" in tool_calling) echo "--option tool_set=apis --option values=code";; esac; }  # ENV_OPTIONS
+options() {  # recipe_tiny_sft.ENV_OPTIONS
+  case "$1" in tool_calling) echo "--option tool_set=apis --option values=code";; search) echo "--option world=0";; esac
+}
 
 mkdir -p "$WORKDIR"
 "$A1JAX" summary --preset qwen35_35b_a3b > "$WORKDIR/summary_35b_a3b.txt"  # the full model's layout

@@ -383,6 +383,21 @@ def test_mixed_policy_splits_each_domains_tasks_between_the_student_and_its_teac
     assert np.isfinite(hist[0]["train/loss"]) and hist[0]["train/is_nonzero_frac"] > 0
 
 
+def test_the_tiny_stage_3_draws_its_search_tasks_from_the_world_of_the_demonstrations_and_the_report():
+    """Each step draws new search tasks, all from world 0 (recipe_tiny_sft.ENV_OPTIONS), the world of the stage-1 and
+    teacher demonstrations (seed 0), the teacher check and the report: not a new world of new names per step."""
+    import types
+    from a1jax.train import experiment
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exp = stages.validate(experiment.load(os.path.join(repo, "experiments", "agents_a1_distill.py:tiny,root=/r")))
+    run = types.SimpleNamespace(settings=exp.loop, domains={d: i for i, d in enumerate(exp.loop.envs.domains)})
+    envs = R.make_envs(exp.loop)
+    drawn = [t for step in (0, 4) for t, _ in opd.step_items(run, envs, step, exp.loop.envs.domains)
+             if t.domain == "search"]
+    assert len(drawn) >= 2 and len({t.id for t in drawn}) == len(drawn)
+    assert {t.metadata["world_seed"] for t in drawn} == {0}
+
+
 def test_domains_the_teacher_check_left_out_hand_their_tasks_to_the_distilled_ones():
     import types
     exp = stages.validate(_config())

@@ -105,6 +105,25 @@ def test_search_rejects_a_wrong_entity_and_accepts_normalised_forms():
         assert not env.verify(task, _answer(f"Answer: {task.answer} and {penultimate}")).success
 
 
+def test_search_world_option_draws_every_seeds_tasks_from_one_knowledge_base():
+    """search's `world` option (a1jax/envs/search.py, WORLD_NOTE): each seed draws other chains of the same world,
+    solvable there; without it a seed is its own world; world=W at seed W is the default's tasks, ids included."""
+    from a1jax.envs import search
+    fixed, free = envs.get("search", world="0"), envs.get("search")  # the CLI's `--option world=0` is text
+    names = {e["name"] for e in search.world(0)["entities"]}
+    drawn = [t for seed in (3, 4) for t in fixed.tasks("train", seed, n=6, horizon=2)]
+    assert {t.metadata["world_seed"] for t in drawn} == {0} and len({t.id for t in drawn}) == 12
+    assert all(t.answer in names and fixed.verify(t, fixed.solve(t)).success for t in drawn)
+    assert all("/s3w0/" in t.id for t in drawn[:6])
+    other = list(free.tasks("train", 3, n=6, horizon=2))
+    assert {t.metadata["world_seed"] for t in other} == {3}
+    assert [t.messages for t in other] != [t.messages for t in drawn[:6]]  # the same draws, another world's names
+    same = list(fixed.tasks("test", 0, n=4, horizon=2)), list(free.tasks("test", 0, n=4, horizon=2))
+    assert [(t.id, t.messages, t.answer) for t in same[0]] == [(t.id, t.messages, t.answer) for t in same[1]]
+    with pytest.raises(ValueError, match=r"search option world='x': expected an integer"):
+        envs.get("search", world="x")
+
+
 @pytest.mark.parametrize("domain", ["science", "scientific_agents"])
 def test_numeric_answers_within_tolerance_pass_and_beyond_fail(domain):
     env = envs.get(domain)

@@ -2,13 +2,20 @@
 
 The world (one per seed) holds people, organisations and cities with fictional names; every entity has one document
 stating its relations ("The mentor of Alda Vorren is Kesh Marlo."). A task follows a chain of `horizon` relations
-from a named start entity; the answer is the entity at the end of the chain.
+from a named start entity; the answer is the entity at the end of the chain. By default `tasks(split, seed)` draws
+from world `seed`; the option `world=W` fixes the world, so that every seed draws other chains of the same world
+(WORLD_NOTE).
 
 Tools: `search(query)` ranks documents with BM25 (a1jax/envs/bm25.py) and shows the top 5 with their best-matching
 sentence as snippet; `open(doc_id)` returns a whole document. The expert issues one search per hop
 ("<current entity> <relation>"), reads the relation sentence in the snippet of the entity's own document, and moves
 on: horizon = hops = dependent tool calls. Verification: normalised exact match (case, whitespace and punctuation
 folded) of the final answer (the text after the last "Answer:" line, else the whole final message).
+
+WORLD_NOTE: a training loop that draws new tasks each step by seed (stage 3, expert iteration, GRPO) met a new world
+with new names at every step, while the demonstrations, the teacher check and the report all use world 0: the tiny
+recipe's search teacher, greedy, solved 0.875 of 16 world-0 train tasks but 0.29 of 24 stage-3 tasks (new worlds;
+2026-12-07), so stage 3 distilled search on tasks its teacher mostly failed. The tiny recipe fixes `world=0`.
 
 Real search plugs in as `backend=`: anything with `search(query) -> list[{"doc_id", "title", "snippet"}]` and
 `open(doc_id) -> str` (e.g. `HttpSearchBackend(url)`); the generated tasks then still come from the offline world,
@@ -153,8 +160,19 @@ def format_hits(hits: list[dict]) -> str:
 class SearchEnv(T.ToolEnv):
     name = "search"
 
-    def __init__(self, backend: SearchBackend | None = None):
+    def __init__(self, backend: SearchBackend | None = None, world: int | str | None = None):
         self.backend = backend
+        if world is not None:  # an int, or its text from `a1jax envs demos --option world=W`
+            try:
+                world = int(world)
+            except (TypeError, ValueError):
+                raise ValueError(f"search option world={world!r}: expected an integer (the seed of the knowledge "
+                                 f"base every task is drawn from)") from None
+        self.world_seed = world
+
+    def world_of(self, seed: int) -> int:
+        """The seed of the world that tasks(split, seed) draw from."""
+        return seed if self.world_seed is None else self.world_seed
 
     def tools_for(self, task: Task | None) -> dict[str, T.Tool]:
         """The tools of `task` (None: only their schemas are needed); the backend is resolved at call time."""
@@ -179,7 +197,9 @@ class SearchEnv(T.ToolEnv):
 
     def tasks(self, split: str, seed: int, *, n: int, horizon: int | None = None) -> Iterator[Task]:
         T.check_request(self.name, split, n, horizon, MAX_HORIZON)
-        w = world(seed)
+        w_seed = self.world_of(seed)
+        w = world(w_seed)
+        sw = f"s{seed}" if w_seed == seed else f"s{seed}w{w_seed}"
         schemas = [t.schema() for t in self.tools_for(None).values()]
         for i in range(n):
             rng = T.rng_for(self.name, split, seed, horizon, i)
@@ -190,10 +210,10 @@ class SearchEnv(T.ToolEnv):
             query = ("Follow this chain of relations in the knowledge base:\n" + "\n".join(lines)
                      + f"\nWhat is the name of e{h}?")
             tag = "mix" if horizon is None else f"h{h}"
-            yield Task(id=f"{self.name}/{split}/s{seed}/{tag}/{i}", domain=self.name,
+            yield Task(id=f"{self.name}/{split}/{sw}/{tag}/{i}", domain=self.name,
                        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": query}],
                        tools=schemas, horizon=h, answer=w["entities"][answer]["name"],
-                       metadata={"world_seed": seed, "hops": h})
+                       metadata={"world_seed": w_seed, "hops": h})
 
     def verify(self, task: Task, trajectory: dict) -> Verdict:
         got = T.answer_text(final_answer(trajectory))
@@ -241,5 +261,5 @@ def _offline(seed: int) -> OfflineBackend:
 
 
 @register("search")
-def make(backend: SearchBackend | None = None) -> SearchEnv:
-    return SearchEnv(backend)
+def make(backend: SearchBackend | None = None, world: int | str | None = None) -> SearchEnv:
+    return SearchEnv(backend, world)
