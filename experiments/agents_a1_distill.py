@@ -33,9 +33,10 @@ config.distill.off_share = 0.5 of the step's tasks; 2026-12-07, the same stages 
 together: GKD's data mix"); the default stays "on" until a whole main job has run with it.
 Search tasks come from world 0 of the search environment (recipe_tiny_sft.ENV_OPTIONS, since 2026-12-07 night:
 before, every step drew a new knowledge base; docs/recipe.md, "Stage 3 drew its search tasks from new worlds"). With
-it, from /tmp/qs21's stages 0-2 (/tmp/qs22: 1,808 s with the teacher check, median update about 6.6 s):
-instruction_following 0.312 -> 0.414 [0.33, 0.50] (teacher 0.641), tool_calling 0.195 -> 0.055 (0.367), search
-0.000 -> 0.000 (0.617): that stage-1 student never copies a name out of a search result.
+it, from /tmp/qs21's stages 0-2 (/tmp/qs22: 1,808 s with the teacher check; updates 1,138 s, median 6.8 s, and
+rollouts 360 s, against 1,227 s and 411 s in /tmp/qs21's stage 3 before the fix): instruction_following 0.312 ->
+0.414 [0.33, 0.50] (teacher 0.641), tool_calling 0.195 -> 0.055 (0.367), search 0.000 -> 0.000 (0.617): that
+stage-1 student never copies a name out of a search result.
 Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS;
 config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so
 that no trajectory is dropped or cut: with the copy warm-up's variable offsets every teacher beats the student, so every
