@@ -167,8 +167,8 @@ def teacher_engines(run: RolloutSource, teachers: dict[int, object], temperature
     engines = {}
     for d, t in teachers.items():
         if not (hasattr(t, "params") and hasattr(t, "cfg")):
-            raise ValueError(f"config.distill.policy='off': the teacher of domain id {d} ({type(t).__name__}) has no "
-                             f"local weights to roll out; off-policy distillation needs local teachers "
+            raise ValueError(f"config.distill.policy 'off'/'mix': the teacher of domain id {d} ({type(t).__name__}) "
+                             f"has no local weights to roll out; the teachers' own rollouts need local teachers "
                              f"(config.teachers[].workdir)")
         engines[d] = R.make_engine(t.cfg, jax.device_put(t.params, jax.devices()[0]), run.tok, ro, sampling=sampling)
     return engines
