@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `a1jax` command itself (not a call from Python): large buffers on huge pages
+        from a1jax import hugepages
+        try:
+            hugepages.ensure()
+        except ValueError as e:  # a bad A1JAX_HUGEPAGES
+            print(f"a1jax: error: {e}", file=sys.stderr)
+            return 2
     from a1jax import distributed
     distributed.pin_host_platforms()  # a CPU host with libtpu installed stays on CPU, quietly
     parser = build_parser()

@@ -220,4 +220,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from a1jax import hugepages
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     sys.exit(main())

@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from a1jax import model
+from a1jax import hugepages, model
 
 
 def compile_seconds(cfg, seq: int) -> tuple[float, float]:
@@ -47,4 +47,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

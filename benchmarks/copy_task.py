@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import os
 
+from a1jax import hugepages
 from a1jax.convert.checkpoint import save_params
 from a1jax.model import presets
 from a1jax.train import warmup
@@ -73,4 +74,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from a1jax import storage
+from a1jax import hugepages, storage
 from a1jax.train import warmup
 from benchmarks.ablation import SINGLE_THREAD
 
@@ -293,4 +293,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     sys.exit(main())

@@ -21,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from a1jax import hugepages
 from kernels import backend, moe
 from kernels.reference import moe as reference
 
@@ -132,4 +133,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

@@ -42,6 +42,10 @@ intra_op_parallelism_threads=1; torch 1 intra-op and 1 inter-op thread). The a1j
 JAX_PLATFORMS=cpu (the HF side is torch CPU); XLA_FLAGS other than the host device count pass through. --json writes
 every figure, the config, the load averages, the versions and thread counts.
 
+Allocator: both sides run in the same environment. By default (--hugepages on) that is the one the `a1jax` command
+and the launch scripts give every a1jax process: glibc's malloc.hugetlb=1 tunable, large buffers on transparent huge
+pages (a1jax/hugepages.py); --hugepages off runs both sides on glibc's defaults. The table prints GLIBC_TUNABLES.
+
 Adding MaxText: a third side is one more subprocess, run by a venv holding MaxText and its own JAX, that reads the
 workdir (hf/, inputs.npz, spec.json) and writes WORKDIR/maxtext.json with the other sides' keys (startup_s, rows,
 first_loss, second_loss, grad_norm, greedy_tokens); it joins SIDES and `_side_command`. MaxText's nearest model is
@@ -74,7 +78,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from a1jax import model
+from a1jax import hugepages, model
 from a1jax.convert import layout, read_hf_dir, write_hf_dir
 from a1jax.model.config import ModelConfig
 from a1jax.rollout.engine import Engine
@@ -259,8 +263,17 @@ def _side_command(side: str, workdir: str, t0: float) -> list[str]:
     return [oracle_python(), HF_SCRIPT, "--workdir", workdir, "--t0", repr(t0)]
 
 
-def _side_env(side: str, single_thread: bool) -> dict:
-    env = dict(os.environ)
+def _allocator_env(on: bool) -> dict:
+    """os.environ with (on) or without glibc's huge-page tunable; the same for both sides."""
+    if on:
+        return hugepages.environ()
+    env = dict(os.environ, **{hugepages.SWITCH: "0"})
+    rest = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != hugepages.TUNABLE]
+    return dict(env, GLIBC_TUNABLES=":".join(rest)) if rest else env
+
+
+def _side_env(side: str, single_thread: bool, huge: bool = True) -> dict:
+    env = _allocator_env(huge)
     if side == "a1jax":
         env["JAX_PLATFORMS"] = "cpu"
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
@@ -270,11 +283,11 @@ def _side_env(side: str, single_thread: bool) -> dict:
     return env
 
 
-def run_side(side: str, workdir: str, single_thread: bool) -> dict:
+def run_side(side: str, workdir: str, single_thread: bool, huge: bool = True) -> dict:
     """Runs one side in its own process; its result JSON plus the load averages around it and its wall time."""
     before = os.getloadavg()
     t0 = time.time()
-    proc = subprocess.run(_side_command(side, workdir, t0), cwd=ROOT, env=_side_env(side, single_thread),
+    proc = subprocess.run(_side_command(side, workdir, t0), cwd=ROOT, env=_side_env(side, single_thread, huge),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.time() - t0
     after = os.getloadavg()
@@ -284,7 +297,8 @@ def run_side(side: str, workdir: str, single_thread: bool) -> dict:
                            f"{' '.join(_side_command(side, workdir, t0))}):\n{proc.stdout[-4000:]}")
     with open(path) as f:
         res = json.load(f)
-    return dict(res, loadavg_before=list(before), loadavg_after=list(after), wall_s=wall)
+    return dict(res, loadavg_before=list(before), loadavg_after=list(after), wall_s=wall,
+                glibc_tunables=_side_env(side, single_thread, huge).get("GLIBC_TUNABLES", ""))
 
 
 def _compare(a: float, hf: float) -> dict:
@@ -308,7 +322,7 @@ def report(spec: dict, sides: dict, args: argparse.Namespace) -> dict:
                shapes=spec["shapes"], optimizer=spec["optimizer"], steps=spec["steps"], repeats=spec["repeats"],
                machine=dict(platform=platform.platform(), cpus=len(os.sched_getaffinity(0))),
                threads=dict(xla_single_thread=args.xla_single_thread, per_side=spec["threads"]),
-               rows=rows, sides=sides)
+               hugepages=args.hugepages == "on", rows=rows, sides=sides)
     if len(sides) == 2:
         a, h = sides["a1jax"], sides["hf"]
         n = min(GREEDY_CHECK, len(a["greedy_tokens"][0]))
@@ -356,6 +370,8 @@ def format_table(rep: dict) -> str:
         t = rep["sides"]["hf"]["threads"]
         threads.append(f"torch {t['intra_op']} intra-op / {t['inter_op']} inter-op")
     lines.append("threads: " + ", ".join(threads))
+    lines.append("allocator (both sides): GLIBC_TUNABLES=" + repr(next(iter(rep["sides"].values())).get(
+        "glibc_tunables", "")))
     lines.append("versions: " + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v)
                                          for s, res in rep["sides"].items()))
     if "sanity" in rep:
@@ -384,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--workdir", default="", help="keep the checkpoint, batches and side results here "
                                                  "(default: a temporary directory, removed at the end)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hugepages", choices=("on", "off"), default="on",
+                   help="both sides with glibc's huge-page tunable, as a1jax runs (on), or with glibc's defaults")
     p.add_argument("--run", choices=SIDES[:1], help=argparse.SUPPRESS)  # internal: the a1jax side's process
     p.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -413,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         results = {}
         for side in sides:
             print(f"peers: running the {side} side ...", file=sys.stderr, flush=True)
-            results[side] = run_side(side, workdir, args.xla_single_thread)
+            results[side] = run_side(side, workdir, args.xla_single_thread, args.hugepages == "on")
     rep = report(spec, results, args)
     print(format_table(rep), flush=True)
     if args.json:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a1jax import model
+from a1jax import hugepages, model
 from a1jax.train import optim, steps
 from a1jax.train.state import TrainState
 from benchmarks import peers
@@ -167,4 +167,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 
+from a1jax import hugepages
 from a1jax.distill import report
 
 
@@ -35,4 +36,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

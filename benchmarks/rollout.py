@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a1jax import model
+from a1jax import hugepages, model
 from a1jax.rollout import Engine, SamplingParams
 from a1jax.train import experiment
 
@@ -90,4 +90,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

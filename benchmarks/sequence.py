@@ -30,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from a1jax import hugepages  # noqa: E402
 from kernels import backend  # noqa: E402
 from kernels.attention import flash_attention, load_balance, ring_attention  # noqa: E402
 from kernels.gdn import chunk_gated_delta_rule, context_parallel_gated_delta_rule  # noqa: E402
@@ -190,4 +191,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

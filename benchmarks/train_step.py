@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from a1jax import model, sharding, stages
+from a1jax import hugepages, model, sharding, stages
 from a1jax.train import experiment, optim, steps
 from a1jax.train.state import init_state, state_shardings
 
@@ -88,4 +88,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages
     main()

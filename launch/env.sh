@@ -4,6 +4,11 @@
 set -euo pipefail
 A1JAX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 A1JAX_VENV="${A1JAX_VENV:-$A1JAX_ROOT/.venv}"
+# Large host buffers on transparent huge pages for every process the launch scripts start, pytest and the report
+# included (a1jax/hugepages.py; docs/performance.md, "Page faults"). A1JAX_HUGEPAGES=0 leaves the allocator alone.
+if [ "${A1JAX_HUGEPAGES:-1}" != 0 ] && [[ ":${GLIBC_TUNABLES:-}:" != *":glibc.malloc.hugetlb=1:"* ]]; then
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+fi
 
 a1jax_find_python312() {
   if command -v python3.12 >/dev/null 2>&1 && python3.12 -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
