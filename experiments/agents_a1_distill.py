@@ -37,6 +37,9 @@ it, from /tmp/qs21's stages 0-2 (/tmp/qs22: 1,808 s with the teacher check; upda
 rollouts 360 s, against 1,227 s and 411 s in /tmp/qs21's stage 3 before the fix): instruction_following 0.312 ->
 0.414 [0.33, 0.50] (teacher 0.641), tool_calling 0.195 -> 0.055 (0.367), search 0.000 -> 0.000 (0.617): that
 stage-1 student never copies a name out of a search result.
+A fresh main job with large buffers on huge pages (2026-12-07 night, WORKDIR=/tmp/qs23, a1jax/hugepages.py) gave the
+same figures bit for bit; its stage 3 took 1,905 s (updates median 6.19 s, but the first after each rollout batch
+about 10 s; docs/performance.md, "Page faults").
 Each rollout batch draws 32 instruction_following tasks, 16 tool_calling and 6 search (TINY_TASKS;
 config.envs.domain_tasks) into rows of 2,048 tokens, 3, 6 and 6 of them (TINY_ROWS; config.envs.domain_rows), sized so
 that no trajectory is dropped or cut: with the copy warm-up's variable offsets every teacher beats the student, so every

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from a1jax import model, storage
+from a1jax import hugepages, model, storage
 from a1jax.distill import gate, rollouts as R, settings, teachers as teacher_lib
 from a1jax.distill.settings import Rollout
 from a1jax.train import vocabulary
@@ -355,4 +355,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    hugepages.ensure()  # as the `a1jax` command runs: large buffers on huge pages (its workers inherit it)
     sys.exit(main())
