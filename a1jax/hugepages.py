@@ -6,7 +6,7 @@ back with `munmap`. XLA:CPU allocates a program's large temporaries anew at each
 its biggest buffers in again one 4 KiB page at a time: the [T, V] logits of a 4 x 512 x 32,000 step (250 MiB) alone
 cost 64,000 minor faults and about 180 ms of kernel time a call. With the tunable glibc asks the kernel for
 transparent huge pages on these mappings (`madvise(MADV_HUGEPAGE)`, 2 MiB pages): measured on a 2-core CPU, the tiny
-recipe's stage-1 step 946 -> 690 ms, `benchmarks.peers`' 4 x 512 step 2.46 -> 1.95 s.
+recipe's stage-1 step 946 -> 690 ms, `benchmarks.peers`' 4 x 512 step 2.58 -> 1.91 s.
 
 glibc reads tunables once, when the process starts, so `ensure()` re-executes the process with the tunable added to
 GLIBC_TUNABLES (the `a1jax` command does this first, before any work). launch/env.sh exports it for every process
@@ -61,13 +61,18 @@ def has_tunable(env: Mapping[str, str]) -> bool:
     return TUNABLE in env.get("GLIBC_TUNABLES", "").split(":")
 
 
-def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of `env` (default os.environ) with the tunable added to GLIBC_TUNABLES, the other tunables kept; the
-    unchanged copy where `applies()` says no. For subprocesses."""
+def environ(env: Mapping[str, str] | None = None, on: bool = True) -> dict[str, str]:
+    """A copy of `env` (default os.environ) for subprocesses: with the tunable added to GLIBC_TUNABLES, the other
+    tunables kept (unchanged where `applies()` says no); or (on=False) on glibc's defaults: no hugetlb tunable and
+    A1JAX_HUGEPAGES=0, so that an a1jax process started with it does not add it back."""
     out = dict(os.environ if env is None else env)
-    if applies(out) and not has_tunable(out):
-        rest = [t for t in out.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
-        out["GLIBC_TUNABLES"] = ":".join(rest + [TUNABLE])
+    if on and (not applies(out) or has_tunable(out)):
+        return out
+    if not on:
+        out[SWITCH] = "0"
+    rest = [t for t in out.pop("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
+    if on or rest:
+        out["GLIBC_TUNABLES"] = ":".join(rest + ([TUNABLE] if on else []))
     return out
 
 

@@ -263,17 +263,8 @@ def _side_command(side: str, workdir: str, t0: float) -> list[str]:
     return [oracle_python(), HF_SCRIPT, "--workdir", workdir, "--t0", repr(t0)]
 
 
-def _allocator_env(on: bool) -> dict:
-    """os.environ with (on) or without glibc's huge-page tunable; the same for both sides."""
-    if on:
-        return hugepages.environ()
-    env = dict(os.environ, **{hugepages.SWITCH: "0"})
-    rest = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != hugepages.TUNABLE]
-    return dict(env, GLIBC_TUNABLES=":".join(rest)) if rest else env
-
-
 def _side_env(side: str, single_thread: bool, huge: bool = True) -> dict:
-    env = _allocator_env(huge)
+    env = hugepages.environ(on=huge)  # the same allocator environment for both sides
     if side == "a1jax":
         env["JAX_PLATFORMS"] = "cpu"
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
@@ -286,8 +277,9 @@ def _side_env(side: str, single_thread: bool, huge: bool = True) -> dict:
 def run_side(side: str, workdir: str, single_thread: bool, huge: bool = True) -> dict:
     """Runs one side in its own process; its result JSON plus the load averages around it and its wall time."""
     before = os.getloadavg()
+    env = _side_env(side, single_thread, huge)
     t0 = time.time()
-    proc = subprocess.run(_side_command(side, workdir, t0), cwd=ROOT, env=_side_env(side, single_thread, huge),
+    proc = subprocess.run(_side_command(side, workdir, t0), cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.time() - t0
     after = os.getloadavg()
@@ -298,7 +290,7 @@ def run_side(side: str, workdir: str, single_thread: bool, huge: bool = True) ->
     with open(path) as f:
         res = json.load(f)
     return dict(res, loadavg_before=list(before), loadavg_after=list(after), wall_s=wall,
-                glibc_tunables=_side_env(side, single_thread, huge).get("GLIBC_TUNABLES", ""))
+                glibc_tunables=env.get("GLIBC_TUNABLES", ""))
 
 
 def _compare(a: float, hf: float) -> dict:
