@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the `a1jax` command itself (not a call from Python): large buffers on huge pages
+    if argv is None:  # the `a1jax` command itself (not a call from Python): the allocator for large buffers
         from a1jax import hugepages
         try:
             hugepages.ensure()
-        except ValueError as e:  # a bad A1JAX_HUGEPAGES
+        except ValueError as e:  # a bad A1JAX_HUGEPAGES or A1JAX_TCMALLOC
             print(f"a1jax: error: {e}", file=sys.stderr)
             return 2
     from a1jax import distributed

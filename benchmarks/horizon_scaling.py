@@ -46,7 +46,7 @@ from benchmarks.ablation import SINGLE_THREAD
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(REPO, "experiments", "horizon_scaling.py")
 TRUNCATED = ("context", "token_budget", "max_new_tokens", "max_turns")  # agent.py terminations that are not answers
-TOKENS = 1_024_000  # 250 full rows of 4,096
+TOKENS = 2_048_000  # 500 full rows of 4,096 (1,024,000 until 2026-12-07: no mixture student was competent)
 
 
 def experiment():

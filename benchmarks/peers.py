@@ -1,10 +1,13 @@
 """a1jax against HF transformers (torch eager) on the same weights: one side-by-side table of tokens/s.
 
     .venv/bin/python -m benchmarks.peers [--quick] [--sides a1jax,hf] [--json OUT] [--xla-single-thread]
-                                         [--steps 3] [--repeats 3] [--workdir DIR] [--seed 0]
+                                         [--steps 3] [--repeats 3] [--workdir DIR] [--seed 0] [--interleave]
 
 The script initialises one Qwen3.5-MoE model with a1jax (`model.init`), writes it as a HF checkpoint directory with
-`a1jax.convert.write_hf_dir`, draws the token batches, then runs each side in its own process, one after the other:
+`a1jax.convert.write_hf_dir`, draws the token batches, then runs each side in its own process, one after the other
+(or, with --interleave, both processes at once, taking turns call by call: each starts and makes its first train step
+alone, then every further call of one side runs while the other waits; a slow spell of the host then falls on both
+sides alike):
   a1jax  this venv's Python, `benchmarks.peers --run a1jax`: reads the directory with `a1jax.convert.read_hf_dir`;
          the kernels are the platform defaults (`*_impl="auto"`, kernels/backend.py), JAX on CPU;
   hf     the HF oracle venv's Python (.venv-oracle, made by `bash tests/oracle/setup_oracle.sh`; torch CPU,
@@ -43,8 +46,9 @@ JAX_PLATFORMS=cpu (the HF side is torch CPU); XLA_FLAGS other than the host devi
 every figure, the config, the load averages, the versions and thread counts.
 
 Allocator: both sides run in the same environment. By default (--hugepages on) that is the one the `a1jax` command
-and the launch scripts give every a1jax process: glibc's malloc.hugetlb=1 tunable, large buffers on transparent huge
-pages (a1jax/hugepages.py); --hugepages off runs both sides on glibc's defaults. The table prints GLIBC_TUNABLES.
+and the launch scripts give every a1jax process: tcmalloc preloaded where installed, and glibc's malloc.hugetlb=1
+tunable, large buffers on transparent huge pages (a1jax/hugepages.py); --hugepages off runs both sides on glibc's
+defaults. The table prints GLIBC_TUNABLES and LD_PRELOAD.
 
 Adding MaxText: a third side is one more subprocess, run by a venv holding MaxText and its own JAX, that reads the
 workdir (hf/, inputs.npz, spec.json) and writes WORKDIR/maxtext.json with the other sides' keys (startup_s, rows,
@@ -85,7 +89,7 @@ from a1jax.rollout.engine import Engine
 from a1jax.rollout.sampling import SamplingParams
 from a1jax.train import optim, steps
 from a1jax.train.state import TrainState
-from benchmarks.peers_timing import row as _row, timed as _timed
+from benchmarks.peers_timing import GATE_ENV, GATE_LINE, gate as _gate, row as _row, timed as _timed
 from tests.oracle import OracleUnavailable, oracle_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,10 +174,16 @@ def _train_batch(ids: np.ndarray) -> dict:
     return jax.device_put(b)
 
 
-def run_a1jax(workdir: str, t0: float) -> dict:
+def read_spec(workdir: str) -> tuple[dict, dict]:
+    """spec.json and the token batches (inputs.npz) that `prepare` wrote."""
     with open(os.path.join(workdir, "spec.json")) as f:
         spec = json.load(f)
-    inputs = dict(np.load(os.path.join(workdir, "inputs.npz")))
+    return spec, dict(np.load(os.path.join(workdir, "inputs.npz")))
+
+
+def a1jax_trainer(spec: dict):
+    """(model config, boxed host weights, the trainer's `sft_step` jitted with its state donated, the initial
+    TrainState) from the workdir's HF checkpoint and spec.json's optimizer."""
     cfg = ModelConfig.from_dict(spec["model"])
     _, host_params = read_hf_dir(spec["hf_dir"])  # boxed numpy arrays: the initial weights, kept for inference
     o = spec["optimizer"]
@@ -185,6 +195,12 @@ def run_a1jax(workdir: str, t0: float) -> dict:
                        rng=jax.random.key_data(jax.random.key(0)), skipped_total=zero(), skipped_consecutive=zero())
     step = jax.jit(functools.partial(steps.sft_step, steps.StepContext(model=cfg, tx=tx, schedule=schedule)),
                    donate_argnums=0)
+    return cfg, host_params, step, state
+
+
+def run_a1jax(workdir: str, t0: float) -> dict:
+    spec, inputs = read_spec(workdir)
+    cfg, host_params, step, state = a1jax_trainer(spec)
     n_steps, repeats = spec["steps"], spec["repeats"]
     out: dict = {"rows": {}}
 
@@ -199,6 +215,7 @@ def run_a1jax(workdir: str, t0: float) -> dict:
     out["first_loss"], out["grad_norm"] = float(first["loss"]), float(first["grad_norm"])
     losses, times = [], []
     for _ in range(n_steps):
+        _gate()
         t = time.perf_counter()
         losses.append(float(train(batch)["loss"]))
         times.append(time.perf_counter() - t)
@@ -274,6 +291,15 @@ def _side_env(side: str, single_thread: bool, huge: bool = True) -> dict:
     return env
 
 
+def _side_result(side: str, workdir: str, returncode: int, output: str, t0: float) -> dict:
+    path = os.path.join(workdir, f"{side}.json")
+    if returncode != 0 or not os.path.exists(path):
+        raise RuntimeError(f"the {side} side failed (exit {returncode}; command: "
+                           f"{' '.join(_side_command(side, workdir, t0))}):\n{output[-4000:]}")
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_side(side: str, workdir: str, single_thread: bool, huge: bool = True) -> dict:
     """Runs one side in its own process; its result JSON plus the load averages around it and its wall time."""
     before = os.getloadavg()
@@ -283,19 +309,93 @@ def run_side(side: str, workdir: str, single_thread: bool, huge: bool = True) ->
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.time() - t0
     after = os.getloadavg()
-    path = os.path.join(workdir, f"{side}.json")
-    if proc.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError(f"the {side} side failed (exit {proc.returncode}; command: "
-                           f"{' '.join(_side_command(side, workdir, t0))}):\n{proc.stdout[-4000:]}")
-    with open(path) as f:
-        res = json.load(f)
+    res = _side_result(side, workdir, proc.returncode, proc.stdout, t0)
     return dict(res, loadavg_before=list(before), loadavg_after=list(after), wall_s=wall,
-                glibc_tunables=env.get("GLIBC_TUNABLES", ""))
+                glibc_tunables=env.get("GLIBC_TUNABLES", ""), ld_preload=env.get("LD_PRELOAD", ""))
+
+
+class _GatedSide:
+    """One side's process under --interleave: it stops at every `peers_timing.gate` until `go` lets it on."""
+
+    def __init__(self, side: str, workdir: str, single_thread: bool, huge: bool):
+        self.side, self.workdir, self.output = side, workdir, []
+        self.env = dict(_side_env(side, single_thread, huge), **{GATE_ENV: "1"})
+        self.loadavg_before = os.getloadavg()
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(_side_command(side, workdir, self.t0), cwd=ROOT, env=self.env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.waiting = self._wait()  # its start-up and first train step run alone, as without --interleave
+
+    def _wait(self) -> bool:
+        """Reads the side's output until it stops at its gate (True) or exits (False)."""
+        for line in self.proc.stdout:
+            if line.rstrip("\n") == GATE_LINE:
+                return True
+            self.output.append(line)
+        self.proc.wait()
+        self.wall_s = time.time() - self.t0
+        return False
+
+    def go(self) -> None:
+        """Lets the side make its next call and waits until it stops at the gate after it (or exits)."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.waiting = self._wait()
+
+    def check(self) -> None:
+        """Raises at once (naming the side, with its output) if the side's process failed: the other stops too."""
+        if not self.waiting and self.proc.returncode != 0:
+            self.result()
+
+    def result(self) -> dict:
+        res = _side_result(self.side, self.workdir, self.proc.returncode, "".join(self.output), self.t0)
+        return dict(res, loadavg_before=list(self.loadavg_before), wall_s=self.wall_s,
+                    glibc_tunables=self.env.get("GLIBC_TUNABLES", ""),
+                    ld_preload=self.env.get("LD_PRELOAD", ""))
+
+
+def run_interleaved(sides: list[str], workdir: str, single_thread: bool, huge: bool = True) -> dict:
+    """Runs the sides in their own processes at once, but call by call in turn: side 1 starts and makes its first
+    train step alone, then side 2 does, then every further call (timed or not) runs while the other side waits at
+    its gate. A slow minute of the host then falls on both sides' calls alike, which sides run one after the other
+    do not get (on this 2-core host HF's own 4 x 512 figure spread 784-1,018 tokens/s over six such runs). The
+    waiting side must not pay for its pause: on a VM whose host takes freed memory back, only a1jax's default
+    allocator (tcmalloc) keeps it from faulting its buffers in again after each turn (benchmarks/allocator.py)."""
+    procs: list[_GatedSide] = []
+    try:
+        for side in sides:
+            print(f"peers: starting the {side} side (interleaved) ...", file=sys.stderr, flush=True)
+            procs.append(_GatedSide(side, workdir, single_thread, huge))
+            procs[-1].check()
+        while any(p.waiting for p in procs):
+            for p in procs:
+                if p.waiting:
+                    p.go()
+                    p.check()
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+    after = os.getloadavg()
+    return {p.side: dict(p.result(), loadavg_after=list(after)) for p in procs}
 
 
 def _compare(a: float, hf: float) -> dict:
     rel = abs(a - hf) / max(abs(hf), 1e-30)
     return dict(a1jax=a, hf=hf, rel_diff=rel, agree=rel <= LOSS_RTOL)
+
+
+def cpu_model() -> str:
+    """The host's CPU model name (/proc/cpuinfo), which decides absolute figures: hosts of one size differ."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def report(spec: dict, sides: dict, args: argparse.Namespace) -> dict:
@@ -312,9 +412,9 @@ def report(spec: dict, sides: dict, args: argparse.Namespace) -> dict:
         rows.append(row)
     out = dict(command=["benchmarks.peers"] + list(args.argv), quick=args.quick, model=spec["model"],
                shapes=spec["shapes"], optimizer=spec["optimizer"], steps=spec["steps"], repeats=spec["repeats"],
-               machine=dict(platform=platform.platform(), cpus=len(os.sched_getaffinity(0))),
+               machine=dict(platform=platform.platform(), cpus=len(os.sched_getaffinity(0)), cpu=cpu_model()),
                threads=dict(xla_single_thread=args.xla_single_thread, per_side=spec["threads"]),
-               hugepages=args.hugepages == "on", rows=rows, sides=sides)
+               hugepages=args.hugepages == "on", interleave=args.interleave, rows=rows, sides=sides)
     if len(sides) == 2:
         a, h = sides["a1jax"], sides["hf"]
         n = min(GREEDY_CHECK, len(a["greedy_tokens"][0]))
@@ -338,7 +438,8 @@ def format_table(rep: dict) -> str:
     m = rep["model"]
     head = (f"a1jax vs HF transformers (torch eager) on the same weights: Qwen3.5-MoE hidden {m['hidden_size']}, "
             f"{m['num_hidden_layers']} layers, {m['num_experts']} experts top-{m['num_experts_per_tok']}, "
-            f"vocab {m['vocab_size']:,}, {m['param_dtype']}, CPU ({rep['machine']['cpus']} cores)")
+            f"vocab {m['vocab_size']:,}, {m['param_dtype']}, CPU {rep['machine'].get('cpu', '')} "
+            f"({rep['machine']['cpus']} cores)")
     cols = ["", "unit"] + sides + (["a1jax/HF", "target", "met"] if len(sides) == 2 else [])
     body = []
     for r in rep["rows"]:
@@ -354,6 +455,8 @@ def format_table(rep: dict) -> str:
     lines.append("load average (1/5/15 min): " + "; ".join(
         f"{s} before {la(res['loadavg_before'])}, after {la(res['loadavg_after'])}"
         for s, res in rep["sides"].items()))
+    lines.append("order: " + ("interleaved, the sides take turns call by call (--interleave)" if rep.get("interleave")
+                              else "one side after the other"))
     threads = []
     if "a1jax" in rep["sides"]:
         t = rep["sides"]["a1jax"]["threads"]
@@ -362,8 +465,9 @@ def format_table(rep: dict) -> str:
         t = rep["sides"]["hf"]["threads"]
         threads.append(f"torch {t['intra_op']} intra-op / {t['inter_op']} inter-op")
     lines.append("threads: " + ", ".join(threads))
-    lines.append("allocator (both sides): GLIBC_TUNABLES=" + repr(next(iter(rep["sides"].values())).get(
-        "glibc_tunables", "")))
+    first = next(iter(rep["sides"].values()))
+    lines.append(f"allocator (both sides): GLIBC_TUNABLES={first.get('glibc_tunables', '')!r} "
+                 f"LD_PRELOAD={first.get('ld_preload', '')!r}")
     lines.append("versions: " + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v)
                                          for s, res in rep["sides"].items()))
     if "sanity" in rep:
@@ -393,7 +497,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                                                  "(default: a temporary directory, removed at the end)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hugepages", choices=("on", "off"), default="on",
-                   help="both sides with glibc's huge-page tunable, as a1jax runs (on), or with glibc's defaults")
+                   help="both sides with a1jax's allocator (tcmalloc where installed, glibc's huge-page tunable), as "
+                        "a1jax runs (on), or with glibc's defaults (off)")
+    p.add_argument("--interleave", action="store_true",
+                   help="start both sides at once and let them take turns call by call (one computes while the "
+                        "other waits), instead of one whole side after the other")
     p.add_argument("--run", choices=SIDES[:1], help=argparse.SUPPRESS)  # internal: the a1jax side's process
     p.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -420,10 +528,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     with keep or tempfile.TemporaryDirectory(prefix="peers-") as workdir:
         spec = prepare(workdir, model_config(args.quick), shapes(args.quick), args.seed, threads, args.steps,
                        args.repeats)
-        results = {}
-        for side in sides:
-            print(f"peers: running the {side} side ...", file=sys.stderr, flush=True)
-            results[side] = run_side(side, workdir, args.xla_single_thread, args.hugepages == "on")
+        if args.interleave:
+            results = run_interleaved(sides, workdir, args.xla_single_thread, args.hugepages == "on")
+        else:
+            results = {}
+            for side in sides:
+                print(f"peers: running the {side} side ...", file=sys.stderr, flush=True)
+                results[side] = run_side(side, workdir, args.xla_single_thread, args.hugepages == "on")
     rep = report(spec, results, args)
     print(format_table(rep), flush=True)
     if args.json:

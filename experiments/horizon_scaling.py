@@ -26,12 +26,14 @@ test tasks at every eval horizon (default 1, 2, 4, 8, 16; 64 tasks per point).
 Args (comma-separated key=value): root (default workdirs/horizon), h (training horizon, default 1), steps (default
 200), fixed (train on h alone), domains (colon-separated; default DOMAINS), quick (the CI smoke size: `:quick` gives
 2 eval tasks per point at eval horizons 1 and 2, shorter rows).
-Measured (2026-12-07, 2-core CPU, nothing else running, the defaults, `--root /tmp/hz19`): 2,683 s (44.7 minutes)
-in all: warm-up 128 s, students 325 s, 352 s and 341 s (274, 288 and 284 steps of about 1,025,000 tokens),
-evaluation 196 s, 397 s and 882 s. At this budget only the H = 1 student is competent, and only on search at
-horizon 1 (0.69 [0.57, 0.79]); every other cell is 0/64 or 1/64, so the claim is not tested at this size (table,
-plot and reading: docs/recipe.md, "Horizon scaling"). The 2026-12-06 run (fixed horizons, search and science, 67.5
-minutes) and its diagnosis (students trained on one horizon learn the length of their demonstrations) are there too.
+Measured (2026-12-07 night, 2-core CPU, nothing else running, the defaults: 2,048,000 tokens per student,
+`--root /tmp/hz24`): 1,634 s (27.2 minutes) in all: warm-up 63 s, students 336-338 s (548, 575 and 567 steps),
+evaluation 114 s, 180 s and 218 s. Tokens matched, the student trained on horizons 1-4 solves search chains of 2 and 4
+dependent calls (0.97 [0.89, 0.99] and 0.84 [0.74, 0.91]) that the horizon-1 student never solves (0/64 each), and
+keeps horizon 1 (1.00 against 0.97); neither extrapolates past its longest training horizon, and the student trained
+up to 16 is not competent at this budget (0.27 at horizon 1). scientific_agents: 0.38 at horizon 1 for the H = 1
+student, 0 elsewhere. Table, plot and reading: docs/recipe.md, "Horizon scaling", with the earlier runs (1M tokens:
+only the H = 1 student competent; fixed horizons: each student learns the length of its demonstrations).
 """
 import importlib.util
 import os

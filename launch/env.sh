@@ -5,7 +5,8 @@ set -euo pipefail
 A1JAX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 A1JAX_VENV="${A1JAX_VENV:-$A1JAX_ROOT/.venv}"
 # Large host buffers on transparent huge pages for every process the launch scripts start, pytest and the report
-# included (a1jax/hugepages.py; docs/performance.md, "Page faults"). A1JAX_HUGEPAGES=0 leaves the allocator alone.
+# included, and tcmalloc preloaded once the venv is set up (a1jax_export_allocator; a1jax/hugepages.py;
+# docs/performance.md, "Page faults"). A1JAX_HUGEPAGES=0 leaves the allocator alone.
 if [ "${A1JAX_HUGEPAGES:-1}" != 0 ] && [[ ":${GLIBC_TUNABLES:-}:" != *":glibc.malloc.hugetlb=1:"* ]]; then
   export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
 fi
@@ -23,16 +24,31 @@ a1jax_find_python312() {
   return 1
 }
 
+a1jax_apt_install() {  # $1 = package, $2 = what it is for; best effort: root with apt-get only
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  echo "a1jax: installing $1 ($2)" >&2
+  if [ -z "${A1JAX_APT_UPDATED:-}" ]; then
+    apt-get update -qq >/dev/null || return 1
+    A1JAX_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
 a1jax_ensure_bwrap() {  # bubblewrap: the sandbox for model-written code (a1jax/envs/sandbox.py)
   command -v bwrap >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "a1jax: installing bubblewrap (the sandbox for model-written code)" >&2
-    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null; then
-      return 0
-    fi
-  fi
+  a1jax_apt_install bubblewrap "the sandbox for model-written code" && return 0
   echo "a1jax: WARNING: no bubblewrap (bwrap); model-written code (engineering domain) will run in the" \
        "best-effort 'subprocess' sandbox. Install the 'bubblewrap' package." >&2
+}
+
+a1jax_export_allocator() {  # tcmalloc preloaded where installed, installing it when it can (a1jax/hugepages.py)
+  [ "${A1JAX_HUGEPAGES:-1}" != 0 ] && [ "${A1JAX_TCMALLOC:-1}" != 0 ] || return 0
+  [ -x "$A1JAX_VENV/bin/python" ] || return 0
+  if [ "${A1JAX_TCMALLOC:-1}" = 1 ] && [ -z "$(ldconfig -p 2>/dev/null | grep -F libtcmalloc_minimal.so.4)" ]; then
+    a1jax_apt_install libtcmalloc-minimal4 "tcmalloc: the allocator for large buffers" ||
+      echo "a1jax: no tcmalloc (package libtcmalloc-minimal4); large buffers use glibc's allocator" >&2
+  fi
+  eval "$("$A1JAX_VENV/bin/python" "$A1JAX_ROOT/a1jax/hugepages.py" --exports)"
 }
 
 a1jax_setup_venv() {  # $1 = extras, e.g. "test"
@@ -46,4 +62,5 @@ a1jax_setup_venv() {  # $1 = extras, e.g. "test"
   local spec="$A1JAX_ROOT"
   [ -n "$extras" ] && spec="${A1JAX_ROOT}[$extras]"
   "$A1JAX_VENV/bin/pip" install -q -e "$spec"
+  a1jax_export_allocator
 }

@@ -1,5 +1,6 @@
-"""glibc's huge-page tunable for large host buffers (a1jax/hugepages.py): the environment it builds, the re-exec of
-`ensure()`, the `a1jax` command's check of A1JAX_HUGEPAGES, launch/env.sh and benchmarks.peers' allocator switch."""
+"""The allocator for large host buffers (a1jax/hugepages.py): glibc's huge-page tunable and a preloaded tcmalloc, the
+environment it builds, the re-exec of `ensure()`, the `a1jax` command's check of its switches, launch/env.sh and
+benchmarks.peers' allocator switch."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,17 @@ def supported(monkeypatch):
     monkeypatch.setattr(hugepages.sys, "platform", "linux")
     monkeypatch.setattr(hugepages, "_glibc_version", lambda: (2, 36))
     monkeypatch.setattr(hugepages, "_thp_mode", lambda path=hugepages.THP: "madvise")
+    monkeypatch.setattr(hugepages, "LIB_DIRS", ())  # no tcmalloc installed, unless a test puts one in LIB_DIRS
+
+
+def _loaded_library(tmp_path, name: str) -> str:
+    """A real shared library under `name` (a link to the libm this interpreter has loaded): preloading it is
+    harmless, so subprocesses started with it in LD_PRELOAD run normally."""
+    with open("/proc/self/maps") as f:
+        libm = next(line.split()[-1] for line in f if "/libm.so" in line or "/libm-" in line)
+    link = tmp_path / name
+    link.symlink_to(libm)
+    return str(link)
 
 
 def test_environ_adds_the_tunable_and_keeps_the_others(supported):
@@ -56,21 +68,51 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
 
 
 def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.SWITCH)}
+    drop = hugepages.ALLOCATOR_VARS + (hugepages.SWITCH, hugepages.TCMALLOC_SWITCH)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return dict(env, PYTHONPATH=ROOT, **extra)
 
 
-def test_ensure_reexecutes_the_process_once_with_the_tunable():
+def test_tcmalloc_is_preloaded_first_once_and_removed_for_the_defaults(supported, tmp_path, monkeypatch):
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    assert hugepages.tcmalloc({}) == ""  # none installed: LD_PRELOAD is left alone
+    assert "LD_PRELOAD" not in hugepages.environ({})
+    lib.write_bytes(b"")
+    monkeypatch.setattr(hugepages, "LIB_DIRS", (str(tmp_path / "missing"), str(tmp_path)))
+    out = hugepages.environ({"LD_PRELOAD": "libother.so"})
+    assert out["LD_PRELOAD"] == f"{lib} libother.so" and out[hugepages.QUIET[0]] == hugepages.QUIET[1]
+    assert hugepages.environ(out) == out  # already there: nothing added twice
+    assert hugepages.changes(out) == {}
+    off = hugepages.environ(out, on=False)
+    assert off["LD_PRELOAD"] == "libother.so" and hugepages.QUIET[0] not in off and off[hugepages.SWITCH] == "0"
+    assert "LD_PRELOAD" not in hugepages.environ({"LD_PRELOAD": str(lib)}, on=False)
+    assert "LD_PRELOAD" not in hugepages.environ({hugepages.TCMALLOC_SWITCH: "0"})  # the tunable alone
+    assert hugepages.environ({hugepages.TCMALLOC_SWITCH: "0"})["GLIBC_TUNABLES"] == TUNABLE
+    assert "LD_PRELOAD" not in hugepages.environ({hugepages.SWITCH: "0"})  # the allocator left alone
+    other = tmp_path / "libtcmalloc.so.4"
+    other.write_bytes(b"")
+    assert hugepages.environ({hugepages.TCMALLOC_SWITCH: str(other)})["LD_PRELOAD"] == str(other)
+    with pytest.raises(ValueError, match=r"A1JAX_TCMALLOC='/no/such/lib.so': expected 1 .* does not exist"):
+        hugepages.environ({hugepages.TCMALLOC_SWITCH: "/no/such/lib.so"})
+
+
+def test_ensure_reexecutes_the_process_once_with_the_allocator(tmp_path):
     code = ("import os, sys; from a1jax import hugepages; hugepages.ensure(); "
-            "print(os.getpid(), os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
+            "print(os.getpid(), repr(os.environ.get('GLIBC_TUNABLES', '')), repr(os.environ.get('LD_PRELOAD', '')), "
+            "sys.argv[1:])")
     run = lambda **extra: subprocess.run([sys.executable, "-c", code, "a", "b"], env=_clean_env(**extra),
-                                         capture_output=True, text=True, check=True).stdout.splitlines()
-    lines = run()
-    assert len(lines) == 1  # the re-executed process printed, the first one never reached the print
-    expected = TUNABLE if hugepages.applies(_clean_env()) else ""
-    assert lines[0].split(" ", 2)[1:] == [expected, "['a', 'b']"]
+                                         capture_output=True, text=True, check=True)
+    proc = run()
+    assert len(proc.stdout.splitlines()) == 1  # the re-executed process printed, the first one never reached the print
+    tunable = TUNABLE if hugepages.applies(_clean_env()) else ""
+    lib = hugepages.tcmalloc(_clean_env())
+    assert proc.stdout.split(" ", 1)[1].strip() == f"{tunable!r} {lib!r} ['a', 'b']"
+    assert proc.stderr == ""  # tcmalloc reports nothing
+    fake = _loaded_library(tmp_path, "libtcmalloc_test.so")
+    chosen = run(**{hugepages.TCMALLOC_SWITCH: fake})
+    assert chosen.stdout.split(" ", 1)[1].strip() == f"{tunable!r} {fake!r} ['a', 'b']"
     off = run(**{hugepages.SWITCH: "0"})
-    assert off[0].split(" ", 2)[1:] == ["", "['a', 'b']"]
+    assert off.stdout.split(" ", 1)[1].strip() == "'' '' ['a', 'b']"
 
 
 def test_the_a1jax_command_rejects_a_bad_switch_in_one_line():
@@ -94,12 +136,50 @@ def test_launch_env_exports_the_tunable_once(start, switch, expected):
     assert out.strip() == expected
 
 
-def test_peers_runs_both_sides_in_the_same_allocator_environment(supported, monkeypatch):
+def test_peers_runs_both_sides_in_the_same_allocator_environment(supported, monkeypatch, tmp_path):
     from benchmarks import peers
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    monkeypatch.setattr(hugepages, "LIB_DIRS", (str(tmp_path),))
     monkeypatch.setenv("GLIBC_TUNABLES", "x=1")
-    monkeypatch.delenv(hugepages.SWITCH, raising=False)
+    for name in (hugepages.SWITCH, hugepages.TCMALLOC_SWITCH, "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
     on = [peers._side_env(side, False, True) for side in ("a1jax", "hf")]
-    assert [e["GLIBC_TUNABLES"] for e in on] == ["x=1:" + TUNABLE] * 2
+    assert [(e["GLIBC_TUNABLES"], e["LD_PRELOAD"]) for e in on] == [
+        ("x=1:" + TUNABLE, str(tmp_path / "libtcmalloc_minimal.so.4"))] * 2
     monkeypatch.setenv("GLIBC_TUNABLES", "x=1:" + TUNABLE)
+    monkeypatch.setenv("LD_PRELOAD", on[0]["LD_PRELOAD"])
     off = [peers._side_env(side, False, False) for side in ("a1jax", "hf")]
-    assert [(e["GLIBC_TUNABLES"], e[hugepages.SWITCH]) for e in off] == [("x=1", "0")] * 2
+    assert [(e["GLIBC_TUNABLES"], e[hugepages.SWITCH], "LD_PRELOAD" in e) for e in off] == [("x=1", "0", False)] * 2
+
+
+def test_launch_env_exports_tcmalloc_once_after_the_setup(tmp_path):
+    fake = _loaded_library(tmp_path, "libtcmalloc_test.so")
+    script = (f'source "{ROOT}/launch/env.sh"; a1jax_export_allocator; a1jax_export_allocator; '
+              'echo "${LD_PRELOAD:-}|${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-}"')
+    run = lambda **extra: subprocess.run(["bash", "-c", script], env=_clean_env(**extra), capture_output=True,
+                                         text=True, check=True).stdout.strip()
+    assert run(**{hugepages.TCMALLOC_SWITCH: fake}) == f"{fake}|{hugepages.QUIET[1]}"
+    assert run(**{hugepages.TCMALLOC_SWITCH: "0"}) == "|"
+
+
+def test_the_allocator_benchmark_gives_each_allocator_its_own_environment(supported, tmp_path, monkeypatch):
+    from benchmarks import allocator
+    monkeypatch.setenv("LD_PRELOAD", "libother.so")
+    assert allocator.allocator_env("tcmalloc") is None  # not installed: skipped
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    monkeypatch.setattr(hugepages, "LIB_DIRS", (str(tmp_path),))
+    system, huge, tc = (allocator.allocator_env(a) for a in allocator.ALLOCATORS)
+    assert system[hugepages.SWITCH] == "0" and "GLIBC_TUNABLES" not in system and "LD_PRELOAD" not in system
+    assert huge["GLIBC_TUNABLES"] == TUNABLE and "LD_PRELOAD" not in huge
+    assert tc["GLIBC_TUNABLES"] == TUNABLE and tc["LD_PRELOAD"] == str(tmp_path / "libtcmalloc_minimal.so.4")
+    assert all(e["JAX_PLATFORMS"] == "cpu" for e in (system, huge, tc))
+
+
+@pytest.mark.slow  # two processes that compile the smoke model's train step: about 45 s
+def test_the_allocator_benchmark_times_every_gap(capsys):
+    from benchmarks import allocator
+    out = allocator.main(["--quick", "--gaps", "0,0.2", "--repeats", "1", "--allocators", "system,hugepages"])
+    assert list(out["results"]) == ["system", "hugepages"]
+    for res in out["results"].values():
+        assert set(res["times"]) == {"0.0", "0.2"} and all(t[0] > 0 for t in res["times"].values())
+    assert "free page reporting to the host:" in capsys.readouterr().out

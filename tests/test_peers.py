@@ -5,6 +5,8 @@ A1JAX_REQUIRE_ORACLE=1 like tests/oracle) and checks the table's six rows and th
 and gradient norms of the two frameworks agree and the greedy tokens are identical.
 """
 import json
+import os
+import sys
 
 import jax
 import numpy as np
@@ -62,3 +64,50 @@ def test_profile_step_attributes_the_traced_step_to_the_model_parts(capsys):
         assert sum(v for k, v in parts.items() if k.startswith(part + "/")) > 0, part
     assert parts.get("deltanet/fwd", 0) > 0 and parts.get("deltanet/bwd", 0) > 0
     assert "-- mlp:" in capsys.readouterr().out
+
+
+FAKE_SIDE = r"""
+import json, os, sys, time
+sys.path.insert(0, {bench!r})
+from peers_timing import gate
+side, workdir = sys.argv[1], sys.argv[2]
+started = time.time()
+time.sleep(0.05)  # start-up and the first train step: ungated, as the real sides
+spans = []
+for _ in range({calls}[side]):
+    gate()
+    t = time.time()
+    time.sleep(0.05)
+    spans.append([t, time.time()])
+print("a log line that is not the gate")
+with open(os.path.join(workdir, side + ".json"), "w") as f:
+    json.dump(dict(started=started, spans=spans), f)
+"""
+
+
+def test_interleaved_sides_take_turns_call_by_call(tmp_path, monkeypatch):
+    """--interleave: the second side starts only once the first waits at its gate, every gated call of one side runs
+    while the other waits (no two spans overlap, the sides alternate), and a side with more calls finishes alone."""
+    calls = {"a1jax": 4, "hf": 3}
+    script = FAKE_SIDE.format(bench=os.path.dirname(peers.HF_SCRIPT), calls=calls)
+    monkeypatch.setattr(peers, "_side_command", lambda side, workdir, t0: [sys.executable, "-c", script, side, workdir])
+    res = peers.run_interleaved(["a1jax", "hf"], str(tmp_path), single_thread=False, huge=False)
+    a, h = res["a1jax"], res["hf"]
+    assert [len(a["spans"]), len(h["spans"])] == [4, 3]
+    assert h["started"] > a["started"] + 0.05  # the first side's start-up ran alone
+    spans = sorted([(*s, "a") for s in a["spans"]] + [(*s, "h") for s in h["spans"]])
+    assert [s[2] for s in spans] == ["a", "h", "a", "h", "a", "h", "a"]
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans
+    for r in (a, h):
+        assert len(r["loadavg_before"]) == 3 and len(r["loadavg_after"]) == 3 and r["wall_s"] > 0
+
+
+def test_an_interleaved_side_that_fails_names_itself_and_stops_the_other(tmp_path, monkeypatch):
+    """The failing side's error names it and shows its output; the other side's process does not run on."""
+    bad = "import sys; print('boom: no checkpoint'); sys.exit(3)"
+    script = FAKE_SIDE.format(bench=os.path.dirname(peers.HF_SCRIPT), calls={"a1jax": 2, "hf": 2})
+    cmd = lambda side, workdir, t0: [sys.executable, "-c", script if side == "a1jax" else bad, side, workdir]
+    monkeypatch.setattr(peers, "_side_command", cmd)
+    with pytest.raises(RuntimeError, match=r"the hf side failed \(exit 3[\s\S]*boom: no checkpoint"):
+        peers.run_interleaved(["a1jax", "hf"], str(tmp_path), single_thread=False, huge=False)
+    assert not (tmp_path / "a1jax.json").exists()  # killed at its gate, not run to the end
