@@ -44,7 +44,7 @@ a1jax_ensure_bwrap() {  # bubblewrap: the sandbox for model-written code (a1jax/
 a1jax_export_allocator() {  # tcmalloc preloaded where installed, installing it when it can (a1jax/hugepages.py)
   [ "${A1JAX_HUGEPAGES:-1}" != 0 ] && [ "${A1JAX_TCMALLOC:-1}" != 0 ] || return 0
   [ -x "$A1JAX_VENV/bin/python" ] || return 0
-  if [ "${A1JAX_TCMALLOC:-1}" = 1 ] && [ -z "$(ldconfig -p 2>/dev/null | grep -F libtcmalloc_minimal.so.4)" ]; then
+  if [ "${A1JAX_TCMALLOC:-1}" = 1 ] && ! grep -qF libtcmalloc_minimal.so.4 <<< "$(ldconfig -p 2>/dev/null)"; then
     a1jax_apt_install libtcmalloc-minimal4 "tcmalloc: the allocator for large buffers" ||
       echo "a1jax: no tcmalloc (package libtcmalloc-minimal4); large buffers use glibc's allocator" >&2
   fi

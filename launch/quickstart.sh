@@ -15,8 +15,8 @@
 # Every stage resumes from its last checkpoint when run again (delete the workdir to start over).
 # WORKDIR (default workdirs/quickstart) may be set; extra arguments go to the stage-1 `a1jax train`, e.g.
 # `bash launch/quickstart.sh --config.train.steps=20`.
-# Measured (2026-12-07 night, 2-core CPU, these settings, large buffers on huge pages): 3,102 s end to end
-# (README, "Results, as measured so far").
+# Measured (2026-12-07 late night, 2-core AMD EPYC VM, these settings, tcmalloc): 1,418 s end to end; 3,102 s on the
+# earlier host with huge pages alone (README, "Results, as measured so far").
 # shellcheck source=launch/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 a1jax_setup_venv

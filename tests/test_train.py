@@ -82,8 +82,11 @@ def test_gradient_accumulation_equals_one_big_batch():
     l4, m4, g4 = run(4)
     np.testing.assert_allclose(l4, l1, rtol=1e-6)
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
+    # fp32 sums in another order: the absolute error is relative to the gradient's scale (on an AMD EPYC host the
+    # largest is 1.6e-7 with max |g| 0.12, in elements that are small sums of larger terms; 1e-7 flat was too tight)
+    scale = max(float(np.max(np.abs(b))) for b in jax.tree.leaves(g1))
     for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g1)):
-        np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=1e-5)
 
 
 def test_nan_guard_skips_the_update_and_counts_it():
