@@ -139,10 +139,10 @@ def environ(env: Mapping[str, str] | None = None, on: bool = True) -> dict[str, 
     return out
 
 
-def changes(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The allocator variables `environ()` sets differently from `env` (default os.environ)."""
+def changes(env: Mapping[str, str] | None = None, new: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allocator variables `new` (default `environ(env)`) sets differently from `env` (default os.environ)."""
     env = os.environ if env is None else env
-    new = environ(env)
+    new = environ(env) if new is None else new
     return {k: new[k] for k in ALLOCATOR_VARS if k in new and new[k] != env.get(k)}
 
 
@@ -150,10 +150,11 @@ def ensure() -> None:
     """Re-executes this process (same interpreter, same arguments, same pid) with the allocator environment, once,
     where it applies and is missing. Call it first thing in a program's entry point: nothing before it runs twice
     harmlessly."""
-    if changes():
+    env = environ()
+    if changes(os.environ, env):
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, environ())
+        os.execve(sys.executable, sys.orig_argv, env)
 
 
 if __name__ == "__main__":  # `python a1jax/hugepages.py --exports`: the shell lines launch/env.sh evaluates
